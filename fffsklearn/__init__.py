@@ -1,0 +1,13 @@
+"""Fast feedforward networks for scikit-learn.
+
+A fast feedforward network (FFF) is a differentiable binary tree of routing neurons that sends
+each row to one small leaf MLP, plus a master leaf MLP that every row uses. Trained softly with
+a load-balancing loss, it predicts with hard decisions, so only ``depth`` routing neurons and
+one leaf run per row, however many leaves the tree has.
+"""
+
+from ._arrays import FFFArrays
+from ._classes import FFFClassifier, FFFRegressor
+from ._version import __version__
+
+__all__ = ["FFFArrays", "FFFClassifier", "FFFRegressor", "__version__"]

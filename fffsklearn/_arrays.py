@@ -1,0 +1,184 @@
+"""The fitted model: a fast feedforward network as a set of NumPy arrays.
+
+Every inference backend reads the arrays of one :class:`FFFArrays`; the torch module that
+trained them exists only while training. Keeping the fitted state in plain NumPy is what lets
+a model trained on a GPU load on a CPU-only machine, be saved by skops, and be read by the
+compiled kernel without a copy.
+"""
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+
+# Depth 20 already means a million leaves; anything deeper in a file is corrupt or hostile.
+MAX_DEPTH = 20
+
+_ARRAY_FIELDS = (
+    "node_weights",
+    "node_biases",
+    "leaf_hidden_weights",
+    "leaf_hidden_biases",
+    "leaf_output_weights",
+    "leaf_output_biases",
+    "master_hidden_weights",
+    "master_hidden_biases",
+    "master_output_weights",
+    "master_output_biases",
+)
+
+
+class FFFArrays:
+    """Weights of a fitted fast feedforward network, validated and read-only.
+
+    Nodes are stored in heap order: the root is node 0 and the children of node ``c`` are
+    ``2c + 1`` (left) and ``2c + 2`` (right). A row goes right at a node iff
+    ``node_weights[c] @ x + node_biases[c] > 0``. The leaf index is the node index reached after
+    ``depth`` steps minus ``2**depth - 1``. The output of a row is the output of its leaf MLP
+    plus the output of the master MLP, which every row uses.
+
+    Parameters
+    ----------
+    depth : int
+        Depth of the routing tree; the tree has ``2**depth - 1`` nodes and ``2**depth`` leaves.
+    activation : {"relu", "tanh", "logistic", "identity"}
+        Activation of the hidden layer of the leaves and of the master leaf.
+    node_weights : ndarray of shape (n_nodes, n_features)
+    node_biases : ndarray of shape (n_nodes,)
+    leaf_hidden_weights : ndarray of shape (n_leaves, n_features, leaf_width)
+    leaf_hidden_biases : ndarray of shape (n_leaves, leaf_width)
+    leaf_output_weights : ndarray of shape (n_leaves, leaf_width, n_outputs)
+    leaf_output_biases : ndarray of shape (n_leaves, n_outputs)
+    master_hidden_weights : ndarray of shape (n_features, master_leaf_width)
+    master_hidden_biases : ndarray of shape (master_leaf_width,)
+    master_output_weights : ndarray of shape (master_leaf_width, n_outputs)
+    master_output_biases : ndarray of shape (n_outputs,)
+        With ``master_leaf_width == 0`` the master leaf contributes only this bias.
+
+    Raises
+    ------
+    ValueError
+        If the depth, the activation, a shape, a dtype or a value is inconsistent or not finite.
+    """
+
+    __slots__ = ("depth", "activation") + _ARRAY_FIELDS
+
+    def __init__(self, depth, activation, **arrays):
+        missing = set(_ARRAY_FIELDS) - set(arrays)
+        unexpected = set(arrays) - set(_ARRAY_FIELDS)
+        if missing or unexpected:
+            raise ValueError(
+                f"FFFArrays needs exactly the arrays {list(_ARRAY_FIELDS)}; "
+                f"missing {sorted(missing)}, unexpected {sorted(unexpected)}."
+            )
+        _check_depth(depth)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+        object.__setattr__(self, "depth", int(depth))
+        object.__setattr__(self, "activation", str(activation))
+        for name in _ARRAY_FIELDS:
+            object.__setattr__(self, name, _as_readonly_float32(name, arrays[name]))
+        self._check_shapes()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(
+            "FFFArrays is read-only; build a new one with FFFArrays(...) instead."
+        )
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        # A pickle or skops file is untrusted input: rebuild through the validating constructor.
+        if not isinstance(state, dict):
+            raise ValueError("Corrupt FFFArrays state: expected a dict.")
+        state = dict(state)
+        try:
+            depth = state.pop("depth")
+            activation = state.pop("activation")
+        except KeyError as exc:
+            raise ValueError(f"Corrupt FFFArrays state: missing {exc}.") from None
+        FFFArrays.__init__(self, depth, activation, **state)
+
+    def __reduce__(self):
+        return (_rebuild, (self.__getstate__(),))
+
+    @property
+    def n_features(self):
+        """Number of input features."""
+        return self.node_weights.shape[1]
+
+    @property
+    def n_outputs(self):
+        """Number of raw outputs (classes for a classifier, targets for a regressor)."""
+        return self.master_output_biases.shape[0]
+
+    @property
+    def n_leaves(self):
+        """Number of leaves, ``2**depth``."""
+        return 1 << self.depth
+
+    @property
+    def leaf_width(self):
+        """Hidden units of each leaf MLP."""
+        return self.leaf_hidden_biases.shape[1]
+
+    @property
+    def master_leaf_width(self):
+        """Hidden units of the master leaf (0 if it is off)."""
+        return self.master_hidden_biases.shape[0]
+
+    def _check_shapes(self):
+        d = self.node_weights.shape[1] if self.node_weights.ndim == 2 else -1
+        o = self.master_output_biases.shape[0] if self.master_output_biases.ndim == 1 else -1
+        l = self.leaf_hidden_biases.shape[1] if self.leaf_hidden_biases.ndim == 2 else -1
+        m = self.master_hidden_biases.shape[0] if self.master_hidden_biases.ndim == 1 else -1
+        n_nodes, n_leaves = (1 << self.depth) - 1, 1 << self.depth
+        expected = {
+            "node_weights": (n_nodes, d),
+            "node_biases": (n_nodes,),
+            "leaf_hidden_weights": (n_leaves, d, l),
+            "leaf_hidden_biases": (n_leaves, l),
+            "leaf_output_weights": (n_leaves, l, o),
+            "leaf_output_biases": (n_leaves, o),
+            "master_hidden_weights": (d, m),
+            "master_hidden_biases": (m,),
+            "master_output_weights": (m, o),
+            "master_output_biases": (o,),
+        }
+        for name, shape in expected.items():
+            actual = getattr(self, name).shape
+            if actual != shape or min(shape) < 0:
+                raise ValueError(
+                    f"Inconsistent FFF model: {name} has shape {actual}, expected {shape} "
+                    f"for depth={self.depth}."
+                )
+        if d < 1 or o < 1 or l < 1:
+            raise ValueError(
+                "Inconsistent FFF model: n_features, n_outputs and leaf_width must be >= 1, "
+                f"got {d}, {o} and {l}."
+            )
+
+
+def _rebuild(state):
+    arrays = FFFArrays.__new__(FFFArrays)
+    arrays.__setstate__(state)
+    return arrays
+
+
+def _check_depth(depth):
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)):
+        raise ValueError(f"depth must be an integer, got {type(depth).__name__}.")
+    if not 0 <= depth <= MAX_DEPTH:
+        raise ValueError(f"depth must be in [0, {MAX_DEPTH}], got {depth}.")
+
+
+def _as_readonly_float32(name, value):
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(value).__name__}.")
+    if value.dtype.kind != "f":
+        raise ValueError(f"{name} must hold floating point numbers, got dtype {value.dtype}.")
+    array = np.array(value, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinity.")
+    array.setflags(write=False)
+    return array

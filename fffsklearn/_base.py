@@ -1,0 +1,467 @@
+"""The shared base of FFFClassifier and FFFRegressor: parameters, fitting, hard-routed inference."""
+
+import re
+import warnings
+from abc import ABCMeta, abstractmethod
+from contextlib import contextmanager
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from . import inference
+from ._arrays import ACTIVATIONS, MAX_DEPTH
+from ._progress import EpochReporter
+from ._training import Trainer, resolve_device
+from ._version import STATE_FORMAT, __version__
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+_PARAMETERS_DOC = """
+    depth : int, default=4
+        Depth of the routing tree: ``2**depth`` leaves and ``2**depth - 1`` routing neurons.
+        A row's prediction costs ``depth`` dot products plus one leaf, whatever the depth.
+
+    leaf_width : int, default=16
+        Hidden units of each leaf MLP. The training width (what a dense MLP of equal training
+        cost would have) is ``2**depth * leaf_width``.
+
+    master_leaf_width : int, default=16
+        Hidden units of the master leaf, an MLP that every row uses and whose output is added
+        to the output of the row's leaf. 0 turns it off.
+
+    load_balancing : float, default=1.0
+        Weight of the Switch-Transformer load-balancing loss, which keeps every leaf in use.
+        0 turns it off.
+
+    hardening : float, default=0.1
+        Weight of the mean entropy of the routing decisions. It pushes each decision away
+        from its boundary, so that small changes of the input rarely change the leaf.
+
+    region_leak : float, default=0.0
+        Training only: probability, per node and row, of swapping the node's two branches.
+        Counters overfitting of deep trees with narrow leaves.
+
+    activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
+        Activation of the hidden layers of the leaves and the master leaf.
+
+    max_iter : int, default=200
+        Maximum number of epochs.
+
+    batch_size : int or "auto", default="auto"
+        Rows per mini-batch; "auto" means ``min(200, n_samples)``.
+
+    learning_rate_init : float, default=3e-3
+        Learning rate of the AdamW optimizer.
+
+    alpha : float, default=1e-4
+        Strength of the L2 penalty on the weights (not the biases), as in scikit-learn's MLP:
+        ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch.
+
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
+        score them with hard routing after each epoch, stop when the score has not improved
+        by ``tol`` for ``n_iter_no_change`` epochs, and keep the best weights.
+
+    validation_fraction : float, default=0.1
+        Fraction of the training rows held out when ``early_stopping=True``.
+
+    n_iter_no_change : int, default=10
+        Epochs without an improvement of at least ``tol`` before training stops.
+
+    tol : float, default=1e-4
+        Minimum improvement of the training loss (or of the validation score with
+        ``early_stopping=True``) that counts as progress.
+
+    warm_start : bool, default=False
+        Continue from the current weights on the next ``fit`` instead of starting afresh.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the batch order, the validation split and region leak.
+        With an int, fitting twice on the same device gives the same model.
+
+    verbose : int, default=0
+        If > 0, report the loss, the validation score and the leaves in use after each epoch
+        (with a progress bar when tqdm is installed).
+
+    device : str, default="auto"
+        Where to train: "auto" (CUDA if torch sees a GPU, else CPU), "cpu", "cuda" or
+        "cuda:N". Prediction runs on the CPU from the fitted NumPy arrays.
+
+    n_jobs : int, default=None
+        Threads for prediction on the CPU. None follows ``OMP_NUM_THREADS`` if set and uses
+        every available core otherwise; -1 uses every core.
+"""
+
+_ATTRIBUTES_DOC = """
+    arrays_ : FFFArrays
+        The fitted network as read-only NumPy arrays; every inference backend reads these.
+
+    leaf_sample_counts_ : ndarray of shape (2**depth,)
+        Number of training rows that hard routing sends to each leaf of the fitted model.
+
+    n_features_in_ : int
+        Number of features seen during fit.
+
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string column names.
+
+    n_iter_ : int
+        Number of epochs run, over all calls of fit with ``warm_start`` and ``partial_fit``.
+
+    loss_curve_ : list of float
+        Mean training objective of each epoch, regularisers included.
+
+    best_loss_ : float or None
+        Lowest value of ``loss_curve_``; None with ``early_stopping=True``.
+
+    validation_scores_ : list of float or None
+        Hard-routed score of the held-out rows after each epoch (``early_stopping=True``).
+
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``; its weights are the ones kept.
+
+    device_ : str
+        The device the model was trained on.
+"""
+
+
+class BaseFFF(BaseEstimator, metaclass=ABCMeta):
+    """Shared implementation of the FFF estimators; use FFFClassifier or FFFRegressor."""
+
+    _parameter_constraints = {
+        "depth": [Interval(Integral, 0, MAX_DEPTH, closed="both")],
+        "leaf_width": [Interval(Integral, 1, None, closed="left")],
+        "master_leaf_width": [Interval(Integral, 0, None, closed="left")],
+        "load_balancing": [Interval(Real, 0, None, closed="left")],
+        "hardening": [Interval(Real, 0, None, closed="left")],
+        "region_leak": [Interval(Real, 0, 0.5, closed="both")],
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+        "device": [str],
+        "n_jobs": [Integral, None],
+    }
+
+    _task = None  # "classification" or "regression", set by the subclasses
+
+    def __init__(
+        self,
+        depth=4,
+        leaf_width=16,
+        master_leaf_width=16,
+        load_balancing=1.0,
+        hardening=0.1,
+        region_leak=0.0,
+        activation="relu",
+        max_iter=200,
+        batch_size="auto",
+        learning_rate_init=3e-3,
+        alpha=1e-4,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        warm_start=False,
+        random_state=None,
+        verbose=0,
+        device="auto",
+        n_jobs=None,
+    ):
+        self.depth = depth
+        self.leaf_width = leaf_width
+        self.master_leaf_width = master_leaf_width
+        self.load_balancing = load_balancing
+        self.hardening = hardening
+        self.region_leak = region_leak
+        self.activation = activation
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.verbose = verbose
+        self.device = device
+        self.n_jobs = n_jobs
+
+    # ----------------------------------------------------------------------------- targets
+    @abstractmethod
+    def _encode_targets(self, y, first_call, classes=None):
+        """Validate ``y`` and turn it into what the loss takes; set target attributes on the
+        first call. Returns a NumPy array (class indices or standardised float targets)."""
+
+    @abstractmethod
+    def _n_network_outputs(self):
+        """Number of raw outputs of the network (classes or targets)."""
+
+    @abstractmethod
+    def _score_outputs(self, outputs, y_encoded):
+        """Validation score of raw hard-routed ``outputs`` against encoded targets."""
+
+    # ----------------------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, sample_weight=None):
+        """Fit the network to ``X`` and ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data. Standardise it (for example with StandardScaler in a Pipeline).
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Class labels (classifier) or target values (regressor).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss; None weighs every row equally.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        first_call = not (self.warm_start and hasattr(self, "arrays_"))
+        with self._restore_state_on_error():
+            self._fit(X, y, sample_weight, first_call=first_call, incremental=False)
+        return self
+
+    def _partial_fit(self, X, y, sample_weight, classes):
+        if self.early_stopping:
+            raise ValueError(
+                "partial_fit does not support early_stopping=True: it runs exactly one epoch "
+                "on the rows it is given. Hold out rows yourself and score them instead."
+            )
+        first_call = not hasattr(self, "arrays_")
+        with self._restore_state_on_error():
+            self._fit(X, y, sample_weight, first_call=first_call, incremental=True, classes=classes)
+        return self
+
+    @contextmanager
+    def _restore_state_on_error(self):
+        # A failed call must leave a fitted estimator exactly as it was: validate_data sets
+        # n_features_in_ before it rejects X, and training mutates the live network.
+        saved = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            self.__dict__.pop("_trainer", None)
+            raise
+
+    def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None):
+        device = resolve_device(self.device) if _DEVICE_PATTERN.fullmatch(self.device) else None
+        if device is None:
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}."
+            )
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=first_call,
+            dtype=np.float32,
+            multi_output=self._task == "regression",
+            y_numeric=self._task == "regression",
+        )
+        y_encoded = self._encode_targets(y, first_call, classes)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+        if not np.any(sample_weight):
+            raise ValueError("Sample weights must contain at least one non-zero weight.")
+        if np.any(sample_weight < 0):
+            raise ValueError("Sample weights must be non-negative.")
+
+        rng = check_random_state(self.random_state)
+        early_stopping = self.early_stopping  # partial_fit has refused it already
+        epochs = 1 if incremental else self.max_iter
+        X_val = y_val = None
+        if early_stopping:
+            X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
+                X, y_encoded, sample_weight, rng
+            )
+
+        if first_call or getattr(self, "_trainer", None) is None:
+            trainer = Trainer.create(
+                X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
+                seed=int(rng.randint(np.iinfo(np.int32).max - 1)),
+            )
+            if not first_call:
+                trainer.network.load_arrays(self.arrays_)
+        else:
+            trainer = self._trainer
+
+        to_device = {"device": device}
+        X_t = torch.from_numpy(_writable(X)).to(**to_device)
+        y_t = torch.from_numpy(_writable(y_encoded)).to(**to_device)
+        w_t = torch.from_numpy(_writable(sample_weight)).to(**to_device)
+        batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
+        batch_size = min(batch_size, X.shape[0])
+
+        loss_curve = [] if first_call else list(self.loss_curve_)
+        validation_scores = [] if first_call or not early_stopping else list(
+            self.validation_scores_ or []
+        )
+        best_loss = np.inf if first_call or self.best_loss_ is None else self.best_loss_
+        best_score, best_arrays = -np.inf, None
+        n_iter = 0 if first_call else self.n_iter_
+        no_improvement = 0
+        converged = False
+        reporter = EpochReporter(self.verbose, epochs, type(self).__name__)
+        arrays = None
+        for _ in range(epochs):
+            loss = trainer.run_epoch(X_t, y_t, w_t, batch_size)
+            n_iter += 1
+            loss_curve.append(loss)
+            arrays = trainer.network.to_arrays()
+            score = None
+            if early_stopping:
+                outputs, _ = inference.hard_forward(arrays, X_val, n_threads=self._n_threads())
+                score = self._score_outputs(outputs, y_val)
+                validation_scores.append(score)
+                improved = score > best_score + self.tol
+                if score > best_score:
+                    best_score, best_arrays = score, arrays
+            else:
+                improved = loss < best_loss - self.tol
+                best_loss = min(best_loss, loss)
+            no_improvement = 0 if improved else no_improvement + 1
+            reporter.epoch(n_iter, loss, score, trainer.last_leaf_counts)
+            if not incremental and no_improvement > self.n_iter_no_change:
+                converged = True
+                break
+        reporter.close()
+
+        if early_stopping:
+            arrays = best_arrays
+            trainer.network.load_arrays(arrays)
+        if not incremental and not converged:
+            warnings.warn(
+                f"{type(self).__name__}: maximum iterations ({epochs}) reached and the "
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+            )
+
+        self.arrays_ = arrays
+        self._trainer = trainer
+        self.device_ = str(device)
+        self.n_iter_ = n_iter
+        self.loss_curve_ = loss_curve
+        self.best_loss_ = None if early_stopping else float(best_loss)
+        self.validation_scores_ = validation_scores if early_stopping else None
+        self.best_validation_score_ = float(best_score) if early_stopping else None
+        self.leaf_sample_counts_ = np.bincount(
+            self._apply_validated(X), minlength=arrays.n_leaves
+        ).astype(np.int64)
+
+    def _validation_split(self, X, y_encoded, sample_weight, rng):
+        if X.shape[0] < 2:
+            raise ValueError(
+                "early_stopping=True needs at least 2 samples to hold out a validation set, "
+                f"got n_samples={X.shape[0]}."
+            )
+        stratify = None
+        if self._task == "classification":
+            counts = np.bincount(y_encoded)
+            n_val = int(np.ceil(self.validation_fraction * X.shape[0]))
+            if counts[counts > 0].min() >= 2 and n_val >= np.count_nonzero(counts):
+                stratify = y_encoded
+        X_train, X_val, y_train, y_val, w_train, _ = train_test_split(
+            X,
+            y_encoded,
+            sample_weight,
+            test_size=self.validation_fraction,
+            random_state=rng.randint(np.iinfo(np.int32).max),
+            stratify=stratify,
+        )
+        if not np.any(w_train):
+            raise ValueError("Sample weights of the training split are all zero.")
+        return X_train, X_val, y_train, y_val, w_train
+
+    # ----------------------------------------------------------------------------- inference
+    def _n_threads(self):
+        return inference.effective_n_threads(self.n_jobs)
+
+    def _validate_for_inference(self, X):
+        check_is_fitted(self, "arrays_")
+        return validate_data(self, X, reset=False, dtype=(np.float32, np.float64))
+
+    def _iter_outputs(self, X):
+        """Raw hard-routed outputs of validated ``X``, chunk by chunk (bounded memory)."""
+        for rows, outputs, _ in inference.iter_hard_forward(
+            self.arrays_, X, n_threads=self._n_threads()
+        ):
+            yield rows, outputs
+
+    def _apply_validated(self, X):
+        leaves = np.empty(X.shape[0], dtype=np.intp)
+        for rows, _, chunk_leaves in inference.iter_hard_forward(
+            self.arrays_, X, n_threads=self._n_threads(), with_outputs=False
+        ):
+            leaves[rows] = chunk_leaves
+        return leaves
+
+    def apply(self, X):
+        """Index of the leaf that hard routing sends each row to.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input rows.
+
+        Returns
+        -------
+        leaves : ndarray of shape (n_samples,)
+            Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
+            decisions taken from the root down (1 means right).
+        """
+        return self._apply_validated(self._validate_for_inference(X))
+
+    # ----------------------------------------------------------------------------- state
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        # The torch network and optimizer exist only while training; the fitted model is
+        # arrays_. Dropping them keeps pickles small, device-independent and skops-safe.
+        state.pop("_trainer", None)
+        state["_fffsklearn_version"] = __version__
+        state["_fffsklearn_state_format"] = STATE_FORMAT
+        return state
+
+    def __setstate__(self, state):
+        saved_format = state.pop("_fffsklearn_state_format", None)
+        saved_version = state.pop("_fffsklearn_version", "unknown")
+        if saved_format is not None and saved_format != STATE_FORMAT:
+            warnings.warn(
+                f"This {type(self).__name__} was saved by fffsklearn {saved_version} in state "
+                f"format {saved_format}; this is fffsklearn {__version__} (format "
+                f"{STATE_FORMAT}). It may not load or predict correctly: refit it.",
+                UserWarning,
+            )
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+
+def _writable(array):
+    # torch.from_numpy warns on read-only arrays (memmaps, broadcast views): copy those only.
+    return array if array.flags.writeable else array.copy()

@@ -1,0 +1,255 @@
+"""The public estimators: thin task-specific layers over :class:`~fffsklearn._base.BaseFFF`."""
+
+import numpy as np
+from scipy.special import log_softmax, softmax
+from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
+from sklearn.metrics import r2_score
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+
+from ._base import _ATTRIBUTES_DOC, _PARAMETERS_DOC, BaseFFF
+
+
+class FFFClassifier(ClassifierMixin, BaseFFF):
+    __doc__ = f"""Fast feedforward network classifier.
+
+    A binary tree of routing neurons sends each row to one small leaf MLP; a master leaf MLP
+    sees every row. Training mixes the leaves softly by path probability, with a
+    load-balancing loss so that no leaf is starved and an entropy term that hardens the
+    decisions. Prediction walks the tree with hard decisions (right iff the node's logit is
+    > 0) and evaluates only the chosen leaf and the master leaf.
+
+    Parameters
+    ----------{_PARAMETERS_DOC}
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels.
+{_ATTRIBUTES_DOC}
+    See Also
+    --------
+    FFFRegressor : The same network for regression.
+    sklearn.neural_network.MLPClassifier : The dense MLP that an FFF replaces.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> from fffsklearn import FFFClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> model = make_pipeline(StandardScaler(), FFFClassifier(depth=3, random_state=0))
+    >>> model.fit(X, y).score(X, y) > 0.9
+    True
+    """
+
+    _task = "classification"
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """Train for one epoch on the given rows, keeping the weights and optimizer state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows.
+        y : array-like of shape (n_samples,)
+            Their labels.
+        classes : array-like of shape (n_classes,), default=None
+            Every label that any call may see. Required on the first call, ignored after.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss.
+
+        Returns
+        -------
+        self : object
+            The estimator.
+        """
+        if classes is None and not hasattr(self, "classes_"):
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        return self._partial_fit(X, y, sample_weight, classes)
+
+    def _encode_targets(self, y, first_call, classes=None):
+        check_classification_targets(y)
+        if first_call:
+            classes = unique_labels(y if classes is None else classes)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                    f"but the data contains only one class: {classes[0]!r}."
+                )
+            self.classes_ = classes
+        unseen = np.setdiff1d(y, self.classes_)
+        if unseen.size:
+            raise ValueError(
+                f"y contains labels {unseen.tolist()} that are not in classes_ "
+                f"{self.classes_.tolist()}."
+            )
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _n_network_outputs(self):
+        return len(self.classes_)
+
+    def _score_outputs(self, outputs, y_encoded):
+        return float(np.mean(np.argmax(outputs, axis=1) == y_encoded))
+
+    def predict_proba(self, X):
+        """Class probabilities of each row under hard routing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input rows.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+            Softmax of the chosen leaf's plus the master leaf's output; columns follow
+            ``classes_``.
+        """
+        X = self._validate_for_inference(X)
+        proba = np.empty((X.shape[0], len(self.classes_)), dtype=np.float64)
+        for rows, outputs in self._iter_outputs(X):
+            proba[rows] = softmax(outputs.astype(np.float64), axis=1)
+        return proba
+
+    def predict_log_proba(self, X):
+        """Logarithm of :meth:`predict_proba`, computed without underflow.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input rows.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probabilities; columns follow ``classes_``.
+        """
+        X = self._validate_for_inference(X)
+        log_proba = np.empty((X.shape[0], len(self.classes_)), dtype=np.float64)
+        for rows, outputs in self._iter_outputs(X):
+            log_proba[rows] = log_softmax(outputs.astype(np.float64), axis=1)
+        return log_proba
+
+    def predict(self, X):
+        """Predicted class of each row under hard routing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input rows.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,)
+            The class of highest probability in :meth:`predict_proba`.
+        """
+        X = self._validate_for_inference(X)
+        indices = np.empty(X.shape[0], dtype=np.intp)
+        for rows, outputs in self._iter_outputs(X):
+            # The softmax is monotone, so its argmax is the argmax of the raw outputs.
+            indices[rows] = np.argmax(outputs, axis=1)
+        return self.classes_[indices]
+
+
+class FFFRegressor(RegressorMixin, BaseFFF):
+    __doc__ = f"""Fast feedforward network regressor.
+
+    A binary tree of routing neurons sends each row to one small leaf MLP; a master leaf MLP
+    sees every row. Training mixes the leaves softly by path probability, with a
+    load-balancing loss so that no leaf is starved and an entropy term that hardens the
+    decisions. Prediction walks the tree with hard decisions (right iff the node's logit is
+    > 0) and evaluates only the chosen leaf and the master leaf. Targets are standardised
+    internally; several targets (2-D ``y``) share one tree.
+
+    Parameters
+    ----------{_PARAMETERS_DOC}
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets.
+{_ATTRIBUTES_DOC}
+    See Also
+    --------
+    FFFClassifier : The same network for classification.
+    sklearn.neural_network.MLPRegressor : The dense MLP that an FFF replaces.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_friedman1
+    >>> from fffsklearn import FFFRegressor
+    >>> X, y = make_friedman1(n_samples=1000, random_state=0)
+    >>> model = FFFRegressor(depth=2, random_state=0).fit(X, y)
+    >>> model.score(X, y) > 0.8
+    True
+    """
+
+    _task = "regression"
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y, sample_weight=None):
+        """Train for one epoch on the given rows, keeping the weights and optimizer state.
+
+        The first call also fixes the target standardisation from its rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+            Their targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weights of the rows in the loss.
+
+        Returns
+        -------
+        self : object
+            The estimator.
+        """
+        return self._partial_fit(X, y, sample_weight, None)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _encode_targets(self, y, first_call, classes=None):
+        y = np.asarray(y, dtype=np.float64)
+        if first_call:
+            self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
+            self._target_is_1d = y.ndim == 1
+            self._target_mean = y.mean(axis=0).reshape(-1)
+            scale = y.std(axis=0).reshape(-1)
+            self._target_scale = np.where(scale > 0, scale, 1.0)
+        y2d = y.reshape(y.shape[0], -1)
+        if y2d.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y has {y2d.shape[1]} targets but {type(self).__name__} was fitted with "
+                f"{self.n_outputs_}."
+            )
+        return ((y2d - self._target_mean) / self._target_scale).astype(np.float32)
+
+    def _n_network_outputs(self):
+        return self.n_outputs_
+
+    def _score_outputs(self, outputs, y_encoded):
+        return float(r2_score(y_encoded, outputs))
+
+    def predict(self, X):
+        """Predicted targets of each row under hard routing.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Input rows.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_targets)
+            The chosen leaf's plus the master leaf's output, in the units of the targets.
+        """
+        X = self._validate_for_inference(X)
+        y = np.empty((X.shape[0], self.n_outputs_), dtype=np.float64)
+        for rows, outputs in self._iter_outputs(X):
+            y[rows] = outputs * self._target_scale + self._target_mean
+        return y.ravel() if self._target_is_1d else y

@@ -1,0 +1,111 @@
+"""Hard-routed inference over the fitted arrays, with one entry point for every backend.
+
+Backends
+--------
+``"compiled"``
+    The C kernel (:mod:`fffsklearn.inference._kernel`): parallel over rows with OpenMP, GIL
+    released, float32 or float64 input in any memory order without a full copy.
+``"reference"``
+    NumPy (:mod:`fffsklearn.inference._reference`); used when the extension is not built.
+
+Both read the same :class:`~fffsklearn._arrays.FFFArrays`, route with the same rule (right iff
+the float64-accumulated logit of the float32 input is > 0) and send every row to the same leaf.
+"""
+
+import os
+import warnings
+
+import numpy as np
+from joblib import cpu_count
+from sklearn.utils import gen_batches
+
+from . import _reference
+
+try:
+    from . import _kernel
+except ImportError as exc:  # pragma: no cover - exercised only where the build failed
+    _kernel = None
+    warnings.warn(
+        f"fffsklearn's compiled inference kernel could not be imported ({exc}); predictions "
+        "fall back to the slower NumPy reference path. Reinstall with a C compiler present.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+BACKENDS = ("compiled", "reference")
+
+# Rows handed to a backend per call: bounds the working set of one predict call whatever the
+# number of rows (outputs of this many rows, plus the backend's own per-thread buffers).
+CHUNK_ROWS = 65536
+
+
+def default_backend():
+    """The fastest backend available in this installation."""
+    return "compiled" if _kernel is not None else "reference"
+
+
+def effective_n_threads(n_jobs):
+    """Number of threads for CPU inference, in joblib's and OpenMP's conventions.
+
+    ``None`` follows ``OMP_NUM_THREADS`` if set, else uses every core available to the
+    process; ``-1`` uses every core; ``-2`` all but one; a positive number is taken as is.
+    """
+    if n_jobs is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+        return max(1, int(env)) if env.isdigit() else cpu_count()
+    if n_jobs < 0:
+        return max(1, cpu_count() + 1 + n_jobs)
+    return int(n_jobs)
+
+
+def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True):
+    """Hard-routed forward pass of validated 2-D float ``X``, in chunks of rows.
+
+    Parameters
+    ----------
+    arrays : FFFArrays
+    X : ndarray of shape (n_samples, n_features), float32 or float64
+    n_threads : int
+    backend : {"compiled", "reference"} or None
+        None picks :func:`default_backend`.
+    with_outputs : bool
+        If False, only route (``outputs`` is None); that is what ``apply`` needs.
+
+    Yields
+    ------
+    rows : slice
+        The rows of ``X`` this chunk covers.
+    outputs : ndarray of shape (chunk_rows, n_outputs), float32, or None
+        Raw outputs: leaf MLP plus master MLP, before any link function.
+    leaves : ndarray of shape (chunk_rows,), intp
+    """
+    backend = backend or default_backend()
+    if backend == "compiled":
+        if _kernel is None:
+            raise ValueError("backend='compiled' was requested but the C kernel is not built.")
+        for rows in gen_batches(X.shape[0], CHUNK_ROWS):
+            yield (rows, *_kernel.hard_forward(arrays, X[rows], n_threads, with_outputs))
+    elif backend == "reference":
+        for rows in gen_batches(X.shape[0], _reference_chunk_rows(X.shape[1])):
+            chunk = np.asarray(X[rows], dtype=np.float32)
+            if with_outputs:
+                yield (rows, *_reference.forward(arrays, chunk))
+            else:
+                yield rows, None, _reference.route(arrays, chunk)
+    else:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+
+
+def hard_forward(arrays, X, **kwargs):
+    """All raw outputs and leaves of ``X`` at once; see :func:`iter_hard_forward`."""
+    outputs = np.empty((X.shape[0], arrays.n_outputs), dtype=np.float32)
+    leaves = np.empty(X.shape[0], dtype=np.intp)
+    for rows, chunk_outputs, chunk_leaves in iter_hard_forward(arrays, X, **kwargs):
+        outputs[rows] = chunk_outputs
+        leaves[rows] = chunk_leaves
+    return outputs, leaves
+
+
+def _reference_chunk_rows(n_features):
+    # The reference gathers one float64 weight row per sample and level: keep that near 64 MB.
+    return max(64, min(CHUNK_ROWS, (1 << 23) // max(n_features, 1)))

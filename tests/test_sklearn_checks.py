@@ -1,0 +1,36 @@
+"""scikit-learn's estimator checks on both estimators."""
+
+import pytest
+from sklearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_param_validation,
+    parametrize_with_checks,
+)
+
+from fffsklearn import FFFClassifier, FFFRegressor
+
+# Mini-batch SGD with shuffled batches cannot give the same model for a weight of 2 as for a
+# repeated row; scikit-learn marks this check expected-to-fail for its own SGD estimators.
+EXPECTED_FAILED = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "mini-batch training: weighting a row is not the same as repeating it"
+    ),
+}
+
+ESTIMATORS = [FFFClassifier(), FFFRegressor()]
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILED)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda est: type(est).__name__)
+def test_param_validation(estimator):
+    check_param_validation(type(estimator).__name__, estimator)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda est: type(est).__name__)
+def test_dataframe_column_names_consistency(estimator):
+    pytest.importorskip("pandas")
+    check_dataframe_column_names_consistency(type(estimator).__name__, estimator)
