@@ -410,12 +410,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             yield rows, outputs
 
     def _apply_validated(self, X):
-        leaves = np.empty(X.shape[0], dtype=np.intp)
-        for rows, _, chunk_leaves in inference.iter_hard_forward(
-            self.arrays_, X, n_threads=self._n_threads(), with_outputs=False
-        ):
-            leaves[rows] = chunk_leaves
-        return leaves
+        return inference.apply(self.arrays_, X, n_threads=self._n_threads())
 
     def apply(self, X):
         """Index of the leaf that hard routing sends each row to.

@@ -84,7 +84,11 @@ def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True
         if _kernel is None:
             raise ValueError("backend='compiled' was requested but the C kernel is not built.")
         for rows in gen_batches(X.shape[0], CHUNK_ROWS):
-            yield (rows, *_kernel.hard_forward(arrays, X[rows], n_threads, with_outputs))
+            n = rows.stop - rows.start
+            leaves = np.empty(n, dtype=np.int64)
+            outputs = np.empty((n, arrays.n_outputs), dtype=np.float32) if with_outputs else None
+            _kernel.hard_forward(arrays, X[rows], leaves, outputs, n_threads)
+            yield rows, outputs, leaves
     elif backend == "reference":
         for rows in gen_batches(X.shape[0], _reference_chunk_rows(X.shape[1])):
             chunk = np.asarray(X[rows], dtype=np.float32)
@@ -104,6 +108,14 @@ def hard_forward(arrays, X, **kwargs):
         outputs[rows] = chunk_outputs
         leaves[rows] = chunk_leaves
     return outputs, leaves
+
+
+def apply(arrays, X, **kwargs):
+    """Leaf of every row of ``X``; see :func:`iter_hard_forward`."""
+    leaves = np.empty(X.shape[0], dtype=np.intp)
+    for rows, _, chunk_leaves in iter_hard_forward(arrays, X, with_outputs=False, **kwargs):
+        leaves[rows] = chunk_leaves
+    return leaves
 
 
 def _reference_chunk_rows(n_features):

@@ -1,0 +1,607 @@
+/*
+ * Hard-routed inference of a fast feedforward network on the CPU.
+ *
+ * hard_forward(arrays, X, leaves_out, outputs_out, n_threads)
+ *   arrays      an fffsklearn.FFFArrays (float32, C-contiguous weights, validated again here)
+ *   X           2-D float32 or float64 buffer of shape (n, d), any strides
+ *   leaves_out  1-D int64 buffer of length n, written with each row's leaf
+ *   outputs_out 2-D float32 buffer of shape (n, o), or None to route only
+ *
+ * Rows are processed in blocks, blocks are spread over OpenMP threads with the GIL released.
+ * Within a block: (1) each row walks the tree, its node logits accumulated in double from the
+ * float32 row, exactly the reference's rule (right iff logit > 0); (2) rows are grouped by
+ * leaf and each group runs through its leaf with a register-tiled loop that reads every
+ * weight once for four rows; (3) the master leaf runs the same loop over the whole block.
+ * Nothing a row computes depends on the other rows of its batch.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* One build runs everywhere: process_block is compiled twice, for AVX2+FMA machines and for
+ * the baseline, and the loader picks the clone that fits the CPU. Its helpers are inlined
+ * into each clone. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_CLONES)
+#define HOT_PATH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT_PATH
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+#define MAX_DEPTH 20
+#define BLOCK_ROWS 512
+#define TILE_ROWS 4
+#define TILE_COLS 16 /* widest column tile of hidden_layer */
+
+enum activation { ACT_RELU, ACT_TANH, ACT_LOGISTIC, ACT_IDENTITY };
+
+typedef struct {
+    int depth;
+    enum activation activation;
+    Py_ssize_t n_features, n_outputs, leaf_width, master_width;
+    const float *node_w, *node_b;
+    const float *leaf_w1, *leaf_b1, *leaf_w2, *leaf_b2;
+    const float *master_w1, *master_b1, *master_w2, *master_b2;
+} model_t;
+
+typedef struct {
+    const char *data;
+    Py_ssize_t n_rows, stride_row, stride_col; /* strides in bytes */
+    int is_double;
+} input_t;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Buffer checks                                                                              */
+
+static char normalized_format(const Py_buffer *view) {
+    const char *f = view->format ? view->format : "B";
+    while (*f == '<' || *f == '=' || *f == '@' || *f == '|') f++;
+    return (f[0] != '\0' && f[1] == '\0') ? f[0] : '?';
+}
+
+/* Views kept alive for the duration of one call. */
+typedef struct {
+    Py_buffer views[12];
+    int count;
+} views_t;
+
+static void release_views(views_t *v) {
+    for (int i = 0; i < v->count; i++) PyBuffer_Release(&v->views[i]);
+    v->count = 0;
+}
+
+/* Get a C-contiguous float32 buffer of exactly the given shape from attribute `name`. */
+static const float *float32_attribute(PyObject *arrays, const char *name, int ndim,
+                                      const Py_ssize_t *shape, views_t *views) {
+    PyObject *obj = PyObject_GetAttrString(arrays, name);
+    if (obj == NULL) return NULL;
+    Py_buffer *view = &views->views[views->count];
+    int rc = PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT);
+    Py_DECREF(obj);
+    if (rc < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "Corrupt FFF model: %s is not a C-contiguous array.", name);
+        return NULL;
+    }
+    views->count++;
+    if (normalized_format(view) != 'f' || view->itemsize != 4) {
+        PyErr_Format(PyExc_ValueError, "Corrupt FFF model: %s must be float32.", name);
+        return NULL;
+    }
+    int ok = view->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = view->shape[i] == shape[i];
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError,
+                     "Corrupt FFF model: %s has a shape inconsistent with the model's depth "
+                     "and sizes.", name);
+        return NULL;
+    }
+    return (const float *)view->buf;
+}
+
+static int read_model(PyObject *arrays, model_t *m, views_t *views) {
+    PyObject *depth_obj = PyObject_GetAttrString(arrays, "depth");
+    if (depth_obj == NULL) return -1;
+    long depth = PyLong_AsLong(depth_obj);
+    Py_DECREF(depth_obj);
+    if (depth == -1 && PyErr_Occurred()) return -1;
+    if (depth < 0 || depth > MAX_DEPTH) {
+        PyErr_Format(PyExc_ValueError, "Corrupt FFF model: depth %ld is outside [0, %d].",
+                     depth, MAX_DEPTH);
+        return -1;
+    }
+    m->depth = (int)depth;
+
+    PyObject *act = PyObject_GetAttrString(arrays, "activation");
+    if (act == NULL) return -1;
+    const char *act_name = PyUnicode_Check(act) ? PyUnicode_AsUTF8(act) : NULL;
+    int found = 1;
+    if (act_name == NULL) found = 0;
+    else if (strcmp(act_name, "relu") == 0) m->activation = ACT_RELU;
+    else if (strcmp(act_name, "tanh") == 0) m->activation = ACT_TANH;
+    else if (strcmp(act_name, "logistic") == 0) m->activation = ACT_LOGISTIC;
+    else if (strcmp(act_name, "identity") == 0) m->activation = ACT_IDENTITY;
+    else found = 0;
+    Py_DECREF(act);
+    if (!found) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "Corrupt FFF model: unknown activation.");
+        return -1;
+    }
+
+    /* The sizes come from the biases; every weight's shape is then checked against them. */
+    Py_buffer probe;
+    const char *size_sources[3] = {"leaf_hidden_biases", "master_hidden_biases",
+                                   "master_output_biases"};
+    Py_ssize_t sizes[3];
+    for (int i = 0; i < 3; i++) {
+        PyObject *obj = PyObject_GetAttrString(arrays, size_sources[i]);
+        if (obj == NULL) return -1;
+        int rc = PyObject_GetBuffer(obj, &probe, PyBUF_STRIDES);
+        Py_DECREF(obj);
+        if (rc < 0) return -1;
+        sizes[i] = probe.ndim >= 1 ? probe.shape[probe.ndim - 1] : -1;
+        PyBuffer_Release(&probe);
+    }
+    PyObject *obj = PyObject_GetAttrString(arrays, "node_weights");
+    if (obj == NULL) return -1;
+    int rc = PyObject_GetBuffer(obj, &probe, PyBUF_STRIDES);
+    Py_DECREF(obj);
+    if (rc < 0) return -1;
+    m->n_features = probe.ndim == 2 ? probe.shape[1] : -1;
+    PyBuffer_Release(&probe);
+    m->leaf_width = sizes[0];
+    m->master_width = sizes[1];
+    m->n_outputs = sizes[2];
+    if (m->n_features < 1 || m->leaf_width < 1 || m->master_width < 0 || m->n_outputs < 1) {
+        PyErr_SetString(PyExc_ValueError, "Corrupt FFF model: array sizes are inconsistent.");
+        return -1;
+    }
+
+    Py_ssize_t n_nodes = ((Py_ssize_t)1 << m->depth) - 1, n_leaves = n_nodes + 1;
+    Py_ssize_t d = m->n_features, l = m->leaf_width, mw = m->master_width, o = m->n_outputs;
+    Py_ssize_t s_node_w[2] = {n_nodes, d}, s_node_b[1] = {n_nodes};
+    Py_ssize_t s_leaf_w1[3] = {n_leaves, d, l}, s_leaf_b1[2] = {n_leaves, l};
+    Py_ssize_t s_leaf_w2[3] = {n_leaves, l, o}, s_leaf_b2[2] = {n_leaves, o};
+    Py_ssize_t s_m_w1[2] = {d, mw}, s_m_b1[1] = {mw}, s_m_w2[2] = {mw, o}, s_m_b2[1] = {o};
+    if (!(m->node_w = float32_attribute(arrays, "node_weights", 2, s_node_w, views)) ||
+        !(m->node_b = float32_attribute(arrays, "node_biases", 1, s_node_b, views)) ||
+        !(m->leaf_w1 = float32_attribute(arrays, "leaf_hidden_weights", 3, s_leaf_w1, views)) ||
+        !(m->leaf_b1 = float32_attribute(arrays, "leaf_hidden_biases", 2, s_leaf_b1, views)) ||
+        !(m->leaf_w2 = float32_attribute(arrays, "leaf_output_weights", 3, s_leaf_w2, views)) ||
+        !(m->leaf_b2 = float32_attribute(arrays, "leaf_output_biases", 2, s_leaf_b2, views)) ||
+        !(m->master_w1 = float32_attribute(arrays, "master_hidden_weights", 2, s_m_w1, views)) ||
+        !(m->master_b1 = float32_attribute(arrays, "master_hidden_biases", 1, s_m_b1, views)) ||
+        !(m->master_w2 = float32_attribute(arrays, "master_output_weights", 2, s_m_w2, views)) ||
+        !(m->master_b2 = float32_attribute(arrays, "master_output_biases", 1, s_m_b2, views)))
+        return -1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Compute                                                                                    */
+
+INLINE float activate(float h, enum activation a) {
+    switch (a) {
+        case ACT_RELU: return h > 0.0f ? h : 0.0f;
+        case ACT_TANH: return tanhf(h);
+        case ACT_LOGISTIC: return 1.0f / (1.0f + expf(-h));
+        default: return h;
+    }
+}
+
+/* Row r of the input as float32: the caller's memory when it already is contiguous float32,
+ * else converted into `scratch` (one cast, one block at a time). */
+INLINE const float *input_row(const input_t *in, Py_ssize_t r, Py_ssize_t d, float *scratch) {
+    const char *row = in->data + r * in->stride_row;
+    if (!in->is_double && in->stride_col == (Py_ssize_t)sizeof(float)) return (const float *)row;
+    for (Py_ssize_t k = 0; k < d; k++) {
+        const char *p = row + k * in->stride_col;
+        scratch[k] = in->is_double ? (float)*(const double *)p : *(const float *)p;
+    }
+    return scratch;
+}
+
+/* GCC vector types: 8 float or 4 double lanes, compiled to AVX registers in the AVX2 clone
+ * and to pairs of SSE registers in the baseline one. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v4d __attribute__((vector_size(32)));
+
+INLINE v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+INLINE v4d load4d(const double *p) { v4d v; memcpy(&v, p, sizeof v); return v; }
+INLINE v4d load4_as_double(const float *p) {
+    v4f v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, v4d);
+}
+
+INLINE void widen_row(const float *x, Py_ssize_t d, double *out) {
+    for (Py_ssize_t k = 0; k < d; k++) out[k] = (double)x[k];
+}
+
+/* Exact-enough logit of one float32 row at one node: the row widened to double (once per
+ * row), products exact in double, four independent accumulators in a fixed order. This is the
+ * reference's arithmetic up to summation order, i.e. within about d * 2^-53 * sum|w_k x_k|. */
+INLINE double node_logit_double(const double *x, const float *w, Py_ssize_t d) {
+    v4d acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+    Py_ssize_t k = 0;
+    for (; k + 16 <= d; k += 16) {
+        acc0 += load4d(x + k) * load4_as_double(w + k);
+        acc1 += load4d(x + k + 4) * load4_as_double(w + k + 4);
+        acc2 += load4d(x + k + 8) * load4_as_double(w + k + 8);
+        acc3 += load4d(x + k + 12) * load4_as_double(w + k + 12);
+    }
+    v4d acc = (acc0 + acc1) + (acc2 + acc3);
+    double total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (; k < d; k++) total += x[k] * (double)w[k];
+    return total;
+}
+
+/* Fast float32 logit (eight lanes, four accumulators). */
+INLINE float node_logit_float(const float *x, const float *w, Py_ssize_t d) {
+    v8f acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+    Py_ssize_t k = 0;
+    for (; k + 32 <= d; k += 32) {
+        acc0 += load8(x + k) * load8(w + k);
+        acc1 += load8(x + k + 8) * load8(w + k + 8);
+        acc2 += load8(x + k + 16) * load8(w + k + 16);
+        acc3 += load8(x + k + 24) * load8(w + k + 24);
+    }
+    v8f acc = (acc0 + acc1) + (acc2 + acc3);
+    float total = 0.0f;
+    for (int j = 0; j < 8; j++) total += acc[j];
+    for (; k < d; k++) total += x[k] * w[k];
+    return total;
+}
+
+/* In double: squares of float32 values neither overflow nor underflow there. */
+INLINE double euclidean_norm(const float *v, Py_ssize_t d) {
+    v4d acc0 = {0}, acc1 = {0};
+    Py_ssize_t k = 0;
+    for (; k + 8 <= d; k += 8) {
+        v4d a = load4_as_double(v + k), b = load4_as_double(v + k + 4);
+        acc0 += a * a;
+        acc1 += b * b;
+    }
+    v4d acc = acc0 + acc1;
+    double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (; k < d; k++) sum += (double)v[k] * (double)v[k];
+    return sqrt(sum);
+}
+
+/* hidden[r][0:width] = act(x_r @ W + b) for up to TILE_ROWS rows; W is (d, width) row-major.
+ * Rows are taken four at a time and columns sixteen (or eight) at a time, so each weight
+ * vector loaded serves four rows and the eight accumulators stay in registers. */
+INLINE void hidden_layer(const float *const *rows, int n_rows, Py_ssize_t d, const float *W,
+                         const float *b, Py_ssize_t width, enum activation act, float *hidden) {
+    const float *x0 = rows[0], *x1 = rows[n_rows > 1 ? 1 : 0];
+    const float *x2 = rows[n_rows > 2 ? 2 : 0], *x3 = rows[n_rows > 3 ? 3 : 0];
+    float tile[TILE_ROWS][TILE_COLS];
+    Py_ssize_t j0 = 0;
+    for (; j0 + 16 <= width; j0 += 16) {
+        v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+        for (Py_ssize_t k = 0; k < d; k++) {
+            const float *w = W + k * width + j0;
+            v8f w0 = load8(w), w1 = load8(w + 8);
+            a00 += x0[k] * w0; a01 += x0[k] * w1;
+            a10 += x1[k] * w0; a11 += x1[k] * w1;
+            a20 += x2[k] * w0; a21 += x2[k] * w1;
+            a30 += x3[k] * w0; a31 += x3[k] * w1;
+        }
+        store8(tile[0], a00); store8(tile[0] + 8, a01);
+        store8(tile[1], a10); store8(tile[1] + 8, a11);
+        store8(tile[2], a20); store8(tile[2] + 8, a21);
+        store8(tile[3], a30); store8(tile[3] + 8, a31);
+        for (int r = 0; r < n_rows; r++)
+            for (int j = 0; j < 16; j++)
+                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
+    }
+    for (; j0 + 8 <= width; j0 += 8) {
+        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (Py_ssize_t k = 0; k < d; k++) {
+            v8f w0 = load8(W + k * width + j0);
+            a0 += x0[k] * w0; a1 += x1[k] * w0; a2 += x2[k] * w0; a3 += x3[k] * w0;
+        }
+        store8(tile[0], a0); store8(tile[1], a1); store8(tile[2], a2); store8(tile[3], a3);
+        for (int r = 0; r < n_rows; r++)
+            for (int j = 0; j < 8; j++)
+                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
+    }
+    if (j0 < width) {
+        Py_ssize_t cols = width - j0;
+        const float *x[TILE_ROWS] = {x0, x1, x2, x3};
+        for (int r = 0; r < TILE_ROWS; r++)
+            for (Py_ssize_t j = 0; j < cols; j++) tile[r][j] = 0.0f;
+        for (Py_ssize_t k = 0; k < d; k++) {
+            const float *w = W + k * width + j0;
+            for (int r = 0; r < TILE_ROWS; r++)
+                for (Py_ssize_t j = 0; j < cols; j++) tile[r][j] += x[r][k] * w[j];
+        }
+        for (int r = 0; r < n_rows; r++)
+            for (Py_ssize_t j = 0; j < cols; j++)
+                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
+    }
+}
+
+/* out[r][0:o] += hidden[r] @ W2 + b2 */
+INLINE void output_layer(const float *hidden, int n_rows, Py_ssize_t width, const float *W2,
+                         const float *b2, Py_ssize_t o, float *const *out) {
+    for (int r = 0; r < n_rows; r++) {
+        float *y = out[r];
+        for (Py_ssize_t c = 0; c < o; c++) y[c] += b2[c];
+        for (Py_ssize_t j = 0; j < width; j++) {
+            float h = hidden[r * width + j];
+            const float *w = W2 + j * o;
+            for (Py_ssize_t c = 0; c < o; c++) y[c] += h * w[c];
+        }
+    }
+}
+
+typedef struct {
+    const float **rows;   /* BLOCK_ROWS row pointers */
+    float *converted;     /* BLOCK_ROWS * d floats, used only when the input needs a cast */
+    int64_t *order;       /* rows of the block sorted by leaf */
+    Py_ssize_t *counts;   /* n_leaves + 1 */
+    float *hidden;        /* TILE_ROWS * max(leaf_width, master_width) */
+    double *wide_row;     /* d doubles: a row whose decision needs the double path */
+    double *node_norms;   /* n_nodes Euclidean norms of node weights, computed on first use */
+} workspace_t;
+
+static void free_workspace(workspace_t *w) {
+    free(w->rows); free(w->converted); free(w->order); free(w->counts); free(w->hidden);
+    free(w->wide_row);
+    free(w->node_norms);
+}
+
+static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in) {
+    Py_ssize_t width = m->leaf_width > m->master_width ? m->leaf_width : m->master_width;
+    int needs_cast = in->is_double || in->stride_col != (Py_ssize_t)sizeof(float);
+    w->rows = malloc(sizeof(float *) * BLOCK_ROWS);
+    w->converted = needs_cast ? malloc(sizeof(float) * BLOCK_ROWS * m->n_features) : NULL;
+    w->order = malloc(sizeof(int64_t) * BLOCK_ROWS);
+    w->counts = malloc(sizeof(Py_ssize_t) * (((Py_ssize_t)1 << m->depth) + 1));
+    w->hidden = malloc(sizeof(float) * TILE_ROWS * width);
+    w->wide_row = malloc(sizeof(double) * m->n_features);
+    Py_ssize_t n_nodes = ((Py_ssize_t)1 << m->depth) - 1;
+    w->node_norms = malloc(sizeof(double) * (n_nodes > 0 ? n_nodes : 1));
+    for (Py_ssize_t j = 0; j < n_nodes && w->node_norms; j++) w->node_norms[j] = -1.0;
+    if (!w->rows || (needs_cast && !w->converted) || !w->order || !w->counts || !w->hidden ||
+        !w->wide_row || !w->node_norms) {
+        free_workspace(w);
+        return -1;
+    }
+    return 0;
+}
+
+/* Leaf of one float32 row. Routing must match the reference's float64 logits exactly in sign.
+ * The float32 logit differs from the exact one by at most about (d + 2) * 2^-24 *
+ * sum|w_k x_k| (relative rounding) plus (d + 2) * 2^-149 (subnormal results), and
+ * sum|w_k x_k| <= ||w|| ||x|| (Cauchy-Schwarz). Outside that margin, inflated by half again,
+ * its sign is the exact sign and so the reference's; inside it (rare) the row is routed in
+ * double. */
+INLINE Py_ssize_t route_row(const model_t *m, const float *x, workspace_t *w) {
+    const Py_ssize_t d = m->n_features;
+    const double margin_factor = 1.5 * ((double)d + 2.0) * 0x1p-24;
+    const double margin_floor = 1.5 * ((double)d + 2.0) * 0x1p-148;
+    double x_norm = m->depth > 0 ? euclidean_norm(x, d) : 0.0;
+    int widened = 0;
+    Py_ssize_t node = 0;
+    for (int level = 0; level < m->depth; level++) {
+        const float *wn = m->node_w + node * d;
+        if (w->node_norms[node] < 0.0) w->node_norms[node] = euclidean_norm(wn, d);
+        double bias = (double)m->node_b[node];
+        double logit = (double)node_logit_float(x, wn, d) + bias;
+        double margin = margin_factor * w->node_norms[node] * x_norm + margin_floor;
+        if (!(fabs(logit) > margin)) { /* also taken for NaN or infinite values */
+            if (!widened) {
+                widen_row(x, d, w->wide_row);
+                widened = 1;
+            }
+            logit = node_logit_double(w->wide_row, wn, d) + bias;
+        }
+        node = 2 * node + 1 + (logit > 0.0);
+    }
+    return node - (((Py_ssize_t)1 << m->depth) - 1);
+}
+
+HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize_t start,
+                                   Py_ssize_t n_rows, int64_t *leaves, float *outputs,
+                                   workspace_t *w) {
+    const Py_ssize_t d = m->n_features, o = m->n_outputs, l = m->leaf_width;
+    const Py_ssize_t n_leaves = (Py_ssize_t)1 << m->depth;
+    float *out_rows[TILE_ROWS];
+    const float *tile[TILE_ROWS];
+    float *block_out = outputs ? outputs + start * o : NULL;
+    if (block_out) memset(block_out, 0, sizeof(float) * n_rows * o);
+
+    /* Route four rows, then run the master leaf on them while they are still in cache. */
+    for (Py_ssize_t r = 0; r < n_rows; r += TILE_ROWS) {
+        int count = (int)(n_rows - r < TILE_ROWS ? n_rows - r : TILE_ROWS);
+        for (int t = 0; t < count; t++) {
+            float *scratch = w->converted ? w->converted + (r + t) * d : NULL;
+            w->rows[r + t] = input_row(in, start + r + t, d, scratch);
+            leaves[start + r + t] = route_row(m, w->rows[r + t], w);
+            if (block_out) out_rows[t] = block_out + (r + t) * o;
+        }
+        if (!block_out) continue;
+        if (m->master_width > 0) {
+            hidden_layer(w->rows + r, count, d, m->master_w1, m->master_b1, m->master_width,
+                         m->activation, w->hidden);
+            output_layer(w->hidden, count, m->master_width, m->master_w2, m->master_b2, o,
+                         out_rows);
+        } else {
+            for (int t = 0; t < count; t++)
+                for (Py_ssize_t c = 0; c < o; c++) out_rows[t][c] += m->master_b2[c];
+        }
+    }
+    if (!block_out) return;
+
+    /* Counting sort of the block's rows by leaf, so each leaf's weights are read once per
+     * tile of rows rather than once per row. counts[j] ends up as the end of leaf j's group,
+     * which starts where leaf j-1's ended. */
+    memset(w->counts, 0, sizeof(Py_ssize_t) * (n_leaves + 1));
+    for (Py_ssize_t r = 0; r < n_rows; r++) w->counts[leaves[start + r] + 1]++;
+    for (Py_ssize_t j = 0; j < n_leaves; j++) w->counts[j + 1] += w->counts[j];
+    for (Py_ssize_t r = 0; r < n_rows; r++) w->order[w->counts[leaves[start + r]]++] = r;
+    Py_ssize_t group_start = 0;
+    for (Py_ssize_t j = 0; j < n_leaves && group_start < n_rows; j++) {
+        Py_ssize_t group_end = w->counts[j];
+        const float *W1 = m->leaf_w1 + j * d * l, *b1 = m->leaf_b1 + j * l;
+        const float *W2 = m->leaf_w2 + j * l * o, *b2 = m->leaf_b2 + j * o;
+        for (Py_ssize_t g = group_start; g < group_end; g += TILE_ROWS) {
+            int count = (int)(group_end - g < TILE_ROWS ? group_end - g : TILE_ROWS);
+            for (int t = 0; t < count; t++) {
+                tile[t] = w->rows[w->order[g + t]];
+                out_rows[t] = block_out + w->order[g + t] * o;
+            }
+            hidden_layer(tile, count, d, W1, b1, l, m->activation, w->hidden);
+            output_layer(w->hidden, count, l, W2, b2, o, out_rows);
+        }
+        group_start = group_end;
+    }
+}
+
+/* Returns 0, or -1 if a thread could not allocate its workspace. */
+static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outputs,
+               int n_threads) {
+    Py_ssize_t n_blocks = (in->n_rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
+    if (n_threads > n_blocks) n_threads = (int)(n_blocks > 0 ? n_blocks : 1);
+    int failed = 0;
+#pragma omp parallel num_threads(n_threads) if (n_threads > 1) reduction(| : failed)
+    {
+        workspace_t w;
+        if (alloc_workspace(&w, m, in) < 0) {
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (Py_ssize_t b = 0; b < n_blocks; b++) {
+                Py_ssize_t start = b * BLOCK_ROWS;
+                Py_ssize_t rows = in->n_rows - start < BLOCK_ROWS ? in->n_rows - start : BLOCK_ROWS;
+                process_block(m, in, start, rows, leaves, outputs, &w);
+            }
+            free_workspace(&w);
+        }
+    }
+    return failed ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python entry points                                                                        */
+
+static PyObject *hard_forward(PyObject *self, PyObject *args) {
+    PyObject *arrays, *X_obj, *leaves_obj, *outputs_obj;
+    int n_threads;
+    if (!PyArg_ParseTuple(args, "OOOOi", &arrays, &X_obj, &leaves_obj, &outputs_obj, &n_threads))
+        return NULL;
+    if (n_threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "n_threads must be >= 1.");
+        return NULL;
+    }
+    views_t views = {.count = 0};
+    Py_buffer X_view, leaves_view, outputs_view;
+    int have_X = 0, have_leaves = 0, have_outputs = 0;
+    model_t m;
+    PyObject *result = NULL;
+
+    if (read_model(arrays, &m, &views) < 0) goto done;
+
+    if (PyObject_GetBuffer(X_obj, &X_view, PyBUF_STRIDES | PyBUF_FORMAT) < 0) goto done;
+    have_X = 1;
+    char fmt = normalized_format(&X_view);
+    if (X_view.ndim != 2 || !((fmt == 'f' && X_view.itemsize == 4) ||
+                              (fmt == 'd' && X_view.itemsize == 8))) {
+        PyErr_SetString(PyExc_ValueError, "X must be a 2-D float32 or float64 array.");
+        goto done;
+    }
+    if (X_view.shape[1] != m.n_features) {
+        PyErr_Format(PyExc_ValueError, "X has %zd features, but the model expects %zd.",
+                     X_view.shape[1], m.n_features);
+        goto done;
+    }
+    if (X_view.strides[0] % X_view.itemsize || X_view.strides[1] % X_view.itemsize) {
+        PyErr_SetString(PyExc_ValueError, "X strides must be multiples of its item size.");
+        goto done;
+    }
+    input_t in = {.data = X_view.buf, .n_rows = X_view.shape[0], .stride_row = X_view.strides[0],
+                  .stride_col = X_view.strides[1], .is_double = fmt == 'd'};
+
+    if (PyObject_GetBuffer(leaves_obj, &leaves_view,
+                           PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        goto done;
+    have_leaves = 1;
+    fmt = normalized_format(&leaves_view);
+    if (leaves_view.ndim != 1 || leaves_view.shape[0] != in.n_rows ||
+        leaves_view.itemsize != 8 || !(fmt == 'l' || fmt == 'q')) {
+        PyErr_SetString(PyExc_ValueError, "leaves_out must be a writable int64 array of n rows.");
+        goto done;
+    }
+    float *outputs = NULL;
+    if (outputs_obj != Py_None) {
+        if (PyObject_GetBuffer(outputs_obj, &outputs_view,
+                               PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+            goto done;
+        have_outputs = 1;
+        if (outputs_view.ndim != 2 || outputs_view.shape[0] != in.n_rows ||
+            outputs_view.shape[1] != m.n_outputs || normalized_format(&outputs_view) != 'f' ||
+            outputs_view.itemsize != 4) {
+            PyErr_SetString(PyExc_ValueError,
+                            "outputs_out must be a writable float32 array of shape (n, n_outputs).");
+            goto done;
+        }
+        outputs = (float *)outputs_view.buf;
+    }
+
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run(&m, &in, (int64_t *)leaves_view.buf, outputs, n_threads);
+    Py_END_ALLOW_THREADS
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_outputs) PyBuffer_Release(&outputs_view);
+    if (have_leaves) PyBuffer_Release(&leaves_view);
+    if (have_X) PyBuffer_Release(&X_view);
+    release_views(&views);
+    return result;
+}
+
+static PyObject *openmp_max_threads(PyObject *self, PyObject *unused) {
+#ifdef _OPENMP
+    return PyLong_FromLong(omp_get_max_threads());
+#else
+    return PyLong_FromLong(1);
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"hard_forward", hard_forward, METH_VARARGS,
+     "hard_forward(arrays, X, leaves_out, outputs_out, n_threads)\n\n"
+     "Route every row of X with hard decisions, write its leaf to leaves_out and, unless\n"
+     "outputs_out is None, its raw output (chosen leaf plus master leaf) to outputs_out."},
+    {"openmp_max_threads", openmp_max_threads, METH_NOARGS,
+     "Threads an OpenMP region would use by default (1 if built without OpenMP)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
+                                    "Compiled hard-routed FFF inference.", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernel(void) {
+    PyObject *mod = PyModule_Create(&module);
+    if (mod == NULL) return NULL;
+#ifdef _OPENMP
+    if (PyModule_AddIntConstant(mod, "OPENMP", 1) < 0) return NULL;
+#else
+    if (PyModule_AddIntConstant(mod, "OPENMP", 0) < 0) return NULL;
+#endif
+    return mod;
+}
