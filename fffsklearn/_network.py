@@ -177,7 +177,7 @@ class FFFNetwork(nn.Module):
         d = arrays.n_features
 
         def copy(param, value):
-            param.copy_(torch.from_numpy(np.ascontiguousarray(value)).reshape(param.shape))
+            param.copy_(torch.as_tensor(np.array(value)).reshape(param.shape))
 
         copy(self.node_weights, arrays.node_weights)
         copy(self.node_biases, arrays.node_biases)

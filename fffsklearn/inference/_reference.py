@@ -7,11 +7,12 @@ order still agree on the sign of the logit except within about 1e-16 of a node's
 """
 
 import numpy as np
+from scipy.special import expit
 
 _NUMPY_ACTIVATIONS = {
     "relu": lambda h: np.maximum(h, 0, out=h),
     "tanh": lambda h: np.tanh(h, out=h),
-    "logistic": lambda h: np.divide(1, 1 + np.exp(-h, out=h), out=h),
+    "logistic": lambda h: expit(h, out=h),
     "identity": lambda h: h,
 }
 

@@ -1,0 +1,329 @@
+"""What users of the estimators rely on: pipelines, searches, persistence, errors, training."""
+
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
+import joblib
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_blobs, make_regression
+from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fffsklearn import FFFClassifier, FFFRegressor, inference
+from fffsklearn._network import FFFNetwork
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+@pytest.fixture(scope="module")
+def fitted_classifier(digits):
+    X_train, _, y_train, _ = digits
+    return FFFClassifier(depth=3, max_iter=30, random_state=0).fit(X_train, y_train)
+
+
+@pytest.fixture(scope="module")
+def fitted_regressor():
+    X, y = make_regression(n_samples=300, n_features=8, noise=1.0, random_state=0)
+    return FFFRegressor(depth=2, max_iter=30, random_state=0).fit(X, y), X
+
+
+def test_grid_search_over_a_pipeline():
+    X, y = make_blobs(n_samples=240, centers=3, n_features=6, random_state=0)
+    search = GridSearchCV(
+        make_pipeline(StandardScaler(), FFFClassifier(max_iter=20, random_state=0)),
+        {"fffclassifier__depth": [1, 3], "fffclassifier__leaf_width": [4, 8]},
+        cv=3,
+        n_jobs=2,
+    ).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_score_ > 0.9
+    assert search.predict(X).shape == (240,)
+
+
+def test_cross_val_score_and_clone():
+    X, y = make_blobs(n_samples=150, centers=2, random_state=1)
+    model = FFFClassifier(depth=2, max_iter=20, random_state=0)
+    scores = cross_val_score(model, X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.9
+    copy = clone(model)
+    assert copy.get_params() == model.get_params() and not hasattr(copy, "arrays_")
+
+
+@pytest.mark.parametrize("dump_load", ["pickle", "joblib"])
+def test_persistence_round_trip(fitted_classifier, digits, tmp_path, dump_load):
+    _, X_test, _, _ = digits
+    if dump_load == "pickle":
+        loaded = pickle.loads(pickle.dumps(fitted_classifier))
+    else:
+        joblib.dump(fitted_classifier, tmp_path / "model.joblib")
+        loaded = joblib.load(tmp_path / "model.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(X_test), fitted_classifier.predict_proba(X_test))
+    np.testing.assert_array_equal(loaded.apply(X_test), fitted_classifier.apply(X_test))
+    assert "_trainer" not in loaded.__dict__
+
+
+def test_loading_a_model_of_another_state_format_warns(fitted_classifier):
+    state = fitted_classifier.__getstate__()
+    state["_fffsklearn_state_format"] = -1
+    fresh = FFFClassifier.__new__(FFFClassifier)
+    with pytest.warns(UserWarning, match="state format"):
+        fresh.__setstate__(state)
+
+
+def test_same_random_state_same_model(digits):
+    X_train, X_test, y_train, _ = digits
+    a = FFFClassifier(depth=2, max_iter=5, random_state=3).fit(X_train, y_train)
+    b = FFFClassifier(depth=2, max_iter=5, random_state=3).fit(X_train, y_train)
+    np.testing.assert_array_equal(a.predict_proba(X_test), b.predict_proba(X_test))
+    c = FFFClassifier(depth=2, max_iter=5, random_state=4).fit(X_train, y_train)
+    assert not np.array_equal(a.predict_proba(X_test), c.predict_proba(X_test))
+
+
+def test_digits_accuracy_and_leaf_usage(fitted_classifier, digits):
+    _, X_test, _, y_test = digits
+    assert fitted_classifier.score(X_test, y_test) > 0.9
+    counts = fitted_classifier.leaf_sample_counts_
+    assert counts.shape == (8,) and counts.sum() == len(digits[0]) and (counts > 0).all()
+    proba = fitted_classifier.predict_proba(X_test)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(
+        fitted_classifier.predict(X_test), fitted_classifier.classes_[proba.argmax(axis=1)]
+    )
+    np.testing.assert_allclose(np.exp(fitted_classifier.predict_log_proba(X_test)), proba)
+
+
+def _confident_network(rng, depth=3, n_features=5):
+    network = FFFNetwork(n_features, 2, depth, 4, 3, "tanh", torch.Generator().manual_seed(0))
+    arrays = network.to_arrays()
+    state = arrays.__getstate__()
+    # Large node weights and rows far from every hyperplane: every decision has p near 0 or 1.
+    state["node_weights"] = state["node_weights"] * 1e4
+    network.load_arrays(type(arrays)(state.pop("depth"), state.pop("activation"), **state))
+    return network, network.to_arrays()
+
+
+def test_soft_and_hard_outputs_agree_when_decisions_are_confident(rng):
+    network, arrays = _confident_network(rng)
+    X = rng.standard_normal((500, 5)).astype(np.float32)
+    network.eval()
+    with torch.no_grad():
+        soft = network(torch.from_numpy(X))
+    hard_outputs, leaves = inference.hard_forward(arrays, X)
+    right = soft.right_probabilities.numpy()
+    confident = np.minimum(right, 1 - right).max(axis=1) < 1e-6
+    assert confident.mean() > 0.9
+    np.testing.assert_allclose(soft.outputs.numpy()[confident], hard_outputs[confident], atol=1e-4)
+    np.testing.assert_array_equal(soft.hard_leaves.numpy(), leaves)
+
+
+def test_apply_is_the_path_of_the_hard_forward(fitted_classifier, digits):
+    _, X_test, _, _ = digits
+    arrays = fitted_classifier.arrays_
+    leaves = fitted_classifier.apply(X_test)
+    X64 = X_test.astype(np.float32).astype(np.float64)
+    for row, leaf in zip(X64[:50], leaves[:50]):
+        node = 0
+        for level in range(arrays.depth):
+            went_right = row @ arrays.node_weights[node] + arrays.node_biases[node] > 0
+            bit = (leaf >> (arrays.depth - 1 - level)) & 1
+            assert bit == went_right
+            node = 2 * node + 1 + went_right
+    # The leaf's MLP plus the master's is what predict_proba reports.
+    outputs, _ = inference.hard_forward(arrays, X_test)
+    np.testing.assert_allclose(
+        np.log(fitted_classifier.predict_proba(X_test)),
+        outputs - np.log(np.exp(outputs.astype(np.float64)).sum(1, keepdims=True)),
+        atol=1e-5,
+    )
+
+
+BAD_X = {
+    "nan": lambda X: np.where(np.arange(X.size).reshape(X.shape) == 3, np.nan, X),
+    "inf": lambda X: np.where(np.arange(X.size).reshape(X.shape) == 3, np.inf, X),
+    "wrong feature count": lambda X: X[:, :-1],
+    "empty": lambda X: X[:0],
+    "strings": lambda X: np.full(X.shape, "a", dtype=object),
+    "sparse": lambda X: sp.csr_matrix(X),
+    "3-D": lambda X: X[:, :, None],
+}
+
+
+BAD_INPUT_CASES = [
+    (corrupt, method)
+    for corrupt in BAD_X
+    for method in ("predict", "predict_proba", "apply", "score", "fit")
+    # Fitting on fewer features is a valid new fit, not bad input.
+    if not (corrupt == "wrong feature count" and method == "fit")
+]
+
+
+@pytest.mark.parametrize("corrupt, method", BAD_INPUT_CASES)
+def test_bad_input_raises_and_loses_nothing(fitted_classifier, digits, corrupt, method):
+    X_train, X_test, y_train, y_test = digits
+    model = pickle.loads(pickle.dumps(fitted_classifier))
+    before = model.predict_proba(X_test)
+    bad = BAD_X[corrupt](X_test[:20] if method != "fit" else X_train[:60])
+    y = y_test[:20] if method != "fit" else y_train[:60]
+    with pytest.raises((ValueError, TypeError)) as info:
+        getattr(model, method)(bad, y) if method in ("score", "fit") else getattr(model, method)(bad)
+    if corrupt == "sparse":
+        assert "sparse" in str(info.value).lower()
+    np.testing.assert_array_equal(model.predict_proba(X_test), before)
+    assert model.n_features_in_ == X_test.shape[1]
+
+
+@pytest.mark.parametrize(
+    "bad_y, sample_weight, message",
+    [
+        ("nan", None, "NaN|nan"),
+        ("continuous", None, "Unknown label type"),
+        (None, "zeros", "non-zero"),
+        (None, "negative", "non-negative"),
+    ],
+)
+def test_bad_targets_and_weights_raise_and_lose_nothing(
+    fitted_classifier, digits, bad_y, sample_weight, message
+):
+    X_train, X_test, y_train, _ = digits
+    model = pickle.loads(pickle.dumps(fitted_classifier))
+    before = model.predict_proba(X_test)
+    y = y_train[:60].astype(float)
+    if bad_y == "nan":
+        y[5] = np.nan
+    elif bad_y == "continuous":
+        y = y + 0.5
+    weights = {"zeros": np.zeros(60), "negative": -np.ones(60), None: None}[sample_weight]
+    with pytest.raises(ValueError, match=message):
+        model.fit(X_train[:60], y, sample_weight=weights)
+    np.testing.assert_array_equal(model.predict_proba(X_test), before)
+
+
+def test_sample_weight_is_not_mutated_and_changes_the_fit(digits):
+    X_train, _, y_train, _ = digits
+    weights = np.ones(len(y_train))
+    weights[y_train == 0] = 0.0
+    original = weights.copy()
+    model = FFFClassifier(depth=1, max_iter=10, random_state=0).fit(X_train, y_train, weights)
+    np.testing.assert_array_equal(weights, original)
+    unweighted = FFFClassifier(depth=1, max_iter=10, random_state=0).fit(X_train, y_train)
+    assert (model.predict(X_train) == 0).sum() < (unweighted.predict(X_train) == 0).sum()
+
+
+def test_regressor_multi_output_and_integer_targets():
+    X, y = make_regression(n_samples=200, n_features=5, n_targets=3, random_state=0)
+    model = FFFRegressor(depth=2, max_iter=20, random_state=0).fit(X, y)
+    assert model.predict(X).shape == (200, 3) and model.n_outputs_ == 3
+    assert model.score(X, y) > 0.5
+    y_int = np.round(y[:, 0]).astype(np.int64)
+    from_int = FFFRegressor(depth=2, max_iter=5, random_state=0).fit(X, y_int)
+    from_float = FFFRegressor(depth=2, max_iter=5, random_state=0).fit(X, y_int.astype(float))
+    np.testing.assert_array_equal(from_int.predict(X), from_float.predict(X))
+    assert from_int.predict(X).shape == (200,)
+
+
+def test_regressor_persistence_and_apply(fitted_regressor):
+    model, X = fitted_regressor
+    loaded = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+    assert set(np.unique(model.apply(X))) <= set(range(4))
+    assert not hasattr(model, "predict_proba")
+
+
+def test_partial_fit_and_warm_start_continue_training(digits):
+    X_train, X_test, y_train, y_test = digits
+    model = FFFClassifier(depth=2, random_state=0)
+    with pytest.raises(ValueError, match="classes"):
+        model.partial_fit(X_train, y_train)
+    classes = np.unique(y_train)
+    for epoch in range(1, 4):
+        model.partial_fit(X_train, y_train, classes=classes)
+        assert model.n_iter_ == epoch and len(model.loss_curve_) == epoch
+    assert model.loss_curve_[-1] < model.loss_curve_[0]
+    with pytest.raises(ValueError, match="not in classes_"):
+        model.partial_fit(X_train[:5], np.full(5, 42))
+    assert model.n_iter_ == 3
+
+    warm = FFFClassifier(depth=2, max_iter=3, warm_start=True, random_state=0).fit(X_train, y_train)
+    first = warm.score(X_test, y_test)
+    warm.fit(X_train, y_train)
+    assert warm.n_iter_ == 6 and len(warm.loss_curve_) == 6
+    assert warm.score(X_test, y_test) >= first - 0.05
+
+    with pytest.raises(ValueError, match="early_stopping"):
+        FFFClassifier(early_stopping=True).partial_fit(X_train, y_train, classes=classes)
+
+
+def test_early_stopping_keeps_the_best_validation_weights(digits):
+    X_train, _, y_train, _ = digits
+    model = FFFClassifier(
+        depth=2, early_stopping=True, n_iter_no_change=3, max_iter=200, random_state=0
+    ).fit(X_train, y_train)
+    assert model.n_iter_ < 200
+    assert len(model.validation_scores_) == model.n_iter_
+    assert model.best_validation_score_ == max(model.validation_scores_)
+    assert model.best_loss_ is None
+
+
+def test_convergence_warning_when_max_iter_is_reached(digits):
+    from sklearn.exceptions import ConvergenceWarning
+
+    X_train, _, y_train, _ = digits
+    with pytest.warns(ConvergenceWarning):
+        FFFClassifier(depth=1, max_iter=2, random_state=0).fit(X_train, y_train)
+
+
+def test_verbose_reports_loss_and_leaves(digits, capsys):
+    X_train, _, y_train, _ = digits
+    FFFClassifier(depth=2, max_iter=2, verbose=1, random_state=0).fit(X_train, y_train)
+    out = capsys.readouterr()
+    assert "loss =" in out.out + out.err and "leaves used =" in out.out + out.err
+
+
+def test_cuda_request_without_a_gpu_raises_at_fit(digits):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    X_train, _, y_train, _ = digits
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA"):
+            FFFClassifier(device=device, max_iter=1).fit(X_train, y_train)
+    with pytest.raises(ValueError, match="device"):
+        FFFClassifier(device="tpu", max_iter=1).fit(X_train, y_train)
+    model = FFFClassifier(max_iter=1).fit(X_train, y_train)
+    assert model.device_ == "cpu"
+
+
+def test_backends_and_threads_give_the_same_predictions(fitted_classifier, digits):
+    _, X_test, _, _ = digits
+    compiled = inference.hard_forward(fitted_classifier.arrays_, X_test, backend="compiled")
+    reference = inference.hard_forward(fitted_classifier.arrays_, X_test, backend="reference")
+    np.testing.assert_array_equal(compiled[1], reference[1])
+    np.testing.assert_allclose(compiled[0], reference[0], rtol=1e-5, atol=1e-5)
+    one = clone(fitted_classifier).set_params(n_jobs=1)
+    one.__dict__.update({k: v for k, v in fitted_classifier.__dict__.items() if k.endswith("_")})
+    np.testing.assert_array_equal(one.predict_proba(X_test), fitted_classifier.predict_proba(X_test))
+
+
+def test_concurrent_predict_matches_serial(fitted_classifier, digits):
+    _, X_test, _, _ = digits
+    expected = fitted_classifier.predict_proba(X_test)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: fitted_classifier.predict_proba(X_test), range(40)))
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+def test_float32_float64_and_fortran_inputs_agree(fitted_classifier, digits):
+    _, X_test, _, _ = digits
+    expected = fitted_classifier.predict_proba(X_test.astype(np.float32))
+    for X in (X_test, np.asfortranarray(X_test), np.asfortranarray(X_test.astype(np.float32))):
+        np.testing.assert_array_equal(fitted_classifier.predict_proba(X), expected)

@@ -1,0 +1,207 @@
+"""Every backend sends every row to the same leaf and agrees on outputs."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fffsklearn import FFFArrays
+from fffsklearn import inference
+from fffsklearn._arrays import ACTIVATIONS
+from fffsklearn.inference import _kernel
+
+from .conftest import random_arrays
+
+
+def assert_backends_agree(arrays, X, n_threads=2):
+    ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
+    out, leaves = inference.hard_forward(arrays, X, backend="compiled", n_threads=n_threads)
+    np.testing.assert_array_equal(leaves, ref_leaves)
+    scale = max(1.0, float(np.abs(ref_out).max(initial=0.0)))
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_array_equal(
+        inference.apply(arrays, X, backend="compiled", n_threads=n_threads), ref_leaves
+    )
+    return ref_leaves
+
+
+def test_compiled_kernel_is_built_and_is_the_default():
+    # CI installs with FFFSKLEARN_REQUIRE_KERNEL=1: predict must run through the C kernel.
+    assert _kernel is not None
+    assert inference.default_backend() == "compiled"
+
+
+def _random_case(seed):
+    rng = np.random.default_rng(seed)
+    depth = int(rng.integers(0, 13))
+    n_features = int(rng.choice([1, 2, 7, 31, 64, 100, 300, 2000]))
+    leaf_width = int(rng.choice([1, 3, 8, 16, 17, 33, 64]))
+    master = int(rng.choice([0, 0, 5, 16]))
+    n_outputs = int(rng.integers(1, 12))
+    activation = ACTIVATIONS[seed % len(ACTIVATIONS)]
+    arrays = random_arrays(rng, depth, n_features, leaf_width, master, n_outputs, activation)
+    n_rows = int(rng.choice([1, 2, 5, 511, 512, 513, 3000]))
+    X = rng.standard_normal((n_rows, n_features)) * rng.choice([1e-3, 1.0, 50.0])
+    dtype = np.float32 if seed % 2 else np.float64
+    order = "F" if seed % 3 == 0 else "C"
+    return arrays, np.asarray(X, dtype=dtype, order=order)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_models_agree(seed):
+    arrays, X = _random_case(seed)
+    assert_backends_agree(arrays, X)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(60, 260))
+def test_random_models_agree_slow(seed):
+    arrays, X = _random_case(seed)
+    assert_backends_agree(arrays, X)
+
+
+@pytest.mark.slow
+def test_large_batch_agrees(rng):
+    arrays = random_arrays(rng, 6, 784, 16, 16, 10, "relu")
+    X = rng.standard_normal((100_000, 784)).astype(np.float32)
+    leaves = assert_backends_agree(arrays, X)
+    assert np.unique(leaves).size > 32
+
+
+def test_rows_exactly_on_a_boundary_go_left(rng):
+    arrays = random_arrays(rng, 3, 6, 4, 2, 2, "relu")
+    weights = np.array(arrays.node_weights)
+    weights[0] = [1, -1, 0, 0, 0, 0]
+    arrays = _replace(arrays, node_weights=weights, node_biases=np.zeros(7, np.float32))
+    X = np.zeros((4, 6), dtype=np.float32)
+    X[:, :2] = [[1, 1], [0.5, 0.5], [3, 3], [-2, -2]]  # logit exactly 0 at the root
+    leaves = assert_backends_agree(arrays, X)
+    assert (leaves < 4).all()  # root decision is the leaf's most significant bit: left
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    depth=st.integers(0, 6),
+    n_features=st.integers(1, 40),
+    leaf_width=st.integers(1, 20),
+    master=st.integers(0, 6),
+    activation=st.sampled_from(ACTIVATIONS),
+    seed=st.integers(0, 2**32 - 1),
+    magnitude=st.sampled_from([1e-30, 1e-6, 1.0, 1e6, 1e15]),
+    on_boundary=st.booleans(),
+    data=st.data(),
+)
+def test_hypothesis_parity(
+    depth, n_features, leaf_width, master, activation, seed, magnitude, on_boundary, data
+):
+    rng = np.random.default_rng(seed)
+    arrays = random_arrays(rng, depth, n_features, leaf_width, master, 3, activation)
+    n_rows = data.draw(st.integers(1, 40))
+    X = (rng.standard_normal((n_rows, n_features)) * magnitude).astype(np.float32)
+    if on_boundary and depth:
+        # Project rows onto the root's hyperplane: logits of (nearly) exactly zero.
+        w, b = arrays.node_weights[0].astype(np.float64), float(arrays.node_biases[0])
+        X64 = X.astype(np.float64)
+        X = (X64 - np.outer(X64 @ w + b, w) / (w @ w)).astype(np.float32)
+    X[rng.random(X.shape) < 0.1] = 0.0
+    assert_backends_agree(arrays, X)
+
+
+def test_batch_does_not_change_a_rows_result(rng):
+    arrays = random_arrays(rng, 5, 50, 16, 8, 4, "tanh")
+    X = rng.standard_normal((1000, 50)).astype(np.float32)
+    out, leaves = inference.hard_forward(arrays, X, n_threads=2)
+    for rows in (slice(0, 1), slice(3, 4), slice(100, 613), slice(999, 1000)):
+        sub_out, sub_leaves = inference.hard_forward(arrays, X[rows], n_threads=1)
+        np.testing.assert_array_equal(sub_leaves, leaves[rows])
+        np.testing.assert_array_equal(sub_out, out[rows])
+
+
+def test_threads_give_identical_results(rng):
+    arrays = random_arrays(rng, 6, 64, 16, 16, 3, "relu")
+    X = rng.standard_normal((5000, 64))
+    one = inference.hard_forward(arrays, X, n_threads=1)
+    for n_threads in (2, 3, 8):
+        many = inference.hard_forward(arrays, X, n_threads=n_threads)
+        np.testing.assert_array_equal(one[0], many[0])
+        np.testing.assert_array_equal(one[1], many[1])
+
+
+def _replace(arrays, **changes):
+    state = arrays.__getstate__()
+    state.update(changes)
+    return FFFArrays(state.pop("depth"), state.pop("activation"), **state)
+
+
+class _Tampered:
+    """An object with FFFArrays' attributes that bypasses its validation."""
+
+    def __init__(self, arrays, **changes):
+        for name in arrays.__slots__:
+            setattr(self, name, changes.get(name, getattr(arrays, name)))
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"depth": 4}, "shape"),
+        ({"depth": -1}, "depth"),
+        ({"depth": 64}, "depth"),
+        ({"node_weights": np.zeros((7, 5), np.float32)}, "shape"),
+        ({"leaf_hidden_weights": np.zeros((8, 6, 4), np.float64)}, "float32"),
+        ({"leaf_output_weights": np.zeros((8, 4, 2), np.float32)[:, ::2]}, "shape|contiguous"),
+        ({"master_output_weights": np.zeros((3, 2), np.float32)}, "shape"),
+        ({"activation": "softmax"}, "activation"),
+        ({"node_biases": [0.0] * 7}, "array|buffer|contiguous"),
+    ],
+)
+def test_kernel_rejects_tampered_models(rng, changes, message):
+    arrays = random_arrays(rng, 3, 6, 4, 2, 2, "relu")
+    tampered = _Tampered(arrays, **changes)
+    X = rng.standard_normal((10, 6)).astype(np.float32)
+    leaves, outputs = np.empty(10, np.int64), np.empty((10, 2), np.float32)
+    with pytest.raises((ValueError, TypeError), match=message):
+        _kernel.hard_forward(tampered, X, leaves, outputs, 1)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"depth": 2}, "shape"),
+        ({"depth": 21}, "depth"),
+        ({"node_weights": np.full((7, 6), np.nan, np.float32)}, "NaN"),
+        ({"leaf_hidden_biases": np.zeros((8, 4), np.int64)}, "floating"),
+        ({"activation": "gelu"}, "activation"),
+    ],
+)
+def test_arrays_validate_on_construction_and_unpickling(rng, changes, message):
+    arrays = random_arrays(rng, 3, 6, 4, 2, 2, "relu")
+    with pytest.raises(ValueError, match=message):
+        _replace(arrays, **changes)
+    state = arrays.__getstate__()
+    state.update(changes)
+    with pytest.raises(ValueError, match=message):
+        FFFArrays.__new__(FFFArrays).__setstate__(state)
+
+
+def test_arrays_are_read_only(rng):
+    arrays = random_arrays(rng, 2, 3, 2, 0, 1, "relu")
+    with pytest.raises(ValueError):
+        arrays.node_weights[0, 0] = 1.0
+    with pytest.raises(AttributeError):
+        arrays.depth = 3
+
+
+def test_kernel_rejects_bad_buffers(rng):
+    arrays = random_arrays(rng, 2, 3, 2, 0, 1, "relu")
+    X = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="features"):
+        _kernel.hard_forward(arrays, np.zeros((4, 5), np.float32), np.empty(4, np.int64), None, 1)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _kernel.hard_forward(arrays, X.astype(np.int32), np.empty(4, np.int64), None, 1)
+    with pytest.raises(ValueError, match="leaves_out"):
+        _kernel.hard_forward(arrays, X, np.empty(3, np.int64), None, 1)
+    with pytest.raises(ValueError, match="outputs_out"):
+        _kernel.hard_forward(arrays, X, np.empty(4, np.int64), np.empty((4, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="n_threads"):
+        _kernel.hard_forward(arrays, X, np.empty(4, np.int64), None, 0)
