@@ -14,10 +14,10 @@ the float64-accumulated logit of the float32 input is > 0) and send every row to
 
 import os
 import warnings
+from functools import lru_cache
 
 import numpy as np
 from joblib import cpu_count
-from sklearn.utils import gen_batches
 
 from . import _reference
 
@@ -52,10 +52,16 @@ def effective_n_threads(n_jobs):
     """
     if n_jobs is None:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-        return max(1, int(env)) if env.isdigit() else cpu_count()
+        return max(1, int(env)) if env.isdigit() else _available_cores()
     if n_jobs < 0:
-        return max(1, cpu_count() + 1 + n_jobs)
+        return max(1, _available_cores() + 1 + n_jobs)
     return int(n_jobs)
+
+
+@lru_cache(maxsize=1)
+def _available_cores():
+    # joblib reads the cgroup quota from disk on every call: far too slow for a one-row predict.
+    return cpu_count()
 
 
 def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True):
@@ -83,14 +89,14 @@ def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True
     if backend == "compiled":
         if _kernel is None:
             raise ValueError("backend='compiled' was requested but the C kernel is not built.")
-        for rows in gen_batches(X.shape[0], CHUNK_ROWS):
+        for rows in _batches(X.shape[0], CHUNK_ROWS):
             n = rows.stop - rows.start
             leaves = np.empty(n, dtype=np.int64)
             outputs = np.empty((n, arrays.n_outputs), dtype=np.float32) if with_outputs else None
             _kernel.hard_forward(arrays, X[rows], leaves, outputs, n_threads)
             yield rows, outputs, leaves
     elif backend == "reference":
-        for rows in gen_batches(X.shape[0], _reference_chunk_rows(X.shape[1])):
+        for rows in _batches(X.shape[0], _reference_chunk_rows(X.shape[1])):
             chunk = np.asarray(X[rows], dtype=np.float32)
             if with_outputs:
                 yield (rows, *_reference.forward(arrays, chunk))
@@ -116,6 +122,11 @@ def apply(arrays, X, **kwargs):
     for rows, _, chunk_leaves in iter_hard_forward(arrays, X, with_outputs=False, **kwargs):
         leaves[rows] = chunk_leaves
     return leaves
+
+
+def _batches(n, size):
+    # sklearn.utils.gen_batches validates its parameters on every call: too slow for one row.
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
 
 
 def _reference_chunk_rows(n_features):
