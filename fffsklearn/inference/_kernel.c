@@ -351,6 +351,7 @@ typedef struct {
     float *hidden;        /* TILE_ROWS * max(leaf_width, master_width) */
     double *wide_row;     /* d doubles: a row whose decision needs the double path */
     double *node_norms;   /* n_nodes Euclidean norms of node weights, computed on first use */
+    int saw_non_finite;   /* set when a row holds NaN or infinity (after the cast to float32) */
 } workspace_t;
 
 static void free_workspace(workspace_t *w) {
@@ -371,6 +372,7 @@ static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in) 
     Py_ssize_t n_nodes = ((Py_ssize_t)1 << m->depth) - 1;
     w->node_norms = malloc(sizeof(double) * (n_nodes > 0 ? n_nodes : 1));
     for (Py_ssize_t j = 0; j < n_nodes && w->node_norms; j++) w->node_norms[j] = -1.0;
+    w->saw_non_finite = 0;
     if (!w->rows || (needs_cast && !w->converted) || !w->order || !w->counts || !w->hidden ||
         !w->wide_row || !w->node_norms) {
         free_workspace(w);
@@ -389,7 +391,9 @@ INLINE Py_ssize_t route_row(const model_t *m, const float *x, workspace_t *w) {
     const Py_ssize_t d = m->n_features;
     const double margin_factor = 1.5 * ((double)d + 2.0) * 0x1p-24;
     const double margin_floor = 1.5 * ((double)d + 2.0) * 0x1p-148;
-    double x_norm = m->depth > 0 ? euclidean_norm(x, d) : 0.0;
+    /* The norm doubles as the input's finiteness check, so predict needs no separate pass. */
+    double x_norm = euclidean_norm(x, d);
+    if (!isfinite(x_norm)) w->saw_non_finite = 1;
     int widened = 0;
     Py_ssize_t node = 0;
     for (int level = 0; level < m->depth; level++) {
@@ -467,17 +471,20 @@ HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize
     }
 }
 
-/* Returns 0, or -1 if a thread could not allocate its workspace. */
+enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2 };
+
+/* Returns RUN_OK, or flags: a thread could not allocate its workspace, or X held NaN or
+ * infinity (then the outputs are meaningless and the caller raises). */
 static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outputs,
                int n_threads) {
     Py_ssize_t n_blocks = (in->n_rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
     if (n_threads > n_blocks) n_threads = (int)(n_blocks > 0 ? n_blocks : 1);
-    int failed = 0;
+    int failed = RUN_OK;
 #pragma omp parallel num_threads(n_threads) if (n_threads > 1) reduction(| : failed)
     {
         workspace_t w;
         if (alloc_workspace(&w, m, in) < 0) {
-            failed = 1;
+            failed = RUN_NO_MEMORY;
         } else {
 #pragma omp for schedule(static)
             for (Py_ssize_t b = 0; b < n_blocks; b++) {
@@ -485,10 +492,11 @@ static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outp
                 Py_ssize_t rows = in->n_rows - start < BLOCK_ROWS ? in->n_rows - start : BLOCK_ROWS;
                 process_block(m, in, start, rows, leaves, outputs, &w);
             }
+            if (w.saw_non_finite) failed |= RUN_NON_FINITE;
             free_workspace(&w);
         }
     }
-    return failed ? -1 : 0;
+    return failed;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -561,8 +569,13 @@ static PyObject *hard_forward(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     rc = run(&m, &in, (int64_t *)leaves_view.buf, outputs, n_threads);
     Py_END_ALLOW_THREADS
-    if (rc < 0) {
+    if (rc & RUN_NO_MEMORY) {
         PyErr_NoMemory();
+        goto done;
+    }
+    if (rc & RUN_NON_FINITE) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Input X contains NaN, infinity or a value too large for float32.");
         goto done;
     }
     result = Py_None;
