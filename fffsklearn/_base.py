@@ -414,12 +414,16 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             ensure_all_finite=inference.default_backend() != "compiled",
         )
 
-    def _iter_outputs(self, X):
-        """Raw hard-routed outputs of validated ``X``, chunk by chunk (bounded memory)."""
+    def _map_outputs(self, X, transform, n_columns, dtype=np.float64):
+        """Validate ``X`` and apply ``transform`` to its raw hard-routed outputs chunk by chunk,
+        so memory stays bounded by the result whatever the number of rows."""
+        X = self._validate_for_inference(X)
+        result = np.empty((X.shape[0], n_columns), dtype=dtype)
         for rows, outputs, _ in inference.iter_hard_forward(
             self.arrays_, X, n_threads=self._n_threads()
         ):
-            yield rows, outputs
+            result[rows] = transform(outputs)
+        return result
 
     def _apply_validated(self, X):
         return inference.apply(self.arrays_, X, n_threads=self._n_threads())

@@ -106,11 +106,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             Softmax of the chosen leaf's plus the master leaf's output; columns follow
             ``classes_``.
         """
-        X = self._validate_for_inference(X)
-        proba = np.empty((X.shape[0], len(self.classes_)), dtype=np.float64)
-        for rows, outputs in self._iter_outputs(X):
-            proba[rows] = softmax(outputs.astype(np.float64), axis=1)
-        return proba
+        return self._map_outputs(
+            X, lambda outputs: softmax(outputs.astype(np.float64), axis=1), len(self.classes_)
+        )
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`, computed without underflow.
@@ -125,11 +123,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         log_proba : ndarray of shape (n_samples, n_classes)
             Log-probabilities; columns follow ``classes_``.
         """
-        X = self._validate_for_inference(X)
-        log_proba = np.empty((X.shape[0], len(self.classes_)), dtype=np.float64)
-        for rows, outputs in self._iter_outputs(X):
-            log_proba[rows] = log_softmax(outputs.astype(np.float64), axis=1)
-        return log_proba
+        return self._map_outputs(
+            X, lambda outputs: log_softmax(outputs.astype(np.float64), axis=1), len(self.classes_)
+        )
 
     def predict(self, X):
         """Predicted class of each row under hard routing.
@@ -144,12 +140,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         y : ndarray of shape (n_samples,)
             The class of highest probability in :meth:`predict_proba`.
         """
-        X = self._validate_for_inference(X)
-        indices = np.empty(X.shape[0], dtype=np.intp)
-        for rows, outputs in self._iter_outputs(X):
-            # The softmax is monotone, so its argmax is the argmax of the raw outputs.
-            indices[rows] = np.argmax(outputs, axis=1)
-        return self.classes_[indices]
+        # The softmax is monotone, so its argmax is the argmax of the raw outputs.
+        indices = self._map_outputs(
+            X, lambda outputs: np.argmax(outputs, axis=1)[:, None], 1, dtype=np.intp
+        )
+        return self.classes_[indices[:, 0]]
 
 
 class FFFRegressor(RegressorMixin, BaseFFF):
@@ -248,8 +243,7 @@ class FFFRegressor(RegressorMixin, BaseFFF):
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
             The chosen leaf's plus the master leaf's output, in the units of the targets.
         """
-        X = self._validate_for_inference(X)
-        y = np.empty((X.shape[0], self.n_outputs_), dtype=np.float64)
-        for rows, outputs in self._iter_outputs(X):
-            y[rows] = outputs * self._target_scale + self._target_mean
+        y = self._map_outputs(
+            X, lambda outputs: outputs * self._target_scale + self._target_mean, self.n_outputs_
+        )
         return y.ravel() if self._target_is_1d else y
