@@ -107,7 +107,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             ``classes_``.
         """
         return self._map_outputs(
-            X, lambda outputs: softmax(outputs.astype(np.float64), axis=1), len(self.classes_)
+            X, lambda outputs: softmax(outputs.astype(np.float64), axis=1)
         )
 
     def predict_log_proba(self, X):
@@ -124,7 +124,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             Log-probabilities; columns follow ``classes_``.
         """
         return self._map_outputs(
-            X, lambda outputs: log_softmax(outputs.astype(np.float64), axis=1), len(self.classes_)
+            X, lambda outputs: log_softmax(outputs.astype(np.float64), axis=1)
         )
 
     def predict(self, X):
@@ -244,6 +244,6 @@ class FFFRegressor(RegressorMixin, BaseFFF):
             The chosen leaf's plus the master leaf's output, in the units of the targets.
         """
         y = self._map_outputs(
-            X, lambda outputs: outputs * self._target_scale + self._target_mean, self.n_outputs_
+            X, lambda outputs: outputs * self._target_scale + self._target_mean
         )
         return y.ravel() if self._target_is_1d else y
