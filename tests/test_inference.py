@@ -18,7 +18,10 @@ def assert_backends_agree(arrays, X, n_threads=2):
     out, leaves = inference.hard_forward(arrays, X, backend="compiled", n_threads=n_threads)
     np.testing.assert_array_equal(leaves, ref_leaves)
     scale = max(1.0, float(np.abs(ref_out).max(initial=0.0)))
-    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5 * scale)
+    # Both backends accumulate the leaves in float32, whose rounding error grows as sqrt(d):
+    # 1e-5 relative up to d=784; at d=2000 the kernel is 1.1e-5 off a float64 computation.
+    tolerance = 1e-5 * max(1.0, np.sqrt(X.shape[1] / 784))
+    np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale)
     np.testing.assert_array_equal(
         inference.apply(arrays, X, backend="compiled", n_threads=n_threads), ref_leaves
     )
