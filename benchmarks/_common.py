@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_info
 
-from fffsklearn import FFFArrays, FFFClassifier
+from fffsklearn import FFFClassifier
+from fffsklearn._testing import random_arrays
 
 
 def best_time(fn, repeat=5, min_time=0.05):
@@ -38,33 +39,11 @@ def describe_threads():
 
 
 def routed_arrays(X, depth, leaf_width, master_leaf_width, n_outputs, seed=0):
-    """Random FFF arrays whose node hyperplanes pass through rows of ``X``, as trained trees'
-    do, so that real rows spread over the leaves."""
+    """Random FFF arrays whose node hyperplanes pass through rows of ``X``, so that real rows
+    spread over the leaves."""
     rng = np.random.default_rng(seed)
-    n, d = X.shape
-    n_leaves = 2**depth
-    node_weights = rng.standard_normal((n_leaves - 1, d)).astype(np.float32) / np.sqrt(d)
-    anchors = X[rng.integers(0, n, n_leaves - 1)]
-    node_biases = -np.einsum("ij,ij->i", node_weights, anchors).astype(np.float32)
-
-    def weights(*shape):
-        return (rng.standard_normal(shape) / np.sqrt(shape[-2] if len(shape) > 1 else 1)).astype(
-            np.float32
-        )
-
-    return FFFArrays(
-        depth,
-        "relu",
-        node_weights=node_weights,
-        node_biases=node_biases,
-        leaf_hidden_weights=weights(n_leaves, d, leaf_width),
-        leaf_hidden_biases=weights(n_leaves, leaf_width),
-        leaf_output_weights=weights(n_leaves, leaf_width, n_outputs),
-        leaf_output_biases=weights(n_leaves, n_outputs),
-        master_hidden_weights=weights(d, master_leaf_width),
-        master_hidden_biases=weights(master_leaf_width),
-        master_output_weights=weights(master_leaf_width, n_outputs),
-        master_output_biases=weights(n_outputs),
+    return random_arrays(
+        rng, depth, X.shape[1], leaf_width, master_leaf_width, n_outputs, anchors=X
     )
 
 

@@ -1,6 +1,5 @@
 """The shared base of FFFClassifier and FFFRegressor: parameters, fitting, hard-routed inference."""
 
-import re
 import warnings
 from abc import ABCMeta, abstractmethod
 from contextlib import contextmanager
@@ -20,8 +19,6 @@ from ._arrays import ACTIVATIONS, MAX_DEPTH
 from ._progress import EpochReporter
 from ._training import Trainer, resolve_device
 from ._version import STATE_FORMAT, __version__
-
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -271,11 +268,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             raise
 
     def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None):
-        device = resolve_device(self.device) if _DEVICE_PATTERN.fullmatch(self.device) else None
-        if device is None:
-            raise ValueError(
-                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}."
-            )
+        device = resolve_device(self.device)
         X, y = validate_data(
             self,
             X,

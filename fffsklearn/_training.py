@@ -1,10 +1,14 @@
 """The training loop: mini-batch AdamW on the straight-through forward, with the FFF regularisers."""
 
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._network import FFFNetwork, hardening_loss, load_balancing_loss
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def resolve_device(device):
@@ -13,8 +17,11 @@ def resolve_device(device):
     Raises
     ------
     ValueError
-        If a CUDA device is asked for and torch sees none, or not that one.
+        If ``device`` is not "auto", "cpu", "cuda" or "cuda:N", or a CUDA device is asked for
+        and torch sees none, or not that one.
     """
+    if not _DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
@@ -142,13 +149,3 @@ class Trainer:
         self.network.eval()
         self.last_leaf_counts = leaf_counts.cpu().numpy()
         return total / n
-
-    @torch.no_grad()
-    def soft_outputs(self, X, batch_size=4096):
-        """Soft-routed raw outputs, as a NumPy array (for comparing soft and hard routing)."""
-        self.network.eval()
-        parts = [
-            self.network(X[start : start + batch_size]).outputs.cpu().numpy()
-            for start in range(0, X.shape[0], batch_size)
-        ]
-        return np.concatenate(parts)

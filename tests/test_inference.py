@@ -10,7 +10,7 @@ from fffsklearn import inference
 from fffsklearn._arrays import ACTIVATIONS
 from fffsklearn.inference import _kernel
 
-from .conftest import random_arrays
+from fffsklearn._testing import random_arrays
 
 
 def assert_backends_agree(arrays, X, n_threads=2):

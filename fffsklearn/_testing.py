@@ -1,0 +1,43 @@
+"""Random fitted models built directly as arrays, for tests and benchmarks of inference."""
+
+import numpy as np
+
+from ._arrays import FFFArrays
+
+
+def random_arrays(
+    rng, depth, n_features, leaf_width, master_leaf_width, n_outputs, activation="relu",
+    anchors=None,
+):
+    """A random, valid :class:`FFFArrays` (no training).
+
+    Weights are Gaussian with variance ``1 / fan_in``. With ``anchors`` (rows of real-looking
+    data), each node's hyperplane passes through one of them, as trained trees' do, so that
+    such rows spread over the leaves.
+    """
+    n_leaves = 2**depth
+
+    def weights(*shape):
+        fan_in = shape[-2] if len(shape) > 1 else 1
+        return (rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(np.float32)
+
+    node_weights = weights(n_leaves - 1, n_features)
+    if anchors is None:
+        node_biases = weights(n_leaves - 1)
+    else:
+        points = anchors[rng.integers(0, len(anchors), n_leaves - 1)]
+        node_biases = -np.einsum("ij,ij->i", node_weights, points).astype(np.float32)
+    return FFFArrays(
+        depth,
+        activation,
+        node_weights=node_weights,
+        node_biases=node_biases,
+        leaf_hidden_weights=weights(n_leaves, n_features, leaf_width),
+        leaf_hidden_biases=weights(n_leaves, leaf_width),
+        leaf_output_weights=weights(n_leaves, leaf_width, n_outputs),
+        leaf_output_biases=weights(n_leaves, n_outputs),
+        master_hidden_weights=weights(n_features, master_leaf_width),
+        master_hidden_biases=weights(master_leaf_width),
+        master_output_weights=weights(master_leaf_width, n_outputs),
+        master_output_biases=weights(n_outputs),
+    )
