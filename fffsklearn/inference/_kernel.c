@@ -243,33 +243,55 @@ INLINE double node_logit_double(const double *x, const float *w, Py_ssize_t d) {
     return total;
 }
 
-/* Fast float32 logit (eight lanes, four accumulators). */
-INLINE float node_logit_float(const float *x, const float *w, Py_ssize_t d) {
-    v8f acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+/* Fast float32 logits of four rows at their four nodes. Each row's sum is a dependent chain;
+ * running four rows side by side overlaps their latencies. */
+INLINE void node_logits_float4(const float *const *x, const float *const *w, Py_ssize_t d,
+                               float *logits) {
+    v8f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
     Py_ssize_t k = 0;
-    for (; k + 32 <= d; k += 32) {
-        acc0 += load8(x + k) * load8(w + k);
-        acc1 += load8(x + k + 8) * load8(w + k + 8);
-        acc2 += load8(x + k + 16) * load8(w + k + 16);
-        acc3 += load8(x + k + 24) * load8(w + k + 24);
+    for (; k + 16 <= d; k += 16) {
+        a0 += load8(x[0] + k) * load8(w[0] + k);
+        b0 += load8(x[0] + k + 8) * load8(w[0] + k + 8);
+        a1 += load8(x[1] + k) * load8(w[1] + k);
+        b1 += load8(x[1] + k + 8) * load8(w[1] + k + 8);
+        a2 += load8(x[2] + k) * load8(w[2] + k);
+        b2 += load8(x[2] + k + 8) * load8(w[2] + k + 8);
+        a3 += load8(x[3] + k) * load8(w[3] + k);
+        b3 += load8(x[3] + k + 8) * load8(w[3] + k + 8);
     }
-    v8f acc = (acc0 + acc1) + (acc2 + acc3);
-    float total = 0.0f;
-    for (int j = 0; j < 8; j++) total += acc[j];
-    for (; k < d; k++) total += x[k] * w[k];
-    return total;
+    if (k + 8 <= d) {
+        a0 += load8(x[0] + k) * load8(w[0] + k);
+        a1 += load8(x[1] + k) * load8(w[1] + k);
+        a2 += load8(x[2] + k) * load8(w[2] + k);
+        a3 += load8(x[3] + k) * load8(w[3] + k);
+        k += 8;
+    }
+    v8f sums[TILE_ROWS] = {a0 + b0, a1 + b1, a2 + b2, a3 + b3};
+    for (int r = 0; r < TILE_ROWS; r++) {
+        float total = 0.0f;
+        for (int j = 0; j < 8; j++) total += sums[r][j];
+        for (Py_ssize_t j = k; j < d; j++) total += x[r][j] * w[r][j];
+        logits[r] = total;
+    }
 }
 
 /* In double: squares of float32 values neither overflow nor underflow there. */
 INLINE double euclidean_norm(const float *v, Py_ssize_t d) {
-    v4d acc0 = {0}, acc1 = {0};
+    v4d acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
     Py_ssize_t k = 0;
-    for (; k + 8 <= d; k += 8) {
+    for (; k + 16 <= d; k += 16) {
         v4d a = load4_as_double(v + k), b = load4_as_double(v + k + 4);
+        v4d c = load4_as_double(v + k + 8), e = load4_as_double(v + k + 12);
         acc0 += a * a;
         acc1 += b * b;
+        acc2 += c * c;
+        acc3 += e * e;
     }
-    v4d acc = acc0 + acc1;
+    for (; k + 4 <= d; k += 4) {
+        v4d a = load4_as_double(v + k);
+        acc0 += a * a;
+    }
+    v4d acc = (acc0 + acc1) + (acc2 + acc3);
     double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for (; k < d; k++) sum += (double)v[k] * (double)v[k];
     return sqrt(sum);
@@ -381,37 +403,46 @@ static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in) 
     return 0;
 }
 
-/* Leaf of one float32 row. Routing must match the reference's float64 logits exactly in sign.
- * The float32 logit differs from the exact one by at most about (d + 2) * 2^-24 *
- * sum|w_k x_k| (relative rounding) plus (d + 2) * 2^-149 (subnormal results), and
+/* Leaves of up to four float32 rows (a short tile repeats its first row and discards it).
+ * Routing must match the reference's float64 logits exactly in sign. The float32 logit differs
+ * from the exact one by at most about (d + 2) * 2^-24 * sum|w_k x_k| (relative rounding, in
+ * any summation order) plus (d + 2) * 2^-149 (subnormal results), and
  * sum|w_k x_k| <= ||w|| ||x|| (Cauchy-Schwarz). Outside that margin, inflated by half again,
- * its sign is the exact sign and so the reference's; inside it (rare) the row is routed in
- * double. */
-INLINE Py_ssize_t route_row(const model_t *m, const float *x, workspace_t *w) {
+ * its sign is the exact sign and so the reference's; inside it (rare) the row's logit is
+ * recomputed in double. */
+INLINE void route_tile(const model_t *m, const float *const *rows, int count, workspace_t *w,
+                       int64_t *leaves) {
     const Py_ssize_t d = m->n_features;
     const double margin_factor = 1.5 * ((double)d + 2.0) * 0x1p-24;
     const double margin_floor = 1.5 * ((double)d + 2.0) * 0x1p-148;
-    /* The norm doubles as the input's finiteness check, so predict needs no separate pass. */
-    double x_norm = euclidean_norm(x, d);
-    if (!isfinite(x_norm)) w->saw_non_finite = 1;
-    int widened = 0;
-    Py_ssize_t node = 0;
-    for (int level = 0; level < m->depth; level++) {
-        const float *wn = m->node_w + node * d;
-        if (w->node_norms[node] < 0.0) w->node_norms[node] = euclidean_norm(wn, d);
-        double bias = (double)m->node_b[node];
-        double logit = (double)node_logit_float(x, wn, d) + bias;
-        double margin = margin_factor * w->node_norms[node] * x_norm + margin_floor;
-        if (!(fabs(logit) > margin)) { /* also taken for NaN or infinite values */
-            if (!widened) {
-                widen_row(x, d, w->wide_row);
-                widened = 1;
-            }
-            logit = node_logit_double(w->wide_row, wn, d) + bias;
-        }
-        node = 2 * node + 1 + (logit > 0.0);
+    const float *x[TILE_ROWS], *wn[TILE_ROWS];
+    double x_norm[TILE_ROWS];
+    Py_ssize_t node[TILE_ROWS] = {0, 0, 0, 0};
+    float logits[TILE_ROWS];
+    for (int t = 0; t < TILE_ROWS; t++) {
+        x[t] = rows[t < count ? t : 0];
+        /* The norm doubles as the input's finiteness check: predict needs no separate pass. */
+        x_norm[t] = euclidean_norm(x[t], d);
+        if (!isfinite(x_norm[t])) w->saw_non_finite = 1;
     }
-    return node - (((Py_ssize_t)1 << m->depth) - 1);
+    for (int level = 0; level < m->depth; level++) {
+        for (int t = 0; t < TILE_ROWS; t++) {
+            wn[t] = m->node_w + node[t] * d;
+            if (w->node_norms[node[t]] < 0.0) w->node_norms[node[t]] = euclidean_norm(wn[t], d);
+        }
+        node_logits_float4(x, wn, d, logits);
+        for (int t = 0; t < TILE_ROWS; t++) {
+            double bias = (double)m->node_b[node[t]];
+            double logit = (double)logits[t] + bias;
+            double margin = margin_factor * w->node_norms[node[t]] * x_norm[t] + margin_floor;
+            if (!(fabs(logit) > margin)) { /* also taken for NaN or infinite values */
+                widen_row(x[t], d, w->wide_row);
+                logit = node_logit_double(w->wide_row, wn[t], d) + bias;
+            }
+            node[t] = 2 * node[t] + 1 + (logit > 0.0);
+        }
+    }
+    for (int t = 0; t < count; t++) leaves[t] = node[t] - (((Py_ssize_t)1 << m->depth) - 1);
 }
 
 HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize_t start,
@@ -430,9 +461,9 @@ HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize
         for (int t = 0; t < count; t++) {
             float *scratch = w->converted ? w->converted + (r + t) * d : NULL;
             w->rows[r + t] = input_row(in, start + r + t, d, scratch);
-            leaves[start + r + t] = route_row(m, w->rows[r + t], w);
             if (block_out) out_rows[t] = block_out + (r + t) * o;
         }
+        route_tile(m, w->rows + r, count, w, leaves + start + r);
         if (!block_out) continue;
         if (m->master_width > 0) {
             hidden_layer(w->rows + r, count, d, m->master_w1, m->master_b1, m->master_width,
