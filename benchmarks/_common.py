@@ -26,6 +26,18 @@ def best_time(fn, repeat=5, min_time=0.05):
     return best
 
 
+def interleaved_best_times(fns, rounds=5, min_time=0.05):
+    """Best time of each function, measured in alternating rounds so that a burst of load on
+    this shared machine slows every contender rather than only the one it coincides with."""
+    best = [np.inf] * len(fns)
+    for fn in fns:
+        fn()  # warm-up
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_time(fn, repeat=1, min_time=min_time))
+    return best
+
+
 def gemm_flops_per_second(size=2048):
     """float32 GEMM rate of NumPy's BLAS on this machine, measured now."""
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)

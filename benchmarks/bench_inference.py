@@ -18,6 +18,7 @@ from sklearn.utils.validation import validate_data
 
 from _common import (
     best_time,
+    interleaved_best_times,
     classifier_from_arrays,
     describe_threads,
     gemm_flops_per_second,
@@ -38,9 +39,14 @@ def torch_dense_predict(model, X):
         return model(torch.from_numpy(X)).argmax(1).numpy()
 
 
-def torch_gathered_bmm(arrays, X, chunk=2048):
-    """What a competent engineer writes in an afternoon: per-level gather, gathered bmm."""
-    t = {name: torch.from_numpy(np.array(getattr(arrays, name))) for name in arrays.__slots__[2:]}
+def torch_tensors(arrays):
+    """The fitted arrays as torch tensors, converted once, outside the timed calls."""
+    return {name: torch.from_numpy(np.array(getattr(arrays, name))) for name in arrays.__slots__[2:]}
+
+
+def torch_gathered_bmm(arrays, t, X, chunk=2048):
+    """What a competent engineer writes in an afternoon: per-level gather, gathered bmm.
+    ``t`` holds the arrays as torch tensors (:func:`torch_tensors`)."""
     out = []
     with torch.no_grad():
         for start in range(0, X.shape[0], chunk):
@@ -62,10 +68,6 @@ def active_flops(depth, d, leaf, master, o):
     return 2 * (depth * d + d * leaf + leaf * o + d * master + master * o)
 
 
-def per_row_us(fn, X, repeat):
-    return best_time(lambda: fn(X), repeat=repeat, min_time=0.02 if len(X) < 1000 else 0.0) / len(X) * 1e6
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer depths")
@@ -78,6 +80,7 @@ def main():
     X_all = rng.standard_normal((max(batches), D)).astype(np.float32)
     arrays = routed_arrays(X_all[:5000], DEPTH, LEAF, MASTER, O)
     model = classifier_from_arrays(arrays)
+    tensors = torch_tensors(arrays)
     width = 2**DEPTH * LEAF
     twin = dense_twin(width)
     mlp = MLPClassifier(hidden_layer_sizes=(width,), max_iter=1).fit(X_all[:200], np.arange(200) % O)
@@ -90,23 +93,29 @@ def main():
         "fffsklearn predict": lambda X: model.predict(X),
         "dense torch twin": lambda X: torch_dense_predict(twin, X),
         f"MLPClassifier({width}).predict": lambda X: mlp.predict(X),
-        "torch gathered-bmm hard routing": lambda X: torch_gathered_bmm(arrays, X),
+        "torch gathered-bmm hard routing": lambda X: torch_gathered_bmm(arrays, tensors, X),
     }
-    results = {}
-    for name, fn in rows.items():
-        times = []
-        for b in batches:
-            repeat = 1 if b >= 1_000_000 else 3
-            if b >= 1_000_000 and name != "fffsklearn predict":
-                X = X_all[:100_000]  # anchors are timed on 100,000 rows at this size
-            else:
-                X = X_all[:b]
-            times.append(per_row_us(fn, X, repeat))
-        results[name] = times
+    results = {name: [] for name in rows}
+    for b in batches:
+        # Anchors are timed on 100,000 rows when the batch is a million.
+        inputs = [X_all[:b] if b < 1_000_000 or name == "fffsklearn predict" else X_all[:100_000]
+                  for name in rows]
+        times = interleaved_best_times(
+            [lambda fn=fn, X=X: fn(X) for fn, X in zip(rows.values(), inputs)],
+            rounds=1 if b >= 1_000_000 else 3,
+            min_time=0.02 if b < 1000 else 0.0,
+        )
+        for name, X, t in zip(rows, inputs, times):
+            results[name].append(t / len(X) * 1e6)
+    for name, times in results.items():
         print(f"{name:<34}" + "".join(f"{t:>16.3f}" for t in times))
     print(f"{'compute-bound limit':<34}" + "".join(f"{limit_us:>16.3f}" for _ in batches))
-    validate = best_time(lambda: validate_data(model, X_all[:1], reset=False), min_time=0.05) * 1e6
+    one_row, validate = interleaved_best_times(
+        [lambda: model.predict(X_all[:1]), lambda: validate_data(model, X_all[:1], reset=False)]
+    )
+    validate *= 1e6
     print(f"{'validate_data alone':<34}{validate:>16.3f}")
+    print(f"{'fffsklearn predict, interleaved':<34}{one_row * 1e6:>16.3f}")
 
     fff = results["fffsklearn predict"]
     i10k = batches.index(10_000)
@@ -114,11 +123,13 @@ def main():
     print(f"  batch 10,000: speed-up over dense torch twin {results['dense torch twin'][i10k] / fff[i10k]:.1f}x"
           f" (target >= 12x); fraction of compute-bound limit {limit_us / fff[i10k]:.0%} (target >= 35%)")
     print(f"  batch 10,000: speed-up over torch gathered-bmm {results['torch gathered-bmm hard routing'][i10k] / fff[i10k]:.1f}x")
-    print(f"  batch 1: predict / validate_data = {fff[0] / validate:.2f} (target <= 1.6)")
+    print(f"  batch 1: predict / validate_data = {one_row * 1e6 / validate:.2f} (target <= 1.6; "
+          "both timed in alternating rounds)")
 
     X10k = X_all[:10_000]
-    t1 = per_row_us(lambda X: classifier_from_arrays(arrays, n_jobs=1).predict(X), X10k, 5)
-    t2 = per_row_us(lambda X: classifier_from_arrays(arrays, n_jobs=2).predict(X), X10k, 5)
+    serial, parallel = classifier_from_arrays(arrays, n_jobs=1), classifier_from_arrays(arrays, n_jobs=2)
+    t1, t2 = (t / len(X10k) * 1e6 for t in interleaved_best_times(
+        [lambda: serial.predict(X10k), lambda: parallel.predict(X10k)], rounds=7, min_time=0.0))
     print(f"  batch 10,000: n_jobs=1 {t1:.3f} us/row, n_jobs=2 {t2:.3f} us/row, speed-up {t1 / t2:.2f}x (target >= 1.6x)")
 
     depths = range(2, 15, 2 if args.quick else 1)
@@ -129,8 +140,11 @@ def main():
         model_d = classifier_from_arrays(arrays_d)
         width_d = 2**depth * LEAF
         twin_d = dense_twin(width_d)
-        fff_us = per_row_us(model_d.predict, X10k, 3)
-        twin_us = per_row_us(lambda X: torch_dense_predict(twin_d, X), X_all[:1000], 2)
+        fff_s, twin_s = interleaved_best_times(
+            [lambda: model_d.predict(X10k), lambda: torch_dense_predict(twin_d, X_all[:1000])],
+            rounds=3, min_time=0.0,
+        )
+        fff_us, twin_us = fff_s / len(X10k) * 1e6, twin_s / 1000 * 1e6
         entropy = leaf_usage_entropy(model_d.apply(X10k), arrays_d.n_leaves)
         limit_d = active_flops(depth, D, LEAF, MASTER, O) / gemm * 1e6
         print(f"{depth:>5}{width_d:>12,}{entropy:>14.3f}{fff_us:>12.3f}{twin_us:>13.2f}{twin_us / fff_us:>9.1f}x{limit_d / fff_us:>11.0%}")
