@@ -407,17 +407,19 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             ensure_all_finite=inference.default_backend() != "compiled",
         )
 
-    def _map_outputs(self, X, transform, n_columns=None, dtype=np.float64):
+    def _map_outputs(self, X, transform):
         """Validate ``X`` and apply ``transform`` to its raw hard-routed outputs chunk by chunk,
-        so memory stays bounded by the result whatever the number of rows. ``n_columns`` of the
-        result defaults to the number of raw outputs."""
+        so memory stays bounded by the result whatever the number of rows. The result takes
+        its trailing shape and dtype from what ``transform`` returns."""
         X = self._validate_for_inference(X)
-        n_columns = self.arrays_.n_outputs if n_columns is None else n_columns
-        result = np.empty((X.shape[0], n_columns), dtype=dtype)
+        result = None
         for rows, outputs, _ in inference.iter_hard_forward(
             self.arrays_, X, n_threads=self._n_threads()
         ):
-            result[rows] = transform(outputs)
+            chunk = transform(outputs)
+            if result is None:
+                result = np.empty((X.shape[0],) + chunk.shape[1:], dtype=chunk.dtype)
+            result[rows] = chunk
         return result
 
     def _apply_validated(self, X):

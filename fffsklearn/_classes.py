@@ -140,11 +140,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         y : ndarray of shape (n_samples,)
             The class of highest probability in :meth:`predict_proba`.
         """
-        # The softmax is monotone, so its argmax is the argmax of the raw outputs.
-        indices = self._map_outputs(
-            X, lambda outputs: np.argmax(outputs, axis=1)[:, None], 1, dtype=np.intp
-        )
-        return self.classes_[indices[:, 0]]
+        # The softmax is monotone, so its argmax is the argmax of the raw outputs. Labels are
+        # written chunk by chunk: no full-length index array besides the result.
+        return self._map_outputs(X, lambda outputs: self.classes_[np.argmax(outputs, axis=1)])
 
 
 class FFFRegressor(RegressorMixin, BaseFFF):

@@ -1,4 +1,8 @@
-"""Random fitted models built directly as arrays, for tests and benchmarks of inference."""
+"""Helpers for tests and benchmarks: random fitted models built directly as arrays, and a
+sampler of the process's anonymous resident memory."""
+
+import threading
+import time
 
 import numpy as np
 
@@ -41,3 +45,36 @@ def random_arrays(
         master_output_weights=weights(master_leaf_width, n_outputs),
         master_output_biases=weights(n_outputs),
     )
+
+
+def anonymous_rss_bytes():
+    """Anonymous resident memory of this process (Linux): file-backed pages such as those of
+    a memmap are not counted."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+
+
+class PeakSampler:
+    """Context manager recording the peak of :func:`anonymous_rss_bytes` while it is open."""
+
+    def __init__(self, interval=0.005):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, anonymous_rss_bytes())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.peak = anonymous_rss_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anonymous_rss_bytes())

@@ -327,3 +327,27 @@ def test_float32_float64_and_fortran_inputs_agree(fitted_classifier, digits):
     expected = fitted_classifier.predict_proba(X_test.astype(np.float32))
     for X in (X_test, np.asfortranarray(X_test), np.asfortranarray(X_test.astype(np.float32))):
         np.testing.assert_array_equal(fitted_classifier.predict_proba(X), expected)
+
+
+@pytest.mark.slow
+def test_predict_on_a_large_memmap_needs_only_the_output(tmp_path):
+    from fffsklearn._testing import PeakSampler, anonymous_rss_bytes, random_arrays
+
+    rng = np.random.default_rng(0)
+    n_rows, n_features = 2_000_000, 100
+    X = np.lib.format.open_memmap(
+        tmp_path / "X.npy", mode="w+", dtype=np.float32, shape=(n_rows, n_features)
+    )
+    for start in range(0, n_rows, 500_000):
+        X[start : start + 500_000] = rng.standard_normal((500_000, n_features), np.float32)
+    X.flush()
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    model = FFFClassifier(depth=6)
+    model.arrays_ = random_arrays(rng, 6, n_features, 16, 16, 10)
+    model.classes_ = np.arange(10)
+    model.n_features_in_ = n_features
+    for method, output_bytes in (("predict", n_rows * 8), ("predict_proba", n_rows * 80)):
+        baseline = anonymous_rss_bytes()
+        with PeakSampler() as sampler:
+            getattr(model, method)(X)
+        assert sampler.peak - baseline <= output_bytes + 50 * 2**20, method
