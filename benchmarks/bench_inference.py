@@ -17,7 +17,6 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils.validation import validate_data
 
 from _common import (
-    best_time,
     interleaved_best_times,
     classifier_from_arrays,
     describe_threads,

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -15,7 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import inference
-from ._arrays import ACTIVATIONS, MAX_DEPTH
+from ._arrays import ACTIVATIONS, MAX_DEPTH, FFFArrays
 from ._progress import EpochReporter
 from ._training import Trainer, resolve_device
 from ._version import STATE_FORMAT, __version__
@@ -131,6 +130,10 @@ _ATTRIBUTES_DOC = """
     device_ : str
         The device the model was trained on.
 """
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """The KeyboardInterrupt that fit re-raises after keeping its last completed epoch."""
 
 
 class BaseFFF(BaseEstimator, metaclass=ABCMeta):
@@ -261,6 +264,8 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         saved = dict(self.__dict__)
         try:
             yield
+        except FitInterrupted:
+            raise  # fit kept its last completed epoch on purpose
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(saved)
@@ -304,10 +309,6 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         else:
             trainer = self._trainer
 
-        to_device = {"device": device}
-        X_t = torch.from_numpy(_writable(X)).to(**to_device)
-        y_t = torch.from_numpy(_writable(y_encoded)).to(**to_device)
-        w_t = torch.from_numpy(_writable(sample_weight)).to(**to_device)
         batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
         batch_size = min(batch_size, X.shape[0])
 
@@ -321,51 +322,70 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         no_improvement = 0
         converged = False
         reporter = EpochReporter(self.verbose, epochs, type(self).__name__)
-        arrays = None
-        for _ in range(epochs):
-            loss = trainer.run_epoch(X_t, y_t, w_t, batch_size)
-            n_iter += 1
-            loss_curve.append(loss)
-            arrays = trainer.network.to_arrays()
-            score = None
-            if early_stopping:
-                outputs, _ = inference.hard_forward(arrays, X_val, n_threads=self._n_threads())
-                score = self._score_outputs(outputs, y_val)
-                validation_scores.append(score)
-                improved = score > best_score + self.tol
-                if score > best_score:
-                    best_score, best_arrays = score, arrays
-            else:
-                improved = loss < best_loss - self.tol
-                best_loss = min(best_loss, loss)
-            no_improvement = 0 if improved else no_improvement + 1
-            reporter.epoch(n_iter, loss, score, trainer.last_leaf_counts)
-            if not incremental and no_improvement > self.n_iter_no_change:
-                converged = True
-                break
-        reporter.close()
+        # The state after the last completed epoch, stored in one assignment so that an
+        # interrupt never sees half of it.
+        completed = None
+        try:
+            for _ in range(epochs):
+                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size)
+                n_iter += 1
+                loss_curve.append(loss)
+                arrays = trainer.network.to_arrays()
+                score = None
+                if early_stopping:
+                    outputs, _ = inference.hard_forward(arrays, X_val, n_threads=self._n_threads())
+                    score = self._score_outputs(outputs, y_val)
+                    validation_scores.append(score)
+                    improved = score > best_score + self.tol
+                    if score > best_score:
+                        best_score, best_arrays = score, arrays
+                else:
+                    improved = loss < best_loss - self.tol
+                    best_loss = min(best_loss, loss)
+                completed = (n_iter, best_arrays if early_stopping else arrays, best_loss,
+                             best_score, len(validation_scores))
+                no_improvement = 0 if improved else no_improvement + 1
+                reporter.epoch(n_iter, loss, score, trainer.last_leaf_counts)
+                if not incremental and no_improvement > self.n_iter_no_change:
+                    converged = True
+                    break
+        except KeyboardInterrupt:
+            if completed is None:
+                raise  # nothing new to keep: _restore_state_on_error puts the old state back
+            interrupted = True
+        else:
+            interrupted = False
+        finally:
+            reporter.close()
 
-        if early_stopping:
-            arrays = best_arrays
-            trainer.network.load_arrays(arrays)
+        n_iter, arrays, best_loss, best_score, n_scores = completed
+        trainer.network.load_arrays(arrays)
+        leaf_counts = np.bincount(inference.apply(arrays, X, n_threads=self._n_threads()),
+                                  minlength=arrays.n_leaves).astype(np.int64)
+        self.arrays_ = arrays
+        self._trainer = trainer
+        self.device_ = str(device)
+        self.n_iter_ = n_iter
+        self.loss_curve_ = loss_curve[:n_iter]
+        self.best_loss_ = None if early_stopping else float(best_loss)
+        self.validation_scores_ = validation_scores[:n_scores] if early_stopping else None
+        self.best_validation_score_ = float(best_score) if early_stopping else None
+        self.leaf_sample_counts_ = leaf_counts
+
+        if interrupted:
+            warnings.warn(
+                f"{type(self).__name__}.fit was interrupted; the estimator keeps the weights "
+                f"of its last completed epoch ({n_iter}). Call fit with warm_start=True or "
+                "partial_fit to continue from there.",
+                UserWarning,
+            )
+            raise FitInterrupted()
         if not incremental and not converged:
             warnings.warn(
                 f"{type(self).__name__}: maximum iterations ({epochs}) reached and the "
                 "optimization hasn't converged yet.",
                 ConvergenceWarning,
             )
-
-        self.arrays_ = arrays
-        self._trainer = trainer
-        self.device_ = str(device)
-        self.n_iter_ = n_iter
-        self.loss_curve_ = loss_curve
-        self.best_loss_ = None if early_stopping else float(best_loss)
-        self.validation_scores_ = validation_scores if early_stopping else None
-        self.best_validation_score_ = float(best_score) if early_stopping else None
-        self.leaf_sample_counts_ = np.bincount(
-            self._apply_validated(X), minlength=arrays.n_leaves
-        ).astype(np.int64)
 
     def _validation_split(self, X, y_encoded, sample_weight, rng):
         if X.shape[0] < 2:
@@ -422,9 +442,6 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             result[rows] = chunk
         return result
 
-    def _apply_validated(self, X):
-        return inference.apply(self.arrays_, X, n_threads=self._n_threads())
-
     def apply(self, X):
         """Index of the leaf that hard routing sends each row to.
 
@@ -439,7 +456,8 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
             decisions taken from the root down (1 means right).
         """
-        return self._apply_validated(self._validate_for_inference(X))
+        X = self._validate_for_inference(X)
+        return inference.apply(self.arrays_, X, n_threads=self._n_threads())
 
     # ----------------------------------------------------------------------------- state
     def __getstate__(self):
@@ -461,15 +479,38 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 f"{STATE_FORMAT}). It may not load or predict correctly: refit it.",
                 UserWarning,
             )
+        if "arrays_" in state:
+            self._check_loaded_state(state)
         super().__setstate__(state)
+
+    def _check_loaded_state(self, state):
+        """Reject a fitted state whose parts do not fit together (an edited or corrupt file).
+
+        ``arrays_`` validated itself while it was unpickled; this checks what links it to the
+        rest of the estimator.
+        """
+        arrays = state["arrays_"]
+        where = f"Corrupt {type(self).__name__} state"
+        if not isinstance(arrays, FFFArrays):
+            raise ValueError(f"{where}: arrays_ is a {type(arrays).__name__}, not FFFArrays.")
+        expected_shapes = {"leaf_sample_counts_": (arrays.n_leaves,)}
+        expected_shapes.update(self._expected_target_shapes(arrays.n_outputs))
+        for name, shape in expected_shapes.items():
+            value = state.get(name)
+            if not isinstance(value, np.ndarray) or value.shape != shape:
+                raise ValueError(f"{where}: {name} is missing or does not have shape {shape}.")
+        if state.get("n_features_in_") != arrays.n_features:
+            raise ValueError(
+                f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "
+                f"takes {arrays.n_features} features."
+            )
+
+    @abstractmethod
+    def _expected_target_shapes(self, n_outputs):
+        """Fitted target attributes (name: shape) that a network with ``n_outputs`` needs."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = False
         return tags
-
-
-def _writable(array):
-    # torch.from_numpy warns on read-only arrays (memmaps, broadcast views): copy those only.
-    return array if array.flags.writeable else array.copy()

@@ -89,6 +89,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _n_network_outputs(self):
         return len(self.classes_)
 
+    def _expected_target_shapes(self, n_outputs):
+        return {"classes_": (n_outputs,)}
+
     def _score_outputs(self, outputs, y_encoded):
         return float(np.mean(np.argmax(outputs, axis=1) == y_encoded))
 
@@ -224,6 +227,19 @@ class FFFRegressor(RegressorMixin, BaseFFF):
 
     def _n_network_outputs(self):
         return self.n_outputs_
+
+    def _expected_target_shapes(self, n_outputs):
+        return {"_target_mean": (n_outputs,), "_target_scale": (n_outputs,)}
+
+    def _check_loaded_state(self, state):
+        super()._check_loaded_state(state)
+        if state.get("n_outputs_") != state["arrays_"].n_outputs or not isinstance(
+            state.get("_target_is_1d"), (bool, np.bool_)
+        ):
+            raise ValueError(
+                f"Corrupt {type(self).__name__} state: n_outputs_ or _target_is_1d is missing "
+                "or does not match the network."
+            )
 
     def _score_outputs(self, outputs, y_encoded):
         return float(r2_score(y_encoded, outputs))

@@ -121,7 +121,9 @@ class Trainer:
     def run_epoch(self, X, y, weight, batch_size):
         """One pass over the data in shuffled mini-batches; returns the mean objective.
 
-        Also records in ``last_leaf_counts`` how many rows each leaf received under hard
+        ``X``, ``y`` and ``weight`` are NumPy arrays (``X`` float32, possibly a read-only
+        memmap): only one mini-batch at a time is copied and moved to the device, so a memmap
+        larger than memory trains without being loaded whole. Also records in ``last_leaf_counts`` how many rows each leaf received under hard
         routing during the epoch.
 
         Raises
@@ -135,8 +137,12 @@ class Trainer:
         total = 0.0
         leaf_counts = torch.zeros(self.network.n_leaves, dtype=torch.long, device=self.device)
         for start in range(0, n, batch_size):
-            rows = torch.from_numpy(order[start : start + batch_size]).to(self.device)
-            loss = self._objective(X[rows], y[rows], weight[rows], n, leaf_counts)
+            # Sorted, the rows of a batch are read from a memmap in file order.
+            rows = np.sort(order[start : start + batch_size])
+            X_batch, y_batch, w_batch = (
+                torch.from_numpy(a[rows]).to(self.device) for a in (X, y, weight)
+            )
+            loss = self._objective(X_batch, y_batch, w_batch, n, leaf_counts)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     "The training loss became NaN or infinite. Scale the inputs (for example "
@@ -145,7 +151,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            total += loss.item() * rows.shape[0]
+            total += loss.item() * len(rows)
         self.network.eval()
         self.last_leaf_counts = leaf_counts.cpu().numpy()
         return total / n
