@@ -8,6 +8,7 @@ one leaf run per row, however many leaves the tree has.
 
 from ._arrays import FFFArrays
 from ._classes import FFFClassifier, FFFRegressor
+from ._persistence import skops_trusted_types
 from ._version import __version__
 
-__all__ = ["FFFArrays", "FFFClassifier", "FFFRegressor", "__version__"]
+__all__ = ["FFFArrays", "FFFClassifier", "FFFRegressor", "skops_trusted_types", "__version__"]

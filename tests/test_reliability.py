@@ -298,3 +298,62 @@ def test_fit_streams_a_float32_memmap_without_copying_it(tmp_path):
         with PeakSampler() as sampler:
             model.fit(X, y)
     assert sampler.peak - baseline < X.nbytes / 4
+
+
+# --------------------------------------------------------------------------- skops files
+def _skops_with(blob, edit_schema=None, replace_array=None):
+    """Rewrite a skops file: edit the FFFArrays part of its schema, or one of its arrays."""
+    import io
+    import json
+    import zipfile
+
+    source = zipfile.ZipFile(io.BytesIO(blob))
+    schema = json.loads(source.read("schema.json"))
+    arrays_state = schema["content"]["content"]["arrays_"]["content"]["content"]
+    if edit_schema:
+        edit_schema(arrays_state)
+    files = {name: source.read(name) for name in source.namelist() if name != "schema.json"}
+    if replace_array:
+        name, value = replace_array
+        buffer = io.BytesIO()
+        np.save(buffer, value)
+        files[arrays_state[name]["file"]] = buffer.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        target.writestr("schema.json", json.dumps(schema))
+        for name, content in files.items():
+            target.writestr(name, content)
+    return out.getvalue()
+
+
+def test_skops_round_trip_with_the_listed_trusted_types(fitted, data):
+    sio = pytest.importorskip("skops.io")
+    from fffsklearn import skops_trusted_types
+
+    X, _ = data
+    blob = sio.dumps(fitted)
+    assert set(sio.get_untrusted_types(data=blob)) <= set(skops_trusted_types())
+    loaded = sio.loads(blob, trusted=skops_trusted_types())
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # skops shares equal values by __id__: an edited value gets an id of its own.
+        ({"edit_schema": lambda s: s["depth"].update(content="9", __id__=1)}, "shape"),
+        ({"edit_schema": lambda s: s["depth"].update(content="-3", __id__=1)}, "depth"),
+        ({"edit_schema": lambda s: s["activation"].update(content='"gelu"', __id__=1)},
+         "activation"),
+        ({"replace_array": ("node_weights", np.zeros((7, 3), np.float32))}, "shape"),
+        ({"replace_array": ("node_biases", np.full(7, np.nan, np.float32))}, "NaN"),
+        ({"replace_array": ("leaf_output_biases", np.zeros((8, 10), np.int64))}, "floating"),
+    ],
+)
+def test_edited_skops_file_raises_at_load(fitted, edit, message):
+    sio = pytest.importorskip("skops.io")
+    from fffsklearn import skops_trusted_types
+
+    hostile = _skops_with(sio.dumps(fitted), **edit)
+    with pytest.raises(ValueError, match=message):
+        sio.loads(hostile, trusted=skops_trusted_types())
