@@ -9,6 +9,6 @@ python -m pip install --quiet "torch==2.13.0" || python -m pip install --quiet t
 FFFSKLEARN_REQUIRE_KERNEL=1 python -m pip install --quiet --no-build-isolation -e ".[tests,progress,benchmark]" \
   || FFFSKLEARN_REQUIRE_KERNEL=1 python -m pip install --quiet -e ".[tests,progress,benchmark]"
 python -m pytest -p no:cacheprovider
-bash scripts/sanitize.sh -q
+bash scripts/sanitize.sh
 python examples/quickstart.py
 (cd benchmarks && python bench_accuracy.py --quick)
