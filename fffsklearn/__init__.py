@@ -11,4 +11,21 @@ from ._classes import FFFClassifier, FFFRegressor
 from ._persistence import skops_trusted_types
 from ._version import __version__
 
-__all__ = ["FFFArrays", "FFFClassifier", "FFFRegressor", "skops_trusted_types", "__version__"]
+__all__ = [
+    "FFFArrays",
+    "FFFClassifier",
+    "FFFRegressor",
+    "skops_trusted_types",
+    "to_onnx",
+    "__version__",
+]
+
+
+def __getattr__(name):
+    # ONNX export needs the optional extra fffsklearn[onnx]: import it only when asked for.
+    # Importing it also registers the converters with skl2onnx (for Pipelines).
+    if name == "to_onnx":
+        from ._onnx import to_onnx
+
+        return to_onnx
+    raise AttributeError(f"module 'fffsklearn' has no attribute {name!r}")

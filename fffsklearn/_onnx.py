@@ -1,0 +1,186 @@
+"""ONNX export: a skl2onnx converter for FFFClassifier and FFFRegressor.
+
+The graph walks the tree level by level exactly as the other backends do: the input is cast
+to float32 and then to double, node logits are summed in double, and a row goes right iff its
+logit is > 0. The chosen leaf's weights are gathered per row, so the graph evaluates only that
+leaf plus the master leaf. Importing this module registers the converter with skl2onnx, so a
+Pipeline holding an FFF estimator converts with ``skl2onnx.to_onnx`` too.
+"""
+
+import numpy as np
+
+try:
+    from onnx import TensorProto
+    from onnx.helper import make_tensor
+    from skl2onnx import to_onnx as _skl2onnx_to_onnx
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "ONNX export needs the optional dependencies of fffsklearn[onnx]: "
+        "pip install 'fffsklearn[onnx]'"
+    ) from exc
+
+from ._classes import FFFClassifier, FFFRegressor
+
+_MIN_OPSET = 13  # ReduceSum and Squeeze take their axes as inputs from opset 13 on
+
+
+def to_onnx(estimator, n_features=None, target_opset=None):
+    """Export a fitted FFFClassifier, FFFRegressor or a Pipeline holding one to ONNX.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Fitted FFFClassifier or FFFRegressor, or a fitted Pipeline whose steps skl2onnx can
+        convert.
+    n_features : int, default=None
+        Number of input features; defaults to the estimator's ``n_features_in_``.
+    target_opset : int, default=None
+        ONNX opset; at least 13. None lets skl2onnx choose.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Takes a float32 input ``X`` of shape (n_samples, n_features). A classifier returns
+        ``label`` and ``probabilities`` (an array, not a ZipMap); a regressor ``variable``.
+    """
+    n_features = estimator.n_features_in_ if n_features is None else n_features
+    options = None
+    if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(
+        estimator, "predict_proba"
+    ):
+        options = {"zipmap": False}
+    return _skl2onnx_to_onnx(
+        estimator,
+        initial_types=[("X", FloatTensorType([None, n_features]))],
+        target_opset=target_opset,
+        options=options,
+    )
+
+
+class _Graph:
+    """Adds nodes and constants to the skl2onnx graph of one converter call."""
+
+    _TYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE,
+              np.int64: TensorProto.INT64}
+
+    def __init__(self, scope, container):
+        self.scope, self.container = scope, container
+
+    def op(self, op_type, *inputs, output=None, **attrs):
+        output = output or self.scope.get_unique_variable_name(op_type.lower())
+        self.container.add_node(op_type, list(inputs), [output],
+                                name=self.scope.get_unique_operator_name(op_type), **attrs)
+        return output
+
+    def const(self, name, value, dtype):
+        value = np.asarray(value, dtype=dtype)
+        var = self.scope.get_unique_variable_name(name)
+        self.container.add_initializer(var, self._TYPES[dtype], list(value.shape),
+                                       value.ravel().tolist())
+        return var
+
+    def activate(self, name, activation):
+        op = {"relu": "Relu", "tanh": "Tanh", "logistic": "Sigmoid", "identity": "Identity"}
+        return self.op(op[activation], name)
+
+
+def _row_zeros(g, x):
+    """An int64 zero for each row of ``x`` (the batch size is only known at run time)."""
+    n_rows = g.op("Slice", g.op("Shape", x), g.const("start", [0], np.int64),
+                  g.const("stop", [1], np.int64))
+    return g.op("ConstantOfShape", n_rows, value=make_tensor("zero", TensorProto.INT64, [1], [0]))
+
+
+def _route(g, arrays, x):
+    """Leaf index of each row of float32 ``x``: logits summed in double, right iff > 0."""
+    axis1 = g.const("axis1", [1], np.int64)
+    x64 = g.op("Cast", x, to=TensorProto.DOUBLE)
+    node_weights = g.const("node_weights", arrays.node_weights, np.float64)
+    node_biases = g.const("node_biases", arrays.node_biases, np.float64)
+    one, two = g.const("one", 1, np.int64), g.const("two", 2, np.int64)
+    zero = g.const("zero", 0.0, np.float64)
+    node = _row_zeros(g, x)  # every row starts at the root
+    for _ in range(arrays.depth):
+        products = g.op("Mul", x64, g.op("Gather", node_weights, node, axis=0))
+        logits = g.op("Add", g.op("ReduceSum", products, axis1, keepdims=0),
+                      g.op("Gather", node_biases, node, axis=0))
+        right = g.op("Cast", g.op("Greater", logits, zero), to=TensorProto.INT64)
+        node = g.op("Add", g.op("Add", g.op("Mul", node, two), one), right)
+    # Named, so that a test (or a user) can expose the leaves as an extra graph output.
+    return g.op("Sub", node, g.const("first_leaf", arrays.n_leaves - 1, np.int64),
+                output=g.scope.get_unique_variable_name("fff_leaves"))
+
+
+def _raw_outputs(scope, operator, container):
+    """Graph of the hard-routed raw outputs (chosen leaf plus master leaf) of ``X``."""
+    if container.target_opset < _MIN_OPSET:
+        raise RuntimeError(f"fffsklearn's ONNX export needs target_opset >= {_MIN_OPSET}.")
+    g = _Graph(scope, container)
+    arrays = operator.raw_operator.arrays_
+    x = g.op("Cast", operator.inputs[0].full_name, to=TensorProto.FLOAT)
+    leaves = _route(g, arrays, x) if arrays.depth else _row_zeros(g, x)
+
+    def per_row(name):
+        """A leaf parameter gathered for each row's leaf: shape (N, ...)."""
+        return g.op("Gather", g.const(name, getattr(arrays, name), np.float32), leaves, axis=0)
+
+    axis1 = g.const("axis1", [1], np.int64)
+    # (N, 1, d) @ (N, d, l) -> (N, 1, l): only the chosen leaf is evaluated.
+    hidden = g.op("Squeeze", g.op("MatMul", g.op("Unsqueeze", x, axis1),
+                                  per_row("leaf_hidden_weights")), axis1)
+    hidden = g.activate(g.op("Add", hidden, per_row("leaf_hidden_biases")), arrays.activation)
+    outputs = g.op("Squeeze", g.op("MatMul", g.op("Unsqueeze", hidden, axis1),
+                                   per_row("leaf_output_weights")), axis1)
+    outputs = g.op("Add", outputs, per_row("leaf_output_biases"))
+    if arrays.master_leaf_width:
+        master = g.op("Add", g.op("MatMul", x, g.const("master_hidden_weights",
+                                                      arrays.master_hidden_weights, np.float32)),
+                      g.const("master_hidden_biases", arrays.master_hidden_biases, np.float32))
+        master = g.activate(master, arrays.activation)
+        outputs = g.op("Add", outputs, g.op("MatMul", master, g.const(
+            "master_output_weights", arrays.master_output_weights, np.float32)))
+    return g, g.op("Add", outputs, g.const("master_output_biases", arrays.master_output_biases,
+                                           np.float32))
+
+
+def _convert_classifier(scope, operator, container):
+    classes = operator.raw_operator.classes_
+    g, logits = _raw_outputs(scope, operator, container)
+    g.op("Softmax", logits, output=operator.outputs[1].full_name, axis=1)
+    index = g.op("ArgMax", logits, axis=1, keepdims=0)
+    if np.issubdtype(classes.dtype, np.integer):
+        table = g.const("classes", classes, np.int64)
+    else:
+        table = scope.get_unique_variable_name("classes")
+        container.add_initializer(table, TensorProto.STRING, [len(classes)],
+                                  [str(c).encode() for c in classes])
+    g.op("Gather", table, index, output=operator.outputs[0].full_name, axis=0)
+
+
+def _convert_regressor(scope, operator, container):
+    model = operator.raw_operator
+    g, outputs = _raw_outputs(scope, operator, container)
+    scaled = g.op("Mul", outputs, g.const("target_scale", model._target_scale, np.float32))
+    g.op("Add", scaled, g.const("target_mean", model._target_mean, np.float32),
+         output=operator.outputs[0].full_name)
+
+
+def _regressor_output_shapes(operator):
+    calculate_linear_regressor_output_shapes(operator)
+    n_rows = operator.inputs[0].get_first_dimension()
+    operator.outputs[0].type = FloatTensorType([n_rows, operator.raw_operator.n_outputs_])
+
+
+update_registered_converter(
+    FFFClassifier, "FffsklearnFFFClassifier", calculate_linear_classifier_output_shapes,
+    _convert_classifier, options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+)
+update_registered_converter(
+    FFFRegressor, "FffsklearnFFFRegressor", _regressor_output_shapes, _convert_regressor
+)

@@ -1,0 +1,81 @@
+"""ONNX export: onnxruntime agrees with predict and predict_proba and walks the same leaves."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits, make_regression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fffsklearn import FFFClassifier, FFFRegressor
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+skl2onnx = pytest.importorskip("skl2onnx")
+
+from fffsklearn import to_onnx  # noqa: E402  (needs the optional extra)
+
+
+def run(model_proto, X, with_leaves=False):
+    if with_leaves:
+        leaves = next(o for n in model_proto.graph.node for o in n.output if o.startswith("fff_leaves"))
+        model_proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(leaves))
+    session = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"X": np.asarray(X, dtype=np.float32)})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X).astype(np.float32), y
+
+
+@pytest.mark.parametrize("depth, master, activation", [(0, 16, "relu"), (3, 0, "tanh"), (5, 8, "logistic")])
+def test_classifier_matches_and_walks_the_same_leaves(digits, depth, master, activation):
+    X, y = digits
+    model = FFFClassifier(depth=depth, master_leaf_width=master, activation=activation,
+                          max_iter=5, random_state=0).fit(X, y)
+    outputs = run(to_onnx(model), X, with_leaves=depth > 0)
+    label, proba = outputs[:2]
+    np.testing.assert_array_equal(label, model.predict(X))
+    np.testing.assert_allclose(proba, model.predict_proba(X), rtol=1e-5, atol=1e-5)
+    if depth:
+        np.testing.assert_array_equal(outputs[2], model.apply(X))
+
+
+def test_string_labels(digits):
+    X, y = digits
+    labels = np.array(["zero", "one", "two"])[y % 3]
+    model = FFFClassifier(depth=2, max_iter=3, random_state=0).fit(X, labels)
+    label, _ = run(to_onnx(model), X)
+    np.testing.assert_array_equal(label.astype(str), model.predict(X))
+
+
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_regressor_matches(n_targets):
+    X, y = make_regression(n_samples=300, n_features=6, n_targets=n_targets, random_state=0)
+    model = FFFRegressor(depth=3, max_iter=10, random_state=0).fit(X, y)
+    (prediction,) = run(to_onnx(model), X)
+    expected = model.predict(X).reshape(len(X), -1)
+    np.testing.assert_allclose(prediction, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_pipeline_through_skl2onnx(digits):
+    X, y = digits
+    raw = X * 3 + 1
+    pipeline = make_pipeline(StandardScaler(), FFFClassifier(depth=4, max_iter=5, random_state=0))
+    pipeline.fit(raw, y)
+    exported = skl2onnx.to_onnx(pipeline, raw[:1], options={"zipmap": False})
+    label, proba = run(exported, raw)
+    np.testing.assert_array_equal(label, pipeline.predict(raw))
+    np.testing.assert_allclose(proba, pipeline.predict_proba(raw), rtol=1e-5, atol=1e-5)
+
+
+def test_missing_onnx_extra_is_named(monkeypatch):
+    import sys
+
+    import fffsklearn
+
+    monkeypatch.setitem(sys.modules, "skl2onnx", None)
+    monkeypatch.delitem(sys.modules, "fffsklearn._onnx", raising=False)
+    with pytest.raises(ImportError, match=r"fffsklearn\[onnx\]"):
+        fffsklearn.to_onnx
