@@ -7,6 +7,7 @@ one leaf run per row, however many leaves the tree has.
 """
 
 from ._arrays import FFFArrays
+from ._base import FitInterrupted, InconsistentFFFVersionWarning
 from ._classes import FFFClassifier, FFFRegressor
 from ._persistence import skops_trusted_types
 from ._version import __version__
@@ -15,6 +16,8 @@ __all__ = [
     "FFFArrays",
     "FFFClassifier",
     "FFFRegressor",
+    "FitInterrupted",
+    "InconsistentFFFVersionWarning",
     "skops_trusted_types",
     "to_onnx",
     "__version__",

@@ -132,6 +132,10 @@ _ATTRIBUTES_DOC = """
 """
 
 
+class InconsistentFFFVersionWarning(UserWarning):
+    """Loading an estimator that another fffsklearn version saved."""
+
+
 class FitInterrupted(KeyboardInterrupt):
     """The KeyboardInterrupt that fit re-raises after keeping its last completed epoch."""
 
@@ -472,12 +476,19 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
     def __setstate__(self, state):
         saved_format = state.pop("_fffsklearn_state_format", None)
         saved_version = state.pop("_fffsklearn_version", "unknown")
-        if saved_format is not None and saved_format != STATE_FORMAT:
+        if saved_format != STATE_FORMAT:
             warnings.warn(
                 f"This {type(self).__name__} was saved by fffsklearn {saved_version} in state "
                 f"format {saved_format}; this is fffsklearn {__version__} (format "
                 f"{STATE_FORMAT}). It may not load or predict correctly: refit it.",
-                UserWarning,
+                InconsistentFFFVersionWarning,
+            )
+        elif saved_version != __version__:
+            warnings.warn(
+                f"This {type(self).__name__} was saved by fffsklearn {saved_version}; this is "
+                f"fffsklearn {__version__}. The state format is the same, so it predicts as "
+                "before, but check the release notes before relying on it.",
+                InconsistentFFFVersionWarning,
             )
         if "arrays_" in state:
             self._check_loaded_state(state)

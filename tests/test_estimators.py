@@ -1,6 +1,7 @@
 """What users of the estimators rely on: pipelines, searches, persistence, errors, training."""
 
 import pickle
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import joblib
@@ -72,12 +73,33 @@ def test_persistence_round_trip(fitted_classifier, digits, tmp_path, dump_load):
     assert "_trainer" not in loaded.__dict__
 
 
-def test_loading_a_model_of_another_state_format_warns(fitted_classifier):
+@pytest.mark.parametrize(
+    "edits, message",
+    [
+        ({"_fffsklearn_state_format": -1}, "state format -1.*refit"),
+        ({"_fffsklearn_version": "0.0.1"}, "saved by fffsklearn 0.0.1.*same"),
+        ({"_fffsklearn_version": None, "_fffsklearn_state_format": None}, "format None"),
+    ],
+)
+def test_loading_a_model_of_another_version_warns(fitted_classifier, digits, edits, message):
+    from fffsklearn import InconsistentFFFVersionWarning
+
     state = fitted_classifier.__getstate__()
-    state["_fffsklearn_state_format"] = -1
+    for key, value in edits.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
     fresh = FFFClassifier.__new__(FFFClassifier)
-    with pytest.warns(UserWarning, match="state format"):
+    with pytest.warns(InconsistentFFFVersionWarning, match=message):
         fresh.__setstate__(state)
+    np.testing.assert_array_equal(fresh.predict(digits[1]), fitted_classifier.predict(digits[1]))
+
+
+def test_loading_a_model_of_this_version_does_not_warn(fitted_classifier):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pickle.loads(pickle.dumps(fitted_classifier))
 
 
 def test_same_random_state_same_model(digits):
