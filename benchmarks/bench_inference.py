@@ -40,7 +40,7 @@ def torch_dense_predict(model, X):
 
 def torch_tensors(arrays):
     """The fitted arrays as torch tensors, converted once, outside the timed calls."""
-    return {name: torch.from_numpy(np.array(getattr(arrays, name))) for name in arrays.__slots__[2:]}
+    return {name: torch.from_numpy(np.array(getattr(arrays, name))) for name in arrays.ARRAY_NAMES}
 
 
 def torch_gathered_bmm(arrays, t, X, chunk=2048):

@@ -60,7 +60,10 @@ class FFFArrays:
         If the depth, the activation, a shape, a dtype or a value is inconsistent or not finite.
     """
 
-    __slots__ = ("depth", "activation") + _ARRAY_FIELDS
+    __slots__ = ("depth", "activation", "__weakref__") + _ARRAY_FIELDS
+
+    #: Names of the weight arrays, in the order of the parameters above.
+    ARRAY_NAMES = _ARRAY_FIELDS
 
     def __init__(self, depth, activation, **arrays):
         missing = set(_ARRAY_FIELDS) - set(arrays)
@@ -85,7 +88,7 @@ class FFFArrays:
         )
 
     def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in ("depth", "activation") + _ARRAY_FIELDS}
 
     def __setstate__(self, state):
         # A pickle or skops file is untrusted input: rebuild through the validating constructor.

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -329,6 +330,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         # The state after the last completed epoch, stored in one assignment so that an
         # interrupt never sees half of it.
         completed = None
+        inference_options = self._inference_options()
         try:
             for _ in range(epochs):
                 loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size)
@@ -337,7 +339,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 arrays = trainer.network.to_arrays()
                 score = None
                 if early_stopping:
-                    outputs, _ = inference.hard_forward(arrays, X_val, n_threads=self._n_threads())
+                    outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
                     score = self._score_outputs(outputs, y_val)
                     validation_scores.append(score)
                     improved = score > best_score + self.tol
@@ -364,7 +366,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
 
         n_iter, arrays, best_loss, best_score, n_scores = completed
         trainer.network.load_arrays(arrays)
-        leaf_counts = np.bincount(inference.apply(arrays, X, n_threads=self._n_threads()),
+        leaf_counts = np.bincount(inference.apply(arrays, X, **inference_options),
                                   minlength=arrays.n_leaves).astype(np.int64)
         self.arrays_ = arrays
         self._trainer = trainer
@@ -416,30 +418,38 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         return X_train, X_val, y_train, y_val, w_train
 
     # ----------------------------------------------------------------------------- inference
-    def _n_threads(self):
-        return inference.effective_n_threads(self.n_jobs)
+    def _inference_options(self):
+        """Where predict runs: on the CUDA device that ``device`` names or ("auto") finds,
+        if it is available here, else on the CPU through the default backend. A model
+        trained on a GPU thus predicts on a CPU-only machine; ``set_params(device="cpu")``
+        chooses the CPU on any machine."""
+        if self.device != "cpu" and torch.cuda.is_available():
+            device = torch.device("cuda" if self.device == "auto" else self.device)
+            if (device.index or 0) < torch.cuda.device_count():
+                return {"backend": "torch", "device": device}
+        return {"backend": inference.default_backend(),
+                "n_threads": inference.effective_n_threads(self.n_jobs)}
 
-    def _validate_for_inference(self, X):
+    def _validate_for_inference(self, X, options):
         check_is_fitted(self, "arrays_")
         # The compiled kernel rejects NaN and infinity itself while it routes, which saves a
-        # full pass over X; the reference path needs validate_data's check.
+        # full pass over X; the other backends need validate_data's check.
         return validate_data(
             self,
             X,
             reset=False,
             dtype=(np.float32, np.float64),
-            ensure_all_finite=inference.default_backend() != "compiled",
+            ensure_all_finite=options["backend"] != "compiled",
         )
 
     def _map_outputs(self, X, transform):
         """Validate ``X`` and apply ``transform`` to its raw hard-routed outputs chunk by chunk,
         so memory stays bounded by the result whatever the number of rows. The result takes
         its trailing shape and dtype from what ``transform`` returns."""
-        X = self._validate_for_inference(X)
+        options = self._inference_options()
+        X = self._validate_for_inference(X, options)
         result = None
-        for rows, outputs, _ in inference.iter_hard_forward(
-            self.arrays_, X, n_threads=self._n_threads()
-        ):
+        for rows, outputs, _ in inference.iter_hard_forward(self.arrays_, X, **options):
             chunk = transform(outputs)
             if result is None:
                 result = np.empty((X.shape[0],) + chunk.shape[1:], dtype=chunk.dtype)
@@ -460,8 +470,9 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
             decisions taken from the root down (1 means right).
         """
-        X = self._validate_for_inference(X)
-        return inference.apply(self.arrays_, X, n_threads=self._n_threads())
+        options = self._inference_options()
+        X = self._validate_for_inference(X, options)
+        return inference.apply(self.arrays_, X, **options)
 
     # ----------------------------------------------------------------------------- state
     def __getstate__(self):

@@ -335,6 +335,13 @@ def test_backends_and_threads_give_the_same_predictions(fitted_classifier, digit
     np.testing.assert_array_equal(one.predict_proba(X_test), fitted_classifier.predict_proba(X_test))
 
 
+def test_cpu_inference_uses_the_compiled_kernel(fitted_classifier):
+    options = clone(fitted_classifier).set_params(device="cpu")._inference_options()
+    assert options["backend"] == "compiled"
+    if not torch.cuda.is_available():
+        assert fitted_classifier._inference_options()["backend"] == "compiled"
+
+
 def test_concurrent_predict_matches_serial(fitted_classifier, digits):
     _, X_test, _, _ = digits
     expected = fitted_classifier.predict_proba(X_test)

@@ -14,17 +14,20 @@ from fffsklearn._testing import random_arrays
 
 
 def assert_backends_agree(arrays, X, n_threads=2):
+    """The compiled kernel and the torch backend (on the CPU) against the NumPy reference."""
     ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
-    out, leaves = inference.hard_forward(arrays, X, backend="compiled", n_threads=n_threads)
-    np.testing.assert_array_equal(leaves, ref_leaves)
     scale = max(1.0, float(np.abs(ref_out).max(initial=0.0)))
-    # Both backends accumulate the leaves in float32, whose rounding error grows as sqrt(d):
+    # Every backend accumulates the leaves in float32, whose rounding error grows as sqrt(d):
     # 1e-5 relative up to d=784; at d=2000 the kernel is 1.1e-5 off a float64 computation.
     tolerance = 1e-5 * max(1.0, np.sqrt(X.shape[1] / 784))
-    np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale)
-    np.testing.assert_array_equal(
-        inference.apply(arrays, X, backend="compiled", n_threads=n_threads), ref_leaves
-    )
+    for backend in ("compiled", "torch"):
+        out, leaves = inference.hard_forward(arrays, X, backend=backend, n_threads=n_threads)
+        np.testing.assert_array_equal(leaves, ref_leaves, err_msg=backend)
+        np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale,
+                                   err_msg=backend)
+        np.testing.assert_array_equal(
+            inference.apply(arrays, X, backend=backend, n_threads=n_threads), ref_leaves
+        )
     return ref_leaves
 
 
@@ -140,7 +143,7 @@ class _Tampered:
     """An object with FFFArrays' attributes that bypasses its validation."""
 
     def __init__(self, arrays, **changes):
-        for name in arrays.__slots__:
+        for name in ("depth", "activation") + FFFArrays.ARRAY_NAMES:
             setattr(self, name, changes.get(name, getattr(arrays, name)))
 
 

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where the build 
         stacklevel=2,
     )
 
-BACKENDS = ("compiled", "reference")
+BACKENDS = ("compiled", "reference", "torch")
 
 # Rows handed to a backend per call: bounds the working set of one predict call whatever the
 # number of rows (outputs of this many rows, plus the backend's own per-thread buffers).
@@ -64,7 +64,9 @@ def _available_cores():
     return cpu_count()
 
 
-def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True):
+def iter_hard_forward(
+    arrays, X, *, n_threads=1, backend=None, with_outputs=True, device="cpu"
+):
     """Hard-routed forward pass of validated 2-D float ``X``, in chunks of rows.
 
     Parameters
@@ -72,10 +74,12 @@ def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True
     arrays : FFFArrays
     X : ndarray of shape (n_samples, n_features), float32 or float64
     n_threads : int
-    backend : {"compiled", "reference"} or None
+    backend : {"compiled", "reference", "torch"} or None
         None picks :func:`default_backend`.
     with_outputs : bool
         If False, only route (``outputs`` is None); that is what ``apply`` needs.
+    device : str or torch.device, default="cpu"
+        Where the "torch" backend computes.
 
     Yields
     ------
@@ -102,6 +106,11 @@ def iter_hard_forward(arrays, X, *, n_threads=1, backend=None, with_outputs=True
                 yield (rows, *_reference.forward(arrays, chunk))
             else:
                 yield rows, None, _reference.route(arrays, chunk)
+    elif backend == "torch":
+        from . import _torch  # torch is imported by the estimators anyway, but not here
+
+        for rows in _batches(X.shape[0], CHUNK_ROWS):
+            yield (rows, *_torch.forward(arrays, X[rows], device, with_outputs))
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
 
