@@ -37,7 +37,7 @@ def _weights(arrays, device):
 
 @torch.no_grad()
 def forward(arrays, X, device, with_outputs=True):
-    """Raw outputs and leaves of ``X`` computed on ``device``.
+    """Raw outputs and leaves of ``X`` (an array, or a torch tensor) computed on ``device``.
 
     Returns
     -------
@@ -46,9 +46,12 @@ def forward(arrays, X, device, with_outputs=True):
     """
     device = torch.device(device)
     w = _weights(arrays, device)
-    x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
+    if isinstance(X, torch.Tensor):  # already where it should be (benchmarks, pipelines on GPU)
+        x = X.to(device, torch.float32)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
     n, d = x.shape
     width = max(arrays.leaf_width * 4, 8)  # bytes per feature of the largest gather below
     step = max(1, _TEMPORARY_BUDGET // (d * width))
