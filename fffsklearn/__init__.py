@@ -1,9 +1,9 @@
 """Fast feedforward networks for scikit-learn.
 
 A fast feedforward network (FFF) is a differentiable binary tree of routing neurons that sends
-each row to one small leaf MLP, plus a master leaf MLP that every row uses. Trained softly with
-a load-balancing loss, it predicts with hard decisions, so only ``depth`` routing neurons and
-one leaf run per row, however many leaves the tree has.
+each row to one small leaf MLP, plus a master leaf MLP that every row uses. Trained with a
+load-balancing loss and then hardened, it predicts with hard decisions, so only ``depth``
+routing neurons and one leaf run per row, however many leaves the tree has.
 """
 
 from ._arrays import FFFArrays

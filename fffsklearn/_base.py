@@ -37,11 +37,13 @@ _PARAMETERS_DOC = """
         Weight of the Switch-Transformer load-balancing loss, which keeps every leaf in use.
         0 turns it off.
 
-    hardening : float, default=0.0
-        Weight of the mean entropy of the routing decisions. It pushes each decision away
-        from its boundary, so that small changes of the input rarely change the leaf. Training
-        already optimises the hard-routed outputs (straight-through), so it is off by default:
-        on digits it cost 0.4 points of held-out accuracy.
+    hardening_epochs : int, default=16
+        Length of the hardening phase that ends ``fit``. Training first balances: it
+        optimises the hard-routed model (straight-through) with the load-balancing loss until
+        the loss stops improving or ``max_iter - hardening_epochs`` epochs have run. Then it
+        hardens: it trains the soft mixture of the leaves, weighted by path probability, and
+        doubles every routing logit each 2 epochs, so that the soft mixture converges to the
+        hard routing that ``predict`` uses. 0 skips the phase. ``partial_fit`` only balances.
 
     region_leak : float, default=0.0
         Training only: probability, per node and row, of swapping the node's two branches.
@@ -51,7 +53,7 @@ _PARAMETERS_DOC = """
         Activation of the hidden layers of the leaves and the master leaf.
 
     max_iter : int, default=200
-        Maximum number of epochs.
+        Maximum number of epochs of ``fit``, the hardening phase included.
 
     batch_size : int or "auto", default="auto"
         Rows per mini-batch; "auto" means ``min(200, n_samples)``.
@@ -67,8 +69,9 @@ _PARAMETERS_DOC = """
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
-        score them with hard routing after each epoch, stop when the score has not improved
-        by ``tol`` for ``n_iter_no_change`` epochs, and keep the best weights.
+        score them with hard routing after each epoch, end the balancing phase when the
+        score has not improved by ``tol`` for ``n_iter_no_change`` epochs, and harden the
+        weights of the best epoch.
 
     validation_fraction : float, default=0.1
         Fraction of the training rows held out when ``early_stopping=True``.
@@ -126,7 +129,8 @@ _ATTRIBUTES_DOC = """
         Hard-routed score of the held-out rows after each epoch (``early_stopping=True``).
 
     best_validation_score_ : float or None
-        Best of ``validation_scores_``; its weights are the ones kept.
+        Best validation score of the balancing phase (``early_stopping=True``); the hardening
+        phase starts from the weights that scored it.
 
     device_ : str
         The device the model was trained on.
@@ -149,7 +153,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         "leaf_width": [Interval(Integral, 1, None, closed="left")],
         "master_leaf_width": [Interval(Integral, 0, None, closed="left")],
         "load_balancing": [Interval(Real, 0, None, closed="left")],
-        "hardening": [Interval(Real, 0, None, closed="left")],
+        "hardening_epochs": [Interval(Integral, 0, None, closed="left")],
         "region_leak": [Interval(Real, 0, 0.5, closed="both")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -175,7 +179,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         leaf_width=16,
         master_leaf_width=16,
         load_balancing=1.0,
-        hardening=0.0,
+        hardening_epochs=16,
         region_leak=0.0,
         activation="relu",
         max_iter=200,
@@ -196,7 +200,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         self.leaf_width = leaf_width
         self.master_leaf_width = master_leaf_width
         self.load_balancing = load_balancing
-        self.hardening = hardening
+        self.hardening_epochs = hardening_epochs
         self.region_leak = region_leak
         self.activation = activation
         self.max_iter = max_iter
@@ -304,7 +308,10 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 X, y_encoded, sample_weight, rng
             )
 
-        if first_call or getattr(self, "_trainer", None) is None:
+        # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
+        # starts a fresh one from the current weights, so that changed hyper-parameters
+        # (learning_rate_init, load_balancing, ...) take effect.
+        if first_call or not incremental or getattr(self, "_trainer", None) is None:
             trainer = Trainer.create(
                 X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
                 seed=int(rng.randint(np.iinfo(np.int32).max - 1)),
@@ -331,9 +338,18 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         # interrupt never sees half of it.
         completed = None
         inference_options = self._inference_options()
+        # Balance, then harden (see hardening_epochs). The hardening phase has a fixed
+        # length, so it runs whole however the balancing phase ended.
+        hardening_epochs = 0 if incremental or not trainer.network.depth else min(
+            self.hardening_epochs, epochs - 1
+        )
+        hardening_done = None  # epochs of the hardening phase run so far; None while balancing
         try:
-            for _ in range(epochs):
-                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size)
+            for epoch in range(epochs):
+                if hardening_done is not None and hardening_done % 2 == 0:
+                    trainer.sharpen_routing()
+                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size,
+                                         straight_through=hardening_done is None)
                 n_iter += 1
                 loss_curve.append(loss)
                 arrays = trainer.network.to_arrays()
@@ -342,18 +358,31 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                     outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
                     score = self._score_outputs(outputs, y_val)
                     validation_scores.append(score)
-                    improved = score > best_score + self.tol
-                    if score > best_score:
-                        best_score, best_arrays = score, arrays
+                if hardening_done is None:
+                    if early_stopping:
+                        improved = score > best_score + self.tol
+                        if score > best_score:
+                            best_score, best_arrays = score, arrays
+                    else:
+                        improved = loss < best_loss - self.tol
+                        best_loss = min(best_loss, loss)
+                    no_improvement = 0 if improved else no_improvement + 1
+                    plateau = no_improvement > self.n_iter_no_change
+                    kept = best_arrays if early_stopping else arrays
                 else:
-                    improved = loss < best_loss - self.tol
-                    best_loss = min(best_loss, loss)
-                completed = (n_iter, best_arrays if early_stopping else arrays, best_loss,
-                             best_score, len(validation_scores))
-                no_improvement = 0 if improved else no_improvement + 1
+                    hardening_done += 1
+                    kept = arrays
+                completed = (n_iter, kept, best_loss, best_score, len(validation_scores))
                 reporter.epoch(n_iter, loss, score, trainer.last_leaf_counts)
-                if not incremental and no_improvement > self.n_iter_no_change:
-                    converged = True
+                if incremental:
+                    continue
+                if hardening_done is None and (plateau or epoch + 1 >= epochs - hardening_epochs):
+                    converged = plateau
+                    if not hardening_epochs:
+                        break
+                    trainer.network.load_arrays(kept)
+                    hardening_done = 0
+                elif hardening_done == hardening_epochs:
                     break
         except KeyboardInterrupt:
             if completed is None:

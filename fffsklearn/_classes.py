@@ -13,10 +13,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     __doc__ = f"""Fast feedforward network classifier.
 
     A binary tree of routing neurons sends each row to one small leaf MLP; a master leaf MLP
-    sees every row. Training mixes the leaves softly by path probability, with a
-    load-balancing loss so that no leaf is starved and an entropy term that hardens the
-    decisions. Prediction walks the tree with hard decisions (right iff the node's logit is
-    > 0) and evaluates only the chosen leaf and the master leaf.
+    sees every row. Training balances, then hardens: it first trains the hard-routed model
+    with a load-balancing loss so that no leaf is starved, then trains the mixture of the
+    leaves by path probability while sharpening the routing until the mixture is the hard
+    model. Prediction walks the tree with hard decisions (right iff the node's logit is > 0)
+    and evaluates only the chosen leaf and the master leaf.
 
     Parameters
     ----------{_PARAMETERS_DOC}
@@ -152,10 +153,11 @@ class FFFRegressor(RegressorMixin, BaseFFF):
     __doc__ = f"""Fast feedforward network regressor.
 
     A binary tree of routing neurons sends each row to one small leaf MLP; a master leaf MLP
-    sees every row. Training mixes the leaves softly by path probability, with a
-    load-balancing loss so that no leaf is starved and an entropy term that hardens the
-    decisions. Prediction walks the tree with hard decisions (right iff the node's logit is
-    > 0) and evaluates only the chosen leaf and the master leaf. Targets are standardised
+    sees every row. Training balances, then hardens: it first trains the hard-routed model
+    with a load-balancing loss so that no leaf is starved, then trains the mixture of the
+    leaves by path probability while sharpening the routing until the mixture is the hard
+    model. Prediction walks the tree with hard decisions (right iff the node's logit is > 0)
+    and evaluates only the chosen leaf and the master leaf. Targets are standardised
     internally; several targets (2-D ``y``) share one tree.
 
     Parameters

@@ -77,6 +77,21 @@ class FFFNetwork(nn.Module):
             uniform(m, o) if m else nn.Parameter(torch.zeros(o), requires_grad=False)
         )
 
+    @classmethod
+    def from_arrays(cls, arrays):
+        """A module holding the weights of a fitted model's :class:`FFFArrays`.
+
+        Its soft forward (``straight_through=False``) is the path-probability mixture that
+        the published FFF code reports; comparing it with hard routing measures how
+        decisive the trained routing is.
+        """
+        network = cls(
+            arrays.n_features, arrays.n_outputs, arrays.depth, arrays.leaf_width,
+            arrays.master_leaf_width, arrays.activation, torch.Generator().manual_seed(0),
+        )
+        network.load_arrays(arrays)
+        return network.eval()
+
     @property
     def n_leaves(self):
         return 2**self.depth
@@ -189,12 +204,6 @@ class FFFNetwork(nn.Module):
         copy(self.master_hidden_biases, arrays.master_hidden_biases)
         copy(self.master_output_weights, arrays.master_output_weights)
         copy(self.master_output_biases, arrays.master_output_biases)
-
-
-def hardening_loss(right_probabilities):
-    """Mean Bernoulli entropy of every node's decision over the batch (in nats)."""
-    p = right_probabilities.clamp(1e-6, 1 - 1e-6)
-    return -(p * torch.log(p) + (1 - p) * torch.log1p(-p)).mean()
 
 
 def load_balancing_loss(leaf_probabilities, hard_leaves):

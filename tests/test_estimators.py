@@ -285,15 +285,69 @@ def test_partial_fit_and_warm_start_continue_training(digits):
         FFFClassifier(early_stopping=True).partial_fit(X_train, y_train, classes=classes)
 
 
-def test_early_stopping_keeps_the_best_validation_weights(digits):
+def test_early_stopping_hardens_the_best_balancing_weights(digits):
     X_train, _, y_train, _ = digits
     model = FFFClassifier(
         depth=2, early_stopping=True, n_iter_no_change=3, max_iter=200, random_state=0
     ).fit(X_train, y_train)
     assert model.n_iter_ < 200
     assert len(model.validation_scores_) == model.n_iter_
-    assert model.best_validation_score_ == max(model.validation_scores_)
+    balancing_scores = model.validation_scores_[: -model.hardening_epochs]
+    assert model.best_validation_score_ == max(balancing_scores)
+    # Balancing ended on a plateau: its last n_iter_no_change + 1 epochs did not improve.
+    assert max(balancing_scores[-4:]) <= max(balancing_scores[:-4]) + model.tol
     assert model.best_loss_ is None
+
+
+def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
+    X_train, X_test, y_train, _ = digits
+    X_test = X_test.astype(np.float32)
+    models = {
+        epochs: FFFClassifier(depth=3, hardening_epochs=epochs, max_iter=40, random_state=0)
+        .fit(X_train, y_train)
+        for epochs in (0, 16)
+    }
+    disagreement = {}
+    for epochs, model in models.items():
+        with torch.no_grad():
+            soft = FFFNetwork.from_arrays(model.arrays_)(torch.from_numpy(X_test)).outputs
+        disagreement[epochs] = np.mean(soft.numpy().argmax(1) != model.predict(X_test))
+        assert model.n_iter_ == 40
+    # 8 doublings of the routing logits: the soft mixture then routes like predict.
+    assert disagreement[16] <= 0.01 < disagreement[0]
+
+
+def test_warm_started_fit_uses_changed_hyper_parameters(digits):
+    X_train, _, y_train, _ = digits
+    model = FFFClassifier(depth=2, max_iter=3, hardening_epochs=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X_train, y_train)
+        model.set_params(warm_start=True, learning_rate_init=1e-4, load_balancing=0.0)
+        model.fit(X_train, y_train)
+    trainer = model._trainer
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-4
+    assert trainer.load_balancing == 0.0
+
+
+def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
+    from fffsklearn._training import Trainer
+
+    X_train, X_test, y_train, _ = digits
+    model = FFFClassifier(depth=3, max_iter=2, hardening_epochs=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X_train, y_train)
+    trainer = model._trainer
+    before = trainer.network.node_weights.detach().clone()
+    trainer.sharpen_routing()
+    after = trainer.network.to_arrays()
+    np.testing.assert_array_equal(after.node_weights, 2 * before.numpy())
+    np.testing.assert_array_equal(inference.apply(after, X_test), model.apply(X_test))
+    with torch.no_grad():
+        trainer.network.node_weights.fill_(Trainer._SHARPEN_CAP)
+    trainer.sharpen_routing()  # at the cap: no further growth, so no float32 overflow
+    assert trainer.network.node_weights.max().item() == Trainer._SHARPEN_CAP
 
 
 def test_convergence_warning_when_max_iter_is_reached(digits):
