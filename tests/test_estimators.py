@@ -317,27 +317,25 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     assert disagreement[16] <= 0.01 < disagreement[0]
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_warm_started_fit_uses_changed_hyper_parameters(digits):
     X_train, _, y_train, _ = digits
     model = FFFClassifier(depth=2, max_iter=3, hardening_epochs=0, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(X_train, y_train)
-        model.set_params(warm_start=True, learning_rate_init=1e-4, load_balancing=0.0)
-        model.fit(X_train, y_train)
+    model.fit(X_train, y_train)
+    model.set_params(warm_start=True, learning_rate_init=1e-4, load_balancing=0.0)
+    model.fit(X_train, y_train)
     trainer = model._trainer
     assert trainer.optimizer.param_groups[0]["lr"] == 1e-4
     assert trainer.load_balancing == 0.0
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
     from fffsklearn._training import Trainer
 
     X_train, X_test, y_train, _ = digits
     model = FFFClassifier(depth=3, max_iter=2, hardening_epochs=0, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(X_train, y_train)
+    model.fit(X_train, y_train)
     trainer = model._trainer
     before = trainer.network.node_weights.detach().clone()
     trainer.sharpen_routing()
