@@ -185,7 +185,7 @@ def _expected_cost(dataset, quick, label, family, params, seed):
     return n_train * width
 
 
-def summarise(results, datasets, depths, quick):
+def summarise(results, datasets, depths, quick, checks=True):
     def pick(dataset, model, key="score"):
         return np.array([r[key] for r in results if r["dataset"] == dataset and r["model"] == model])
 
@@ -208,6 +208,8 @@ def summarise(results, datasets, depths, quick):
                 line += " " * 33
             print(line + f"{pick(dataset, model, 'fit_s').mean():>8.1f}")
 
+    if not checks:
+        return
     print("\n## Acceptance checks")
     entropy_lb = min(pick(ds, f"depth {d} FFF {v}", "entropy").min()
                      for ds in datasets for d in depths for v in ("+LB", "+both (defaults)"))
@@ -246,19 +248,36 @@ def main():
     parser.add_argument("--datasets", default=",".join(DATASETS),
                         help="comma-separated subset of: " + ", ".join(DATASETS))
     parser.add_argument("--n-jobs", type=int, default=2, help="fits run in parallel, one thread each")
+    parser.add_argument("--models", help="only the models whose name contains one of these "
+                        "comma-separated strings, for example '+LB,+both'")
     parser.add_argument("--json", help="also write every fit's figures to this file")
+    parser.add_argument("--from-json", help="fit nothing: summarise the figures saved in these "
+                        "comma-separated files; a later file's figures of a data set and model "
+                        "replace an earlier file's")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = set(datasets) - set(DATASETS)
     if unknown:
         parser.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
     seeds, depths = ([0], [4]) if args.quick else ([0, 1, 2], [4, 6])
+    start = time.perf_counter()
+    if args.from_json:
+        saved = {}
+        for path in args.from_json.split(","):
+            with open(path) as file:
+                figures = json.load(file)
+            for key in {(r["dataset"], r["model"]) for r in figures}:
+                saved[key] = [r for r in figures if (r["dataset"], r["model"]) == key]
+        summarise([r for group in saved.values() for r in group], datasets, depths, args.quick)
+        return
     jobs = [job for ds in datasets for job in jobs_for(ds, depths, seeds, args.quick)]
+    if args.models:
+        wanted = args.models.split(",")
+        jobs = [job for job in jobs if any(part in job[2] for part in wanted)]
     # Longest fits first, so that the processes finish together.
     jobs.sort(key=lambda job: -_expected_cost(*job))
     print(f"{len(jobs)} fits on {args.n_jobs} processes; seeds {seeds}, depths {depths}, "
           f"leaf width {LEAF_WIDTH}, master leaf width {MASTER_LEAF_WIDTH}")
-    start = time.perf_counter()
     # Workers import this file as a module, so that each keeps its own cache of data sets.
     from bench_accuracy import run_job as imported_run_job
 
@@ -266,7 +285,7 @@ def main():
     if args.json:
         with open(args.json, "w") as file:
             json.dump(results, file, indent=1)
-    summarise(results, datasets, depths, args.quick)
+    summarise(results, datasets, depths, args.quick, checks=not args.models)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
 
 
