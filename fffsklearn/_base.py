@@ -380,7 +380,8 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                     converged = plateau
                     if not hardening_epochs:
                         break
-                    trainer.network.load_arrays(kept)
+                    if early_stopping:  # otherwise the network already holds kept
+                        trainer.network.load_arrays(kept)
                     hardening_done = 0
                 elif hardening_done == hardening_epochs:
                     break
