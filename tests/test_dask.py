@@ -41,7 +41,9 @@ def test_grid_search_under_the_dask_joblib_backend(client, data):
     )
     with distributed.get_task_stream(client) as tasks, joblib.parallel_backend("dask"):
         search.fit(X, y)
-    assert {task["worker"] for task in tasks.data} == set(client.scheduler_info()["workers"])
+    # Both workers of the cluster ran fits. (Counted from the task stream: the scheduler's
+    # worker list was seen empty right after a search on a loaded machine.)
+    assert len({task["worker"] for task in tasks.data}) == 2
     local = GridSearchCV(search.estimator, search.param_grid, cv=3).fit(X, y)
     np.testing.assert_allclose(
         search.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
