@@ -41,9 +41,11 @@ _PARAMETERS_DOC = """
         Length of the hardening phase that ends ``fit``. Training first balances: it
         optimises the hard-routed model (straight-through) with the load-balancing loss until
         the loss stops improving or ``max_iter - hardening_epochs`` epochs have run. Then it
-        hardens: it trains the soft mixture of the leaves, weighted by path probability, and
-        doubles every routing logit each 2 epochs, so that the soft mixture converges to the
-        hard routing that ``predict`` uses. 0 skips the phase. ``partial_fit`` only balances.
+        hardens: it freezes the routing neurons, trains the leaves under the soft mixture
+        weighted by path probability, and doubles every routing logit each 2 epochs, so that
+        the soft mixture converges to the hard routing that ``predict`` uses, at a tenth of
+        ``learning_rate_init``. The phase takes at most a quarter of ``max_iter``; 0 skips
+        it. ``partial_fit`` only balances.
 
     region_leak : float, default=0.0
         Training only: probability, per node and row, of swapping the node's two branches.
@@ -320,6 +322,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 trainer.network.load_arrays(self.arrays_)
         else:
             trainer = self._trainer
+            trainer.start_balancing()
 
         batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
         batch_size = min(batch_size, X.shape[0])
@@ -340,16 +343,16 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         inference_options = self._inference_options()
         # Balance, then harden (see hardening_epochs). The hardening phase has a fixed
         # length, so it runs whole however the balancing phase ended.
+        # At most a quarter of max_iter, so that a short fit still mostly balances.
         hardening_epochs = 0 if incremental or not trainer.network.depth else min(
-            self.hardening_epochs, epochs - 1
+            self.hardening_epochs, epochs // 4
         )
         hardening_done = None  # epochs of the hardening phase run so far; None while balancing
         try:
             for epoch in range(epochs):
                 if hardening_done is not None and hardening_done % 2 == 0:
                     trainer.sharpen_routing()
-                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size,
-                                         straight_through=hardening_done is None)
+                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size)
                 n_iter += 1
                 loss_curve.append(loss)
                 arrays = trainer.network.to_arrays()
@@ -382,6 +385,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                         break
                     if early_stopping:  # otherwise the network already holds kept
                         trainer.network.load_arrays(kept)
+                    trainer.start_hardening()
                     hardening_done = 0
                 elif hardening_done == hardening_epochs:
                     break

@@ -303,7 +303,7 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     X_train, X_test, y_train, _ = digits
     X_test = X_test.astype(np.float32)
     models = {
-        epochs: FFFClassifier(depth=3, hardening_epochs=epochs, max_iter=40, random_state=0)
+        epochs: FFFClassifier(depth=3, hardening_epochs=epochs, max_iter=64, random_state=0)
         .fit(X_train, y_train)
         for epochs in (0, 16)
     }
@@ -312,9 +312,29 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
         with torch.no_grad():
             soft = FFFNetwork.from_arrays(model.arrays_)(torch.from_numpy(X_test)).outputs
         disagreement[epochs] = np.mean(soft.numpy().argmax(1) != model.predict(X_test))
-        assert model.n_iter_ == 40
+        assert model.n_iter_ == 64
     # 8 doublings of the routing logits: the soft mixture then routes like predict.
     assert disagreement[16] <= 0.01 < disagreement[0]
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_hardening_freezes_the_routing_and_partial_fit_releases_it(digits):
+    X_train, _, y_train, _ = digits
+    balanced = FFFClassifier(depth=3, max_iter=12, hardening_epochs=0, random_state=0)
+    hardened = clone(balanced).set_params(max_iter=16, hardening_epochs=4)
+    balanced.fit(X_train, y_train)
+    hardened.fit(X_train, y_train)
+    # The same 12 balancing epochs, then 4 hardening epochs that only sharpen (twice) the
+    # routing while the leaves keep training.
+    after, before = hardened.arrays_, balanced.arrays_
+    np.testing.assert_array_equal(after.node_weights, 4 * before.node_weights)
+    np.testing.assert_array_equal(after.node_biases, 4 * before.node_biases)
+    assert not np.array_equal(after.leaf_hidden_weights, before.leaf_hidden_weights)
+
+    routing = hardened.arrays_.node_weights.copy()
+    hardened.partial_fit(X_train, y_train)
+    changed = hardened.arrays_.node_weights != routing
+    assert changed.mean() > 0.5
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
