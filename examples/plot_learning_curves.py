@@ -7,7 +7,9 @@ holds the mean training objective of each epoch and, with ``early_stopping=True`
 ``validation_scores_`` the accuracy of the held-out validation rows after each epoch. For an
 FFF the curves have two phases: balancing, which ends at the plateau of the validation score
 and restarts from its best epoch, then the ``hardening_epochs`` (16) of the hardening phase,
-marked by dotted lines, in which the soft mixture is trained and the routing sharpened.
+marked by dotted lines, in which the routing is frozen and sharpened while the leaves train on
+the soft mixture. The training objective drops there because the frozen routing's
+load-balancing and L2 terms leave it.
 
 This example fits ``FFFClassifier(depth=4, leaf_width=16)`` with and without load balancing
 on digits, next to the MLPs of the same active width (32 hidden units, what one FFF prediction evaluates) and of the same

@@ -40,12 +40,12 @@ _PARAMETERS_DOC = """
     hardening_epochs : int, default=16
         Length of the hardening phase that ends ``fit``. Training first balances: it
         optimises the hard-routed model (straight-through) with the load-balancing loss until
-        the loss stops improving or ``max_iter - hardening_epochs`` epochs have run. Then it
-        hardens: it freezes the routing neurons, trains the leaves under the soft mixture
-        weighted by path probability, and doubles every routing logit each 2 epochs, so that
-        the soft mixture converges to the hard routing that ``predict`` uses, at a tenth of
-        ``learning_rate_init``. The phase takes at most a quarter of ``max_iter``; 0 skips
-        it. ``partial_fit`` only balances.
+        the loss stops improving or only the hardening phase is left of ``max_iter``. Then it
+        hardens: it freezes the routing neurons, trains the leaves at a tenth of
+        ``learning_rate_init`` under the soft mixture weighted by path probability, and
+        doubles every routing logit each 2 epochs, so that the soft mixture converges to the
+        hard routing that ``predict`` uses. The phase takes at most a quarter of
+        ``max_iter``; 0 skips it. ``partial_fit`` only balances.
 
     region_leak : float, default=0.0
         Training only: probability, per node and row, of swapping the node's two branches.
@@ -122,10 +122,11 @@ _ATTRIBUTES_DOC = """
         Number of epochs run, over all calls of fit with ``warm_start`` and ``partial_fit``.
 
     loss_curve_ : list of float
-        Mean training objective of each epoch, regularisers included.
+        Mean training objective of each epoch, regularisers included. In the hardening phase
+        the routing is frozen, so its load-balancing and L2 terms drop out of the objective.
 
     best_loss_ : float or None
-        Lowest value of ``loss_curve_``; None with ``early_stopping=True``.
+        Lowest training objective of the balancing phase; None with ``early_stopping=True``.
 
     validation_scores_ : list of float or None
         Hard-routed score of the held-out rows after each epoch (``early_stopping=True``).
