@@ -70,7 +70,6 @@ class Trainer:
         self.region_leak = region_leak
         self.device = network.node_biases.device
         self.learning_rate = learning_rate
-        self.hardening = False
         self.optimizer = self._new_optimizer()
         self.batch_order = np.random.RandomState(seed)
         self.last_leaf_counts = None
@@ -101,7 +100,7 @@ class Trainer:
 
     # The hardening phase fine-tunes the leaves at a tenth of the learning rate. Measured
     # against the full rate (3 seeds, depth 4): diabetes R^2 0.404 -> 0.421, friedman1 0.9956
-    # -> 0.9960 (docs/model_quality.rst).
+    # -> 0.9960 (docs/user_guide.rst, "Training recipe").
     _HARDENING_LEARNING_RATE_FACTOR = 0.1
 
     def _new_optimizer(self):
@@ -116,6 +115,11 @@ class Trainer:
     # far from float32 overflow (hard routing only reads the logits' signs).
     _SHARPEN_CAP = 1e4
 
+    @property
+    def hardening(self):
+        """Whether the hardening phase is on, i.e. the routing neurons are frozen."""
+        return not self.network.node_weights.requires_grad
+
     def _set_routing_trainable(self, trainable):
         self.network.node_weights.requires_grad_(trainable)
         self.network.node_biases.requires_grad_(trainable)
@@ -129,13 +133,11 @@ class Trainer:
         balancing phase is kept. Letting the routing train on the soft loss instead left a
         soft-minus-hard gap of up to 4 points on friedman1 (see docs/model_quality.rst).
         """
-        self.hardening = True
         self._set_routing_trainable(False)
 
     def start_balancing(self):
         """Return to the balancing phase (``partial_fit`` after ``fit``): everything trains."""
         if self.hardening:
-            self.hardening = False
             self._set_routing_trainable(True)
 
     @torch.no_grad()
