@@ -166,19 +166,41 @@ class Trainer:
             per_sample = F.cross_entropy(result.outputs, y, reduction="none")
         else:
             per_sample = 0.5 * ((result.outputs - y) ** 2).sum(dim=1)
-        loss = (per_sample * weight).sum() / weight.sum()
+        data_loss = (per_sample * weight).sum() / weight.sum()
+        regulariser_weight = self._regulariser_weight(data_loss, y)
+        loss = data_loss
         if self.alpha:
             # Frozen routing weights (hardening) are left out: constant, and sharpened.
             squared = sum(
                 (w**2).sum() for w in self.network.weight_matrices() if w.requires_grad
             )
-            loss = loss + 0.5 * self.alpha * squared / n_samples_total
+            loss = loss + regulariser_weight * 0.5 * self.alpha * squared / n_samples_total
         # With the routing frozen the load-balancing loss has no gradient.
         if self.network.depth and self.load_balancing and not self.hardening:
-            loss = loss + self.load_balancing * load_balancing_loss(
+            loss = loss + regulariser_weight * self.load_balancing * load_balancing_loss(
                 result.leaf_probabilities, result.hard_leaves
             )
         return loss
+
+    # Regression regularisers fade once the mean squared residual of the standardised
+    # targets falls below this (a training R^2 above 0.8). See _regulariser_weight.
+    _REGULARISER_FADE_MSE = 0.2
+
+    def _regulariser_weight(self, data_loss, y):
+        """The factor on the L2 and load-balancing terms: 1, or less for a close regression fit.
+
+        ``alpha`` and ``load_balancing`` are weighted for noisy targets. On targets that are
+        nearly a function of the inputs, fixed-weight regularisers outweigh a squared error
+        that keeps shrinking, and hold the fit back. Weighting them by the residual is what a
+        Gaussian likelihood does when its noise variance is estimated from the current fit.
+        Measured with three seeds (docs/user_guide.rst, "Training recipe"): friedman1 R^2
+        0.9960 -> 0.9995 (depth 4) and 0.9973 -> 0.9995 (depth 6); diabetes 0.421 -> 0.432
+        and 0.416 -> 0.423.
+        """
+        if self.task != "regression":
+            return 1.0
+        mean_squared_residual = 2.0 * float(data_loss.detach()) / y.shape[1]
+        return min(1.0, mean_squared_residual / self._REGULARISER_FADE_MSE)
 
     def run_epoch(self, X, y, weight, batch_size):
         """One pass over the data in shuffled mini-batches; returns the mean objective.
