@@ -337,6 +337,28 @@ def test_hardening_freezes_the_routing_and_partial_fit_releases_it(digits):
     assert changed.mean() > 0.5
 
 
+@pytest.mark.parametrize(
+    "task, mean_squared_residual, n_outputs, expected",
+    [
+        ("regression", 0.5, 1, 1.0),  # a noisy fit: full regularisation
+        ("regression", 0.02, 1, 0.1),  # a close fit: a tenth of it
+        ("regression", 0.02, 3, 0.1),  # per target, not summed over targets
+        ("classification", 0.02, 1, 1.0),
+    ],
+)
+def test_regularisers_fade_only_for_a_close_regression_fit(
+    task, mean_squared_residual, n_outputs, expected
+):
+    from fffsklearn._training import Trainer
+
+    params = FFFRegressor(depth=2).get_params()
+    trainer = Trainer.create(4, n_outputs, params, task, torch.device("cpu"), seed=0)
+    # The regression data loss is half the squared error summed over the targets.
+    data_loss = torch.tensor(0.5 * mean_squared_residual * n_outputs)
+    y = torch.zeros((8, n_outputs))
+    assert trainer._regulariser_weight(data_loss, y) == pytest.approx(expected)
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_warm_started_fit_uses_changed_hyper_parameters(digits):
     X_train, _, y_train, _ = digits
