@@ -35,7 +35,7 @@ _PARAMETERS_DOC = """
 
     load_balancing : float, default=1.0
         Weight of the Switch-Transformer load-balancing loss, which keeps every leaf in use.
-        0 turns it off.
+        0 turns it off. For FFFRegressor it fades with a close fit, as ``alpha`` does.
 
     hardening_epochs : int, default=16
         Length of the hardening phase that ends ``fit``. Training first balances: it
@@ -68,6 +68,10 @@ _PARAMETERS_DOC = """
         ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch. Each
         leaf sees only its share of the rows, so FFFs need more of it than a dense MLP: on
         digits, alpha=3 gave 97.8% held-out accuracy against 95.4% with MLP's 1e-4.
+        FFFRegressor multiplies this penalty and the load-balancing loss by
+        ``min(1, r / 0.2)``, where ``r`` is the mini-batch's mean squared residual of the
+        standardised targets: weights chosen for noisy targets would otherwise hold back the
+        fit of a nearly noiseless one (friedman1 R^2 0.9960 against 0.9995 at depth 4).
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
