@@ -17,7 +17,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 from . import inference
 from ._arrays import ACTIVATIONS, MAX_DEPTH, FFFArrays
 from ._progress import EpochReporter
-from ._training import Trainer, resolve_device
+from ._training import Schedule, Trainer, resolve_device
 from ._version import STATE_FORMAT, __version__
 
 _PARAMETERS_DOC = """
@@ -307,13 +307,16 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             raise ValueError("Sample weights must be non-negative.")
 
         rng = check_random_state(self.random_state)
-        early_stopping = self.early_stopping  # partial_fit has refused it already
-        epochs = 1 if incremental else self.max_iter
-        X_val = y_val = None
-        if early_stopping:
+        validation_score = None
+        if self.early_stopping:  # partial_fit has refused it already
             X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
                 X, y_encoded, sample_weight, rng
             )
+            inference_options = self._inference_options()
+
+            def validation_score(arrays):
+                outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
+                return self._score_outputs(outputs, y_val)
 
         # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
         # starts a fresh one from the current weights, so that changed hyper-parameters
@@ -329,105 +332,57 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             trainer = self._trainer
             trainer.start_balancing()
 
+        max_epochs = 1 if incremental else self.max_iter
         batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
-        batch_size = min(batch_size, X.shape[0])
-
-        loss_curve = [] if first_call else list(self.loss_curve_)
-        validation_scores = [] if first_call or not early_stopping else list(
-            self.validation_scores_ or []
+        schedule = Schedule(
+            max_epochs=max_epochs,
+            batch_size=min(batch_size, X.shape[0]),
+            # At most a quarter of max_iter, so that a short fit still mostly balances.
+            hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
         )
-        best_loss = np.inf if first_call or self.best_loss_ is None else self.best_loss_
-        best_score, best_arrays = -np.inf, None
         n_iter = 0 if first_call else self.n_iter_
-        no_improvement = 0
-        converged = False
-        reporter = EpochReporter(self.verbose, epochs, type(self).__name__)
-        # The state after the last completed epoch, stored in one assignment so that an
-        # interrupt never sees half of it.
-        completed = None
-        inference_options = self._inference_options()
-        # Balance, then harden (see hardening_epochs). The hardening phase has a fixed
-        # length, so it runs whole however the balancing phase ended.
-        # At most a quarter of max_iter, so that a short fit still mostly balances.
-        hardening_epochs = 0 if incremental or not trainer.network.depth else min(
-            self.hardening_epochs, epochs // 4
-        )
-        hardening_done = None  # epochs of the hardening phase run so far; None while balancing
+        reporter = EpochReporter(self.verbose, max_epochs, type(self).__name__)
         try:
-            for epoch in range(epochs):
-                if hardening_done is not None and hardening_done % 2 == 0:
-                    trainer.sharpen_routing()
-                loss = trainer.run_epoch(X, y_encoded, sample_weight, batch_size)
-                n_iter += 1
-                loss_curve.append(loss)
-                arrays = trainer.network.to_arrays()
-                score = None
-                if early_stopping:
-                    outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
-                    score = self._score_outputs(outputs, y_val)
-                    validation_scores.append(score)
-                if hardening_done is None:
-                    if early_stopping:
-                        improved = score > best_score + self.tol
-                        if score > best_score:
-                            best_score, best_arrays = score, arrays
-                    else:
-                        improved = loss < best_loss - self.tol
-                        best_loss = min(best_loss, loss)
-                    no_improvement = 0 if improved else no_improvement + 1
-                    plateau = no_improvement > self.n_iter_no_change
-                    kept = best_arrays if early_stopping else arrays
-                else:
-                    hardening_done += 1
-                    kept = arrays
-                completed = (n_iter, kept, best_loss, best_score, len(validation_scores))
-                reporter.epoch(n_iter, loss, score, trainer.last_leaf_counts)
-                if incremental:
-                    continue
-                if hardening_done is None and (plateau or epoch + 1 >= epochs - hardening_epochs):
-                    converged = plateau
-                    if not hardening_epochs:
-                        break
-                    if early_stopping:  # otherwise the network already holds kept
-                        trainer.network.load_arrays(kept)
-                    trainer.start_hardening()
-                    hardening_done = 0
-                elif hardening_done == hardening_epochs:
-                    break
-        except KeyboardInterrupt:
-            if completed is None:
-                raise  # nothing new to keep: _restore_state_on_error puts the old state back
-            interrupted = True
-        else:
-            interrupted = False
+            result = trainer.fit(
+                X, y_encoded, sample_weight, schedule,
+                validation_score=validation_score,
+                best_loss=np.inf if first_call or self.best_loss_ is None else self.best_loss_,
+                report=lambda epoch, *figures: reporter.epoch(n_iter + epoch, *figures),
+            )
         finally:
             reporter.close()
 
-        n_iter, arrays, best_loss, best_score, n_scores = completed
-        trainer.network.load_arrays(arrays)
-        leaf_counts = np.bincount(inference.apply(arrays, X, **inference_options),
-                                  minlength=arrays.n_leaves).astype(np.int64)
+        arrays = result.arrays
         self.arrays_ = arrays
         self._trainer = trainer
         self.device_ = str(device)
-        self.n_iter_ = n_iter
-        self.loss_curve_ = loss_curve[:n_iter]
-        self.best_loss_ = None if early_stopping else float(best_loss)
-        self.validation_scores_ = validation_scores[:n_scores] if early_stopping else None
-        self.best_validation_score_ = float(best_score) if early_stopping else None
-        self.leaf_sample_counts_ = leaf_counts
+        self.n_iter_ = n_iter + result.n_epochs
+        self.loss_curve_ = ([] if first_call else self.loss_curve_) + result.loss_curve
+        self.best_loss_ = None if self.early_stopping else float(result.best_loss)
+        if self.early_stopping:
+            self.validation_scores_ = (
+                [] if first_call else list(self.validation_scores_ or [])
+            ) + result.validation_scores
+            self.best_validation_score_ = float(result.best_validation_score)
+        else:
+            self.validation_scores_ = self.best_validation_score_ = None
+        self.leaf_sample_counts_ = np.bincount(
+            inference.apply(arrays, X, **self._inference_options()), minlength=arrays.n_leaves
+        ).astype(np.int64)
 
-        if interrupted:
+        if result.stop_reason == "interrupted":
             warnings.warn(
                 f"{type(self).__name__}.fit was interrupted; the estimator keeps the weights "
-                f"of its last completed epoch ({n_iter}). Call fit with warm_start=True or "
-                "partial_fit to continue from there.",
+                f"of its last completed epoch ({self.n_iter_}). Call fit with warm_start=True "
+                "or partial_fit to continue from there.",
                 UserWarning,
             )
             raise FitInterrupted()
-        if not incremental and not converged:
+        if not incremental and result.stop_reason == "max_iter":
             warnings.warn(
-                f"{type(self).__name__}: maximum iterations ({epochs}) reached and the "
+                f"{type(self).__name__}: maximum iterations ({max_epochs}) reached and the "
                 "optimization hasn't converged yet.",
                 ConvergenceWarning,
             )

@@ -8,12 +8,74 @@ predicts.
 """
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._arrays import FFFArrays
 from ._network import FFFNetwork, load_balancing_loss
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one call of :meth:`Trainer.fit` trains.
+
+    Parameters
+    ----------
+    max_epochs : int
+        Epochs at most, the hardening phase included.
+    batch_size : int
+        Rows per mini-batch.
+    hardening_epochs : int
+        Length of the hardening phase; 0 skips it.
+    n_iter_no_change : int
+        Epochs without an improvement of at least ``tol`` that end the balancing phase.
+    tol : float
+        Smallest improvement that counts.
+    """
+
+    max_epochs: int
+    batch_size: int
+    hardening_epochs: int
+    n_iter_no_change: int
+    tol: float
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What one call of :meth:`Trainer.fit` produced.
+
+    Attributes
+    ----------
+    arrays : FFFArrays
+        The trained model, also loaded into the trainer's network.
+    n_epochs : int
+        Epochs completed in this call.
+    loss_curve : list of float
+        Mean training objective of each completed epoch.
+    validation_scores : list of float or None
+        Held-out score after each completed epoch, when a validation score was given.
+    best_loss : float
+        Lowest balancing-phase objective, earlier calls included.
+    best_validation_score : float or None
+        Best balancing-phase held-out score of this call.
+    best_epoch : int or None
+        Index in this call of the balancing epoch that scored best (None if no epoch of
+        this call improved on an earlier call's best loss).
+    stop_reason : {"plateau", "max_iter", "interrupted"}
+        Why balancing ended: no improvement, the epoch budget, or a KeyboardInterrupt.
+    """
+
+    arrays: FFFArrays
+    n_epochs: int
+    loss_curve: list
+    validation_scores: list
+    best_loss: float
+    best_validation_score: float
+    best_epoch: int
+    stop_reason: str
+
 
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -201,6 +263,105 @@ class Trainer:
             return 1.0
         mean_squared_residual = 2.0 * float(data_loss.detach()) / y.shape[1]
         return min(1.0, mean_squared_residual / self._REGULARISER_FADE_MSE)
+
+    def fit(self, X, y, weight, schedule, *, validation_score=None, best_loss=np.inf,
+            report=None):
+        """Train for up to ``schedule.max_epochs`` epochs: balance, then harden.
+
+        Balancing runs until the objective (or, with ``validation_score``, the held-out
+        score) has not improved by ``schedule.tol`` for more than
+        ``schedule.n_iter_no_change`` epochs, or until only the hardening phase is left of
+        ``max_epochs``. Hardening then runs its fixed ``schedule.hardening_epochs``, from the
+        best balancing epoch's weights when ``validation_score`` is given, and sharpens the
+        routing every 2 epochs. An interrupt (KeyboardInterrupt) after the first completed
+        epoch ends training with that epoch's state; one before it propagates.
+
+        Parameters
+        ----------
+        X, y, weight : ndarray
+            Training rows, encoded targets and row weights, as :meth:`run_epoch` takes them.
+        schedule : Schedule
+        validation_score : callable or None
+            ``validation_score(arrays) -> float``: the held-out score of a model, higher is
+            better. None selects on the training objective.
+        best_loss : float
+            Lowest objective of earlier calls (a warm start continues their plateau count).
+        report : callable or None
+            ``report(epoch, loss, score, leaf_counts)`` after each epoch, ``epoch`` counted
+            from 1 within this call.
+
+        Returns
+        -------
+        FitResult
+        """
+        losses, scores = [], []
+        best_score, best_arrays, best_epoch = -np.inf, None, None
+        no_improvement, plateau = 0, False
+        hardening_epochs = schedule.hardening_epochs if self.network.depth else 0
+        hardening_done = None  # epochs of the hardening phase run so far; None while balancing
+        stop_reason = "max_iter"
+        # The state after the last completed epoch, stored in one assignment so that an
+        # interrupt never sees half of it.
+        completed = None
+        try:
+            for epoch in range(schedule.max_epochs):
+                if hardening_done is not None and hardening_done % 2 == 0:
+                    self.sharpen_routing()
+                loss = self.run_epoch(X, y, weight, schedule.batch_size)
+                losses.append(loss)
+                arrays = self.network.to_arrays()
+                score = None
+                if validation_score is not None:
+                    score = validation_score(arrays)
+                    scores.append(score)
+                if hardening_done is None:
+                    if validation_score is not None:
+                        improved = score > best_score + schedule.tol
+                        if score > best_score:
+                            best_score, best_arrays, best_epoch = score, arrays, epoch
+                    else:
+                        improved = loss < best_loss - schedule.tol
+                        if loss < best_loss:
+                            best_epoch = epoch
+                        best_loss = min(best_loss, loss)
+                    no_improvement = 0 if improved else no_improvement + 1
+                    plateau = no_improvement > schedule.n_iter_no_change
+                    kept = best_arrays if validation_score is not None else arrays
+                else:
+                    hardening_done += 1
+                    kept = arrays
+                completed = (epoch + 1, kept, best_loss, best_score, best_epoch)
+                if report is not None:
+                    report(epoch + 1, loss, score, self.last_leaf_counts)
+                if hardening_done is None and (
+                    plateau or epoch + 1 >= schedule.max_epochs - hardening_epochs
+                ):
+                    stop_reason = "plateau" if plateau else "max_iter"
+                    if not hardening_epochs:
+                        break
+                    if validation_score is not None:  # otherwise the network holds kept
+                        self.network.load_arrays(kept)
+                    self.start_hardening()
+                    hardening_done = 0
+                elif hardening_done == hardening_epochs:
+                    break
+        except KeyboardInterrupt:
+            if completed is None:
+                raise  # nothing completed: the caller keeps what it had
+            stop_reason = "interrupted"
+        n_epochs, arrays, best_loss, best_score, best_epoch = completed
+        self.network.load_arrays(arrays)
+        return FitResult(
+            arrays=arrays,
+            n_epochs=n_epochs,
+            loss_curve=losses[:n_epochs],
+            validation_scores=scores[:n_epochs] if validation_score is not None else None,
+            best_loss=best_loss,
+            best_validation_score=best_score if validation_score is not None else None,
+            best_epoch=best_epoch,
+            stop_reason=stop_reason,
+        )
+
 
     def run_epoch(self, X, y, weight, batch_size):
         """One pass over the data in shuffled mini-batches; returns the mean objective.
