@@ -17,6 +17,18 @@ import torch.nn.functional as F
 from ._arrays import FFFArrays
 from ._network import FFFNetwork, load_balancing_loss
 
+def new_optimizer(weights, biases, learning_rate, weight_decay):
+    """The optimizer of FFF training: Adam, with L2 weight decay on ``weights`` only.
+
+    Adam's (coupled) weight decay adds ``weight_decay * w`` to the gradient, which is the
+    gradient of the penalty ``0.5 * weight_decay * ||w||^2``: the L2 penalty of scikit-learn's
+    MLP without its cost in the autograd graph. Fused: one kernel updates every tensor.
+    """
+    groups = [{"params": list(weights), "weight_decay": weight_decay},
+              {"params": list(biases), "weight_decay": 0.0}]
+    return torch.optim.Adam(groups, lr=learning_rate, fused=True)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How one call of :meth:`Trainer.fit` trains.
@@ -167,11 +179,10 @@ class Trainer:
 
     def _new_optimizer(self):
         factor = self._HARDENING_LEARNING_RATE_FACTOR if self.hardening else 1.0
-        return torch.optim.AdamW(
-            [p for p in self.network.parameters() if p.requires_grad],
-            lr=self.learning_rate * factor,
-            weight_decay=0.0,
-        )
+        trainable = [p for p in self.network.parameters() if p.requires_grad]
+        weights = [w for w in self.network.weight_matrices() if w.requires_grad]
+        biases = [p for p in trainable if all(p is not w for w in weights)]
+        return new_optimizer(weights, biases, self.learning_rate * factor, 0.0)
 
     # Each sharpening doubles every routing logit; the cap keeps repeated warm-started fits
     # far from float32 overflow (hard routing only reads the logits' signs).
@@ -215,7 +226,14 @@ class Trainer:
             network.node_biases.mul_(2.0)
         self.optimizer = self._new_optimizer()
 
-    def _objective(self, X, y, weight, n_samples_total, leaf_counts):
+    def _step(self, X, y, weight, n_samples_total, leaf_counts):
+        """One optimizer step on a mini-batch; returns its objective (a 0-d tensor).
+
+        ``weight`` holds the rows' weights relative to the mean weight of all training rows,
+        so that a batch's data loss is its weighted sum over its number of rows: every batch,
+        even one whose weights are all zero, has a well-defined loss, and an epoch weighs each
+        row by its weight.
+        """
         # Straight-through routing trains the loss of the hard-routed model that predict runs;
         # gradients still reach the routing neurons through the soft path probabilities.
         # The soft mixture (hardening phase) lets neighbouring leaves share rows near a
@@ -223,26 +241,32 @@ class Trainer:
         result = self.network(
             X, self.region_leak, self.generator, straight_through=not self.hardening
         )
-        leaf_counts += torch.bincount(result.hard_leaves, minlength=self.network.n_leaves)
+        leaf_counts += result.hard_one_hot.sum(dim=0)
         if self.task == "classification":
             per_sample = F.cross_entropy(result.outputs, y, reduction="none")
         else:
-            per_sample = 0.5 * ((result.outputs - y) ** 2).sum(dim=1)
-        data_loss = (per_sample * weight).sum() / weight.sum()
+            per_sample = 0.5 * (result.outputs - y).square().sum(dim=1)
+        data_loss = torch.dot(per_sample, weight) / X.shape[0]
         regulariser_weight = self._regulariser_weight(data_loss, y)
         loss = data_loss
-        if self.alpha:
-            # Frozen routing weights (hardening) are left out: constant, and sharpened.
-            squared = sum(
-                (w**2).sum() for w in self.network.weight_matrices() if w.requires_grad
-            )
-            loss = loss + regulariser_weight * 0.5 * self.alpha * squared / n_samples_total
         # With the routing frozen the load-balancing loss has no gradient.
         if self.network.depth and self.load_balancing and not self.hardening:
             loss = loss + regulariser_weight * self.load_balancing * load_balancing_loss(
-                result.leaf_probabilities, result.hard_leaves
+                result.leaf_probabilities, result.hard_one_hot
             )
-        return loss
+        objective = loss.detach()
+        weights = self.optimizer.param_groups[0]
+        # The L2 penalty 0.5 * alpha * ||W||^2 / n_samples is applied as Adam's (coupled)
+        # weight decay, whose gradient it is; frozen routing weights (hardening) are left out.
+        weights["weight_decay"] = regulariser_weight * self.alpha / n_samples_total
+        if weights["weight_decay"]:
+            with torch.no_grad():
+                squared = torch.stack(torch._foreach_norm(weights["params"])).square().sum()
+                objective = objective + 0.5 * weights["weight_decay"] * squared
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return objective
 
     # Regression regularisers fade once the mean squared residual of the standardised
     # targets falls below this (a training R^2 above 0.8). See _regulariser_weight.
@@ -369,8 +393,8 @@ class Trainer:
         The phase (see ``start_hardening``) chooses the forward and the loss.
 
         ``X``, ``y`` and ``weight`` are NumPy arrays (``X`` float32, possibly a read-only
-        memmap): only one mini-batch at a time is copied and moved to the device, so a memmap
-        larger than memory trains without being loaded whole. Also records in
+        memmap): only one mini-batch of ``X`` at a time is copied and moved to the device, so
+        a memmap larger than memory trains without being loaded whole. Also records in
         ``last_leaf_counts`` how many rows each leaf received under hard routing during the
         epoch.
 
@@ -382,24 +406,28 @@ class Trainer:
         self.network.train()
         n = X.shape[0]
         order = self.batch_order.permutation(n)
-        total = 0.0
-        leaf_counts = torch.zeros(self.network.n_leaves, dtype=torch.long, device=self.device)
         for start in range(0, n, batch_size):
             # Sorted, the rows of a batch are read from a memmap in file order.
-            rows = np.sort(order[start : start + batch_size])
-            X_batch, y_batch, w_batch = (
-                torch.from_numpy(a[rows]).to(self.device) for a in (X, y, weight)
-            )
-            loss = self._objective(X_batch, y_batch, w_batch, n, leaf_counts)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    "The training loss became NaN or infinite. Scale the inputs (for example "
-                    "with StandardScaler), lower learning_rate_init, or raise alpha."
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item() * len(rows)
+            order[start : start + batch_size].sort()
+        # Targets and weights are small: shuffled once per epoch, then sliced per batch.
+        y = torch.from_numpy(y[order]).to(self.device)
+        weight = torch.from_numpy(weight[order] / weight.mean(dtype=np.float64)).to(
+            self.device, torch.float32
+        )
+        total = torch.zeros((), device=self.device)
+        leaf_counts = torch.zeros(self.network.n_leaves, device=self.device)
+        for start in range(0, n, batch_size):
+            batch = slice(start, start + batch_size)
+            # Only one batch of X is copied at a time, so a memmap is never loaded whole.
+            X_batch = torch.from_numpy(X[order[batch]]).to(self.device)
+            objective = self._step(X_batch, y[batch], weight[batch], n, leaf_counts)
+            total += objective * X_batch.shape[0]
         self.network.eval()
-        self.last_leaf_counts = leaf_counts.cpu().numpy()
-        return total / n
+        self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
+        mean = total.item() / n
+        if not np.isfinite(mean):
+            raise FloatingPointError(
+                "The training loss became NaN or infinite. Scale the inputs (for example "
+                "with StandardScaler), lower learning_rate_init, or raise alpha."
+            )
+        return mean

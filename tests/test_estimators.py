@@ -145,7 +145,7 @@ def test_soft_and_hard_outputs_agree_when_decisions_are_confident(rng):
     confident = np.minimum(right, 1 - right).max(axis=1) < 1e-6
     assert confident.mean() > 0.9
     np.testing.assert_allclose(soft.outputs.numpy()[confident], hard_outputs[confident], atol=1e-4)
-    np.testing.assert_array_equal(soft.hard_leaves.numpy(), leaves)
+    np.testing.assert_array_equal(soft.hard_one_hot.numpy().argmax(1), leaves)
 
 
 def test_apply_is_the_path_of_the_hard_forward(fitted_classifier, digits):

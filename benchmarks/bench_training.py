@@ -1,0 +1,135 @@
+"""Training speed: seconds per epoch of FFFClassifier.fit against the dense twin and MLPClassifier.
+
+For each data set and depth, with ``leaf_width=16``, ``master_leaf_width=16`` and the default
+batch size, this times:
+
+- ``FFFClassifier.fit`` with ``max_iter=8`` (6 balancing and 2 hardening epochs), divided by
+  the epochs it ran: set-up, validation and the final leaf count included;
+- a plain torch loop that trains the dense twin (one hidden layer of the training width
+  ``2**depth * 16``, ReLU) with the same optimizer, learning rate, weight decay and batch
+  size, the data held as one tensor and indexed per mini-batch;
+- ``MLPClassifier`` of the training width, one epoch (``max_iter=1``).
+
+Contenders run in alternating rounds and the best round counts, so that a burst of load on
+a shared machine slows all of them rather than one. Every contender uses torch's and the BLAS's
+default threads. Usage::
+
+    python benchmarks/bench_training.py [--quick] [--rounds 3]
+
+Targets (issue #13): FFF at most 1.3x the dense twin and at most MLPClassifier per epoch.
+"""
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.datasets import make_classification
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from _common import describe_threads
+from fffsklearn import FFFClassifier
+from fffsklearn._training import new_optimizer
+
+LEAF_WIDTH = MASTER_LEAF_WIDTH = 16
+FFF_EPOCHS = 8
+N_CLASSES = 10
+
+
+def random_rows(n_rows, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_rows, 784)).astype(np.float32)
+    return X, rng.integers(0, N_CLASSES, n_rows)
+
+
+def classification_rows(n_rows):
+    X, y = make_classification(
+        n_samples=n_rows, n_features=40, n_informative=20, n_classes=N_CLASSES, random_state=0
+    )
+    return StandardScaler().fit_transform(X).astype(np.float32), y
+
+
+def fff_epoch_seconds(X, y, depth):
+    model = FFFClassifier(
+        depth=depth, leaf_width=LEAF_WIDTH, master_leaf_width=MASTER_LEAF_WIDTH,
+        max_iter=FFF_EPOCHS, n_iter_no_change=FFF_EPOCHS, device="cpu", random_state=0,
+    )
+    start = time.perf_counter()
+    model.fit(X, y)
+    return (time.perf_counter() - start) / model.n_iter_
+
+
+def dense_twin_epoch_seconds(X, y, depth, batch_size, epochs=2):
+    """A plain torch training loop of the dense MLP an FFF of this depth replaces."""
+    width = 2**depth * LEAF_WIDTH
+    generator = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, N_CLASSES))
+    defaults = FFFClassifier().get_params()
+    weight_decay = defaults["alpha"] / len(X)  # the FFF's L2 penalty per row, as Adam's decay
+    optimizer = new_optimizer(
+        [net[0].weight, net[2].weight], [net[0].bias, net[2].bias],
+        defaults["learning_rate_init"], weight_decay,
+    )
+    X_tensor, y_tensor = torch.from_numpy(X), torch.from_numpy(y)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=generator)
+        for first in range(0, len(X), batch_size):
+            rows = order[first : first + batch_size]
+            loss = nn.functional.cross_entropy(net(X_tensor[rows]), y_tensor[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return (time.perf_counter() - start) / epochs
+
+
+def mlp_epoch_seconds(X, y, depth):
+    model = MLPClassifier((2**depth * LEAF_WIDTH,), max_iter=1, random_state=0)
+    start = time.perf_counter()
+    model.fit(X, y)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 rows, one round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per contender")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    datasets = {
+        "random d=784": random_rows(2_000 if args.quick else 20_000),
+        "make_classification d=40": classification_rows(2_000 if args.quick else 40_000),
+    }
+    batch_size = min(200, len(next(iter(datasets.values()))[0]))  # what batch_size="auto" takes
+    print(f"{describe_threads()}; batch {batch_size}; FFF fits of {FFF_EPOCHS} epochs; "
+          f"best of {rounds} alternating rounds")
+    print(f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'twin':>9}{'MLP':>9}"
+          f"{'FFF/twin':>10}{'FFF/MLP':>9}")
+    worst_twin = worst_mlp = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for name, (X, y) in datasets.items():
+            for depth in (4, 6):
+                contenders = (
+                    lambda: fff_epoch_seconds(X, y, depth),
+                    lambda: dense_twin_epoch_seconds(X, y, depth, batch_size),
+                    lambda: mlp_epoch_seconds(X, y, depth),
+                )
+                best = [np.inf] * len(contenders)
+                for _ in range(rounds):
+                    for i, contender in enumerate(contenders):
+                        best[i] = min(best[i], contender())
+                fff, twin, mlp = best
+                worst_twin, worst_mlp = max(worst_twin, fff / twin), max(worst_mlp, fff / mlp)
+                print(f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}{twin:>9.3f}"
+                      f"{mlp:>9.3f}{fff / twin:>10.2f}{fff / mlp:>9.2f}", flush=True)
+    print(f"\nFFF epoch / dense twin epoch, largest: {worst_twin:.2f} (<= 1.3)")
+    print(f"FFF epoch / MLPClassifier epoch, largest: {worst_mlp:.2f} (<= 1)")
+
+
+if __name__ == "__main__":
+    main()
