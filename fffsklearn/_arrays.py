@@ -8,10 +8,9 @@ compiled kernel without a copy.
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+from ._limits import MAX_ABS_WEIGHT, MAX_DEPTH
 
-# Depth 20 already means a million leaves; anything deeper in a file is corrupt or hostile.
-MAX_DEPTH = 20
+ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 
 _ARRAY_FIELDS = (
     "node_weights",
@@ -57,7 +56,8 @@ class FFFArrays:
     Raises
     ------
     ValueError
-        If the depth, the activation, a shape, a dtype or a value is inconsistent or not finite.
+        If the depth, the activation, a shape, a dtype or a value is inconsistent, not finite,
+        or of a magnitude beyond ``fffsklearn._limits.MAX_ABS_WEIGHT``.
     """
 
     __slots__ = ("depth", "activation", "__weakref__") + _ARRAY_FIELDS
@@ -183,5 +183,10 @@ def _as_readonly_float32(name, value):
     array = np.array(value, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinity.")
+    if array.size and np.abs(array).max() > MAX_ABS_WEIGHT:
+        raise ValueError(
+            f"{name} has a weight of magnitude {np.abs(array).max():.3g}, beyond the "
+            f"{MAX_ABS_WEIGHT:.0e} that a trained model stays far below."
+        )
     array.setflags(write=False)
     return array

@@ -1,5 +1,6 @@
 """The shared base of FFFClassifier and FFFRegressor: parameters, fitting, hard-routed inference."""
 
+import os
 import warnings
 from abc import ABCMeta, abstractmethod
 from contextlib import contextmanager
@@ -15,9 +16,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import inference
-from ._arrays import ACTIVATIONS, MAX_DEPTH, FFFArrays
+from ._arrays import ACTIVATIONS, FFFArrays
+from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._progress import EpochReporter
-from ._training import Schedule, Trainer, resolve_device
+from ._training import Schedule, Trainer, resolve_device, training_memory_bytes
 from ._version import STATE_FORMAT, __version__
 
 _PARAMETERS_DOC = """
@@ -105,8 +107,8 @@ _PARAMETERS_DOC = """
         "cuda:N". Prediction runs on the CPU from the fitted NumPy arrays.
 
     n_jobs : int, default=None
-        Threads for prediction on the CPU. None follows ``OMP_NUM_THREADS`` if set and uses
-        every available core otherwise; -1 uses every core.
+        Threads for prediction on the CPU, at most 1024. None follows ``OMP_NUM_THREADS`` if
+        set and uses every available core otherwise; -1 uses every core, -2 all but one.
 """
 
 _ATTRIBUTES_DOC = """
@@ -144,6 +146,14 @@ _ATTRIBUTES_DOC = """
 """
 
 
+def _physical_memory_bytes():
+    """Physical memory of this machine, or None where the OS does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 class InconsistentFFFVersionWarning(UserWarning):
     """Loading an estimator that another fffsklearn version saved."""
 
@@ -175,7 +185,11 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "device": [str],
-        "n_jobs": [Integral, None],
+        "n_jobs": [
+            Interval(Integral, -MAX_THREADS, -1, closed="both"),
+            Interval(Integral, 1, MAX_THREADS, closed="both"),
+            None,
+        ],
     }
 
     _task = None  # "classification" or "regression", set by the subclasses
@@ -250,7 +264,10 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Class labels (classifier) or target values (regressor).
         sample_weight : array-like of shape (n_samples,), default=None
-            Weights of the rows in the loss; None weighs every row equally.
+            Weights of the rows in the loss; None weighs every row equally. Each row counts
+            in proportion to its weight over the mean weight of all rows, so a mini-batch
+            whose weights are all zero (bootstrap counts from bagging) adds only the
+            regularisers, and an epoch weighs each row by its weight.
 
         Returns
         -------
@@ -318,6 +335,10 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
                 return self._score_outputs(outputs, y_val)
 
+        batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
+        batch_size = min(batch_size, X.shape[0])
+        self._check_training_memory(X.shape[1], batch_size)
+
         # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
         # starts a fresh one from the current weights, so that changed hyper-parameters
         # (learning_rate_init, load_balancing, ...) take effect.
@@ -333,10 +354,9 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             trainer.start_balancing()
 
         max_epochs = 1 if incremental else self.max_iter
-        batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
         schedule = Schedule(
             max_epochs=max_epochs,
-            batch_size=min(batch_size, X.shape[0]),
+            batch_size=batch_size,
             # At most a quarter of max_iter, so that a short fit still mostly balances.
             hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
             n_iter_no_change=self.n_iter_no_change,
@@ -387,16 +407,21 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
                 ConvergenceWarning,
             )
 
+    # Rows that a validation score needs: one for accuracy, two for R^2.
+    _min_validation_rows = 1
+
     def _validation_split(self, X, y_encoded, sample_weight, rng):
-        if X.shape[0] < 2:
+        n_val = int(np.ceil(self.validation_fraction * X.shape[0]))  # as train_test_split
+        if n_val < self._min_validation_rows or X.shape[0] - n_val < 1:
             raise ValueError(
-                "early_stopping=True needs at least 2 samples to hold out a validation set, "
-                f"got n_samples={X.shape[0]}."
+                f"early_stopping=True holds out validation_fraction={self.validation_fraction} "
+                f"of the {X.shape[0]} rows, {n_val}; scoring them needs at least "
+                f"{self._min_validation_rows} and training at least 1 more. Pass more rows, "
+                "change validation_fraction or set early_stopping=False."
             )
         stratify = None
         if self._task == "classification":
             counts = np.bincount(y_encoded)
-            n_val = int(np.ceil(self.validation_fraction * X.shape[0]))
             if counts[counts > 0].min() >= 2 and n_val >= np.count_nonzero(counts):
                 stratify = y_encoded
         X_train, X_val, y_train, y_val, w_train, _ = train_test_split(
@@ -410,6 +435,23 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         if not np.any(w_train):
             raise ValueError("Sample weights of the training split are all zero.")
         return X_train, X_val, y_train, y_val, w_train
+
+    def _check_training_memory(self, n_features, batch_size):
+        """Refuse up front a fit whose working set would not fit in memory: training
+        computes every leaf for every row of a batch, so it grows with ``2**depth``."""
+        needed = training_memory_bytes(
+            n_features, self._n_network_outputs(), self.depth, self.leaf_width,
+            self.master_leaf_width, batch_size,
+        )
+        available = _physical_memory_bytes()
+        if available is not None and needed > TRAINING_MEMORY_FRACTION * available:
+            raise ValueError(
+                f"Training depth={self.depth}, leaf_width={self.leaf_width} with batch_size="
+                f"{batch_size} on {n_features} features needs about {needed / 2**30:.1f} GiB, "
+                f"more than {TRAINING_MEMORY_FRACTION:.0%} of this machine's "
+                f"{available / 2**30:.1f} GiB. Each level of depth doubles it: lower depth, "
+                "leaf_width or batch_size."
+            )
 
     # ----------------------------------------------------------------------------- inference
     def _inference_options(self):
@@ -439,12 +481,25 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
     def _map_outputs(self, X, transform):
         """Validate ``X`` and apply ``transform`` to its raw hard-routed outputs chunk by chunk,
         so memory stays bounded by the result whatever the number of rows. The result takes
-        its trailing shape and dtype from what ``transform`` returns."""
+        its trailing shape and dtype from what ``transform`` returns.
+
+        Rows whose outputs overflow (inputs far outside the training range, beyond what the
+        float32 network can evaluate) raise ``ValueError`` rather than return NaN or inf."""
         options = self._inference_options()
         X = self._validate_for_inference(X, options)
         result = None
         for rows, outputs, _ in inference.iter_hard_forward(self.arrays_, X, **options):
-            chunk = transform(outputs)
+            with np.errstate(over="ignore", invalid="ignore"):
+                chunk = transform(outputs)
+            finite = np.isfinite(outputs).all(axis=1)
+            if chunk.dtype.kind == "f":
+                finite &= np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+            if not finite.all():
+                raise ValueError(
+                    "X has rows outside the range this model can evaluate: their outputs "
+                    f"overflow (first such row: {rows.start + int(np.argmin(finite))}). The "
+                    "network computes in float32; scale the inputs as for training."
+                )
             if result is None:
                 result = np.empty((X.shape[0],) + chunk.shape[1:], dtype=chunk.dtype)
             result[rows] = chunk
@@ -515,6 +570,9 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             value = state.get(name)
             if not isinstance(value, np.ndarray) or value.shape != shape:
                 raise ValueError(f"{where}: {name} is missing or does not have shape {shape}.")
+        counts = state["leaf_sample_counts_"]
+        if counts.dtype.kind not in "iu" or (counts < 0).any():
+            raise ValueError(f"{where}: leaf_sample_counts_ must be non-negative integers.")
         if state.get("n_features_in_") != arrays.n_features:
             raise ValueError(
                 f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "

@@ -93,6 +93,19 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _expected_target_shapes(self, n_outputs):
         return {"classes_": (n_outputs,)}
 
+    def _check_loaded_state(self, state):
+        super()._check_loaded_state(state)
+        classes = state["classes_"]
+        try:
+            distinct = len(np.unique(classes)) == len(classes)
+        except TypeError:  # labels of types that cannot be ordered
+            distinct = False
+        if not distinct or any(isinstance(c, float) and not np.isfinite(c) for c in classes):
+            raise ValueError(
+                f"Corrupt {type(self).__name__} state: classes_ must be distinct, orderable "
+                "labels (no NaN)."
+            )
+
     def _score_outputs(self, outputs, y_encoded):
         return float(np.mean(np.argmax(outputs, axis=1) == y_encoded))
 
@@ -213,19 +226,32 @@ class FFFRegressor(RegressorMixin, BaseFFF):
 
     def _encode_targets(self, y, first_call, classes=None):
         y = np.asarray(y, dtype=np.float64)
-        if first_call:
-            self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
-            self._target_is_1d = y.ndim == 1
-            self._target_mean = y.mean(axis=0).reshape(-1)
-            scale = y.std(axis=0).reshape(-1)
-            self._target_scale = np.where(scale > 0, scale, 1.0)
         y2d = y.reshape(y.shape[0], -1)
+        if first_call:
+            self.n_outputs_ = y2d.shape[1]
+            self._target_is_1d = y.ndim == 1
+            # Moments of y / max|y|, scaled back: targets near the float64 limit do not
+            # overflow their variance.
+            magnitude = np.abs(y2d).max(axis=0)
+            magnitude = np.where(magnitude > 0, magnitude, 1.0)
+            unit = y2d / magnitude
+            self._target_mean = unit.mean(axis=0) * magnitude
+            scale = unit.std(axis=0) * magnitude
+            self._target_scale = np.where(scale > 0, scale, 1.0)
         if y2d.shape[1] != self.n_outputs_:
             raise ValueError(
                 f"y has {y2d.shape[1]} targets but {type(self).__name__} was fitted with "
                 f"{self.n_outputs_}."
             )
-        return ((y2d - self._target_mean) / self._target_scale).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            standardised = ((y2d - self._target_mean) / self._target_scale).astype(np.float32)
+        if not np.isfinite(standardised).all():
+            raise ValueError(
+                "y has values that cannot be standardised (they overflow float64 or, once "
+                "standardised, float32): rescale the targets, for example with "
+                "TransformedTargetRegressor."
+            )
+        return standardised
 
     def _n_network_outputs(self):
         return self.n_outputs_
@@ -233,14 +259,30 @@ class FFFRegressor(RegressorMixin, BaseFFF):
     def _expected_target_shapes(self, n_outputs):
         return {"_target_mean": (n_outputs,), "_target_scale": (n_outputs,)}
 
+    # R^2 needs two validation rows.
+    _min_validation_rows = 2
+
     def _check_loaded_state(self, state):
         super()._check_loaded_state(state)
-        if state.get("n_outputs_") != state["arrays_"].n_outputs or not isinstance(
-            state.get("_target_is_1d"), (bool, np.bool_)
+        n_outputs = state["arrays_"].n_outputs
+        is_1d = state.get("_target_is_1d")
+        if (
+            state.get("n_outputs_") != n_outputs
+            or not isinstance(is_1d, (bool, np.bool_))
+            or (is_1d and n_outputs != 1)
         ):
             raise ValueError(
                 f"Corrupt {type(self).__name__} state: n_outputs_ or _target_is_1d is missing "
                 "or does not match the network."
+            )
+        mean, scale = state["_target_mean"], state["_target_scale"]
+        if not (
+            mean.dtype.kind == scale.dtype.kind == "f"
+            and np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()
+        ):
+            raise ValueError(
+                f"Corrupt {type(self).__name__} state: _target_mean must be finite and "
+                "_target_scale finite and positive."
             )
 
     def _score_outputs(self, outputs, y_encoded):

@@ -14,7 +14,13 @@ try:
     from onnx.helper import make_tensor
     from skl2onnx import to_onnx as _skl2onnx_to_onnx
     from skl2onnx import update_registered_converter
-    from skl2onnx.common.data_types import FloatTensorType
+    from skl2onnx.common.data_types import (
+        BooleanTensorType,
+        DoubleTensorType,
+        FloatTensorType,
+        Int64TensorType,
+        StringTensorType,
+    )
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
@@ -67,7 +73,7 @@ class _Graph:
     """Adds nodes and constants to the skl2onnx graph of one converter call."""
 
     _TYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE,
-              np.int64: TensorProto.INT64}
+              np.int64: TensorProto.INT64, np.bool_: TensorProto.BOOL}
 
     def __init__(self, scope, container):
         self.scope, self.container = scope, container
@@ -149,13 +155,46 @@ def _raw_outputs(scope, operator, container):
                                            np.float32))
 
 
+# The ONNX type of the label output for each kind of classes_ that fit accepts: booleans,
+# integers, floats and strings (kind codes of numpy dtypes).
+_LABEL_TYPES = {
+    "b": (BooleanTensorType, np.bool_),
+    "i": (Int64TensorType, np.int64),
+    "u": (Int64TensorType, np.int64),
+    "f": (DoubleTensorType, np.float64),
+    "U": (StringTensorType, None),
+    "S": (StringTensorType, None),
+}
+
+
+def _label_kind(classes):
+    """The kind code of ``classes_`` for the label output; object arrays of str are strings."""
+    kind = classes.dtype.kind
+    if kind == "O" and all(isinstance(c, str) for c in classes):
+        return "U"
+    if kind not in _LABEL_TYPES:
+        raise ValueError(
+            f"ONNX export supports boolean, integer, float and string class labels; this "
+            f"model's classes_ have dtype {classes.dtype} ({classes[:3].tolist()}...)."
+        )
+    return kind
+
+
+def _classifier_output_shapes(operator):
+    calculate_linear_classifier_output_shapes(operator)
+    n_rows = operator.inputs[0].get_first_dimension()
+    label_type, _ = _LABEL_TYPES[_label_kind(operator.raw_operator.classes_)]
+    operator.outputs[0].type = label_type([n_rows])
+
+
 def _convert_classifier(scope, operator, container):
     classes = operator.raw_operator.classes_
     g, logits = _raw_outputs(scope, operator, container)
     g.op("Softmax", logits, output=operator.outputs[1].full_name, axis=1)
     index = g.op("ArgMax", logits, axis=1, keepdims=0)
-    if np.issubdtype(classes.dtype, np.integer):
-        table = g.const("classes", classes, np.int64)
+    _, dtype = _LABEL_TYPES[_label_kind(classes)]
+    if dtype is not None:
+        table = g.const("classes", classes, dtype)
     else:
         table = scope.get_unique_variable_name("classes")
         container.add_initializer(table, TensorProto.STRING, [len(classes)],
@@ -178,7 +217,7 @@ def _regressor_output_shapes(operator):
 
 
 update_registered_converter(
-    FFFClassifier, "FffsklearnFFFClassifier", calculate_linear_classifier_output_shapes,
+    FFFClassifier, "FffsklearnFFFClassifier", _classifier_output_shapes,
     _convert_classifier, options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
 )
 update_registered_converter(

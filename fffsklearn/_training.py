@@ -29,6 +29,31 @@ def new_optimizer(weights, biases, learning_rate, weight_decay):
     return torch.optim.Adam(groups, lr=learning_rate, fused=True)
 
 
+def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
+                          batch_size):
+    """Estimated peak memory of training such a network, in bytes (float32), beyond what the
+    process held before.
+
+    Every parameter is held with its gradient and Adam's two moments, plus two copies while
+    an epoch's weights are exported; every row of a batch computes every leaf, with about
+    four (rows x training width) temporaries and the path products alive at once.
+    """
+    n_leaves = 2**depth
+    width = n_leaves * leaf_width
+    n_parameters = (
+        (n_leaves - 1) * (n_features + 1)
+        + width * (n_features + 1 + n_outputs) + n_leaves * n_outputs
+        + master_leaf_width * (n_features + 1 + n_outputs) + n_outputs
+    )
+    batch_temporaries = batch_size * (4 * width + 6 * n_leaves + 4 * master_leaf_width)
+    return 4 * (6 * n_parameters + batch_temporaries) + _TORCH_WORKING_MEMORY
+
+
+# What torch's own buffers and the autograd graph add whatever the network's size (measured
+# about 32 MiB for depth 10 on 30 features).
+_TORCH_WORKING_MEMORY = 64 * 2**20
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How one call of :meth:`Trainer.fit` trains.
@@ -341,7 +366,8 @@ class Trainer:
                 if hardening_done is None:
                     if validation_score is not None:
                         improved = score > best_score + schedule.tol
-                        if score > best_score:
+                        # A score that is NaN never improves, but the first epoch is kept.
+                        if best_arrays is None or score > best_score:
                             best_score, best_arrays, best_epoch = score, arrays, epoch
                     else:
                         improved = loss < best_loss - schedule.tol
@@ -426,8 +452,19 @@ class Trainer:
         self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
         mean = total.item() / n
         if not np.isfinite(mean):
-            raise FloatingPointError(
-                "The training loss became NaN or infinite. Scale the inputs (for example "
-                "with StandardScaler), lower learning_rate_init, or raise alpha."
-            )
+            raise FloatingPointError(self._divergence_message(n))
         return mean
+
+    # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.
+    _OVERFLOWING_DECAY = 1e20
+
+    def _divergence_message(self, n_samples):
+        message = "The training loss became NaN or infinite. "
+        if self.alpha / n_samples > self._OVERFLOWING_DECAY:
+            return message + (
+                f"alpha={self.alpha:g} is too large for float32 arithmetic: lower it."
+            )
+        return message + (
+            "Scale the inputs (for example with StandardScaler), lower learning_rate_init, "
+            "or raise alpha."
+        )

@@ -79,3 +79,26 @@ def test_missing_onnx_extra_is_named(monkeypatch):
     monkeypatch.delitem(sys.modules, "fffsklearn._onnx", raising=False)
     with pytest.raises(ImportError, match=r"fffsklearn\[onnx\]"):
         fffsklearn.to_onnx
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        lambda y: y.astype(bool),
+        lambda y: y.astype(np.float64) * 2 + 1,
+        lambda y: y.astype(np.float32) - 3,
+        lambda y: y.astype(np.uint8),
+        lambda y: np.array(["benign", "malignant"])[y],
+        lambda y: np.array(["benign", "malignant"], dtype=object)[y],
+    ],
+    ids=["bool", "float64", "float32", "uint8", "str", "object-str"],
+)
+def test_exporting_a_classifier_of_every_label_type_fit_accepts(labels):
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    model = FFFClassifier(max_iter=3, random_state=0).fit(X, labels(y))
+    label, proba = run(to_onnx(model), X)
+    np.testing.assert_array_equal(label, model.predict(X))
+    np.testing.assert_allclose(proba, model.predict_proba(X), rtol=1e-5, atol=1e-5)

@@ -301,8 +301,9 @@ def test_fit_streams_a_float32_memmap_without_copying_it(tmp_path):
 
 
 # --------------------------------------------------------------------------- skops files
-def _skops_with(blob, edit_schema=None, replace_array=None):
-    """Rewrite a skops file: edit the FFFArrays part of its schema, or one of its arrays."""
+def _skops_with(blob, edit_schema=None, replace_array=None, replace_attribute=None):
+    """Rewrite a skops file: edit the FFFArrays part of its schema, one of its arrays, or an
+    array attribute of the estimator."""
     import io
     import json
     import zipfile
@@ -318,6 +319,11 @@ def _skops_with(blob, edit_schema=None, replace_array=None):
         buffer = io.BytesIO()
         np.save(buffer, value)
         files[arrays_state[name]["file"]] = buffer.getvalue()
+    if replace_attribute:
+        name, value = replace_attribute
+        buffer = io.BytesIO()
+        np.save(buffer, value)
+        files[schema["content"]["content"][name]["file"]] = buffer.getvalue()
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as target:
         target.writestr("schema.json", json.dumps(schema))
@@ -357,3 +363,149 @@ def test_edited_skops_file_raises_at_load(fitted, edit, message):
     hostile = _skops_with(sio.dumps(fitted), **edit)
     with pytest.raises(ValueError, match=message):
         sio.loads(hostile, trusted=skops_trusted_types())
+
+
+# --------------------------------------------------------------------------- clients and red team (issue #17)
+@pytest.fixture(scope="module")
+def cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def test_bagging_an_fff_on_bagging_defaults(cancer):
+    from sklearn.ensemble import BaggingClassifier, BaggingRegressor
+
+    X, y = cancer
+    # Bootstrap counts as sample weights: small last batches are soon all zero.
+    classifier = BaggingClassifier(FFFClassifier(max_iter=5, random_state=0), random_state=0)
+    assert classifier.fit(X[:401], y[:401]).score(X[401:], y[401:]) > 0.8
+    regressor = BaggingRegressor(FFFRegressor(max_iter=5, random_state=0), random_state=0)
+    assert np.isfinite(regressor.fit(X[:201], X[:201, 0]).predict(X[201:])).all()
+
+
+@pytest.mark.parametrize("zero_rows, batch_size", [(slice(3, None), "auto"), (slice(0, None, 2), 8)])
+def test_fitting_with_mostly_zero_sample_weights(cancer, zero_rows, batch_size):
+    X, y = cancer
+    weights = np.ones(300)
+    weights[zero_rows] = 0.0
+    model = FFFClassifier(max_iter=5, batch_size=batch_size, random_state=0)
+    model.fit(X[:300], y[:300], sample_weight=weights)
+    assert np.isfinite(model.predict_proba(X)).all()
+
+
+def test_divergence_from_a_huge_alpha_blames_alpha(cancer):
+    X, y = cancer
+    with pytest.raises(FloatingPointError, match="alpha=1e\\+300 is too large"):
+        FFFClassifier(max_iter=5, alpha=1e300).fit(X, y)
+
+
+def test_early_stopping_on_too_few_rows_raises_a_clear_error(cancer):
+    X, y = cancer
+    with pytest.raises(ValueError, match="holds out validation_fraction=0.1 of the 10 rows"):
+        FFFRegressor(early_stopping=True, max_iter=5).fit(X[:10], X[:10, 0])
+    # One held-out row is enough to score accuracy.
+    rows = np.r_[np.flatnonzero(y == 0)[:5], np.flatnonzero(y == 1)[:5]]
+    model = FFFClassifier(early_stopping=True, max_iter=5, random_state=0).fit(X[rows], y[rows])
+    assert len(model.validation_scores_) == model.n_iter_
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_fitting_targets_near_the_float64_limit_predicts_finite_values(cancer):
+    X, y = cancer
+    model = FFFRegressor(max_iter=5, random_state=0)
+    prediction = model.fit(X, y * 1e200 + 1e200).predict(X[:50])
+    assert np.isfinite(prediction).all()
+    np.testing.assert_allclose(
+        prediction / 1e200 - 1, clone(model).fit(X, y).predict(X[:50]), atol=1e-4
+    )
+    untransformable = np.where(y == 1, 1.7e308, -1.7e308)
+    untransformable[0] = 1.7e308
+    with pytest.raises(ValueError, match="cannot be standardised"):
+        clone(model).fit(X, untransformable)
+
+
+def test_inputs_beyond_the_float32_range_raise_at_predict(cancer):
+    X, y = cancer
+    model = FFFClassifier(max_iter=5, random_state=0).fit(X, y)
+    rows = X[:3].copy()
+    rows[1] = 3e38
+    for method in (model.predict, model.predict_proba, model.predict_log_proba):
+        with pytest.raises(ValueError, match="first such row: 1"):
+            method(rows)
+    rows[1] = 1e30  # large, but the float32 network still evaluates it
+    assert np.isfinite(model.predict_proba(rows)).all()
+
+
+@pytest.mark.parametrize("n_jobs", [0, 2**40, -(2**40)])
+def test_invalid_n_jobs_is_refused_before_fitting(cancer, n_jobs, monkeypatch):
+    X, y = cancer
+    monkeypatch.setattr(Trainer, "run_epoch", lambda *args: pytest.fail("fit started"))
+    with pytest.raises(ValueError, match="'n_jobs' parameter"):
+        FFFClassifier(n_jobs=n_jobs).fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "attribute, value, match",
+    [
+        ("_target_mean", np.array([np.nan, 0.0]), "_target_mean must be finite"),
+        ("_target_scale", np.array([np.inf, 1.0]), "_target_scale finite and positive"),
+        ("_target_scale", np.array([0.0, 1.0]), "_target_scale finite and positive"),
+        ("_target_mean", np.array(["a", "b"]), "_target_mean must be finite"),
+        ("_target_is_1d", True, "_target_is_1d"),
+    ],
+)
+def test_edited_regressor_values_raise_at_load(attribute, value, match):
+    X, y = make_regression(n_samples=100, n_features=4, n_targets=2, random_state=0)
+    hostile = pickle.loads(pickle.dumps(FFFRegressor(depth=1, max_iter=2).fit(X, y)))
+    hostile.__dict__[attribute] = value
+    with pytest.raises(ValueError, match=match):
+        pickle.loads(pickle.dumps(hostile))
+
+
+@pytest.mark.parametrize(
+    "value", [np.array([1, 1] + list(range(2, 10))), np.r_[np.nan, np.arange(1.0, 10.0)]]
+)
+def test_edited_classes_raise_at_load(fitted, value):
+    hostile = pickle.loads(pickle.dumps(fitted))
+    hostile.__dict__["classes_"] = value
+    with pytest.raises(ValueError, match="classes_ must be distinct"):
+        pickle.loads(pickle.dumps(hostile))
+
+
+def test_finite_but_huge_weights_raise_at_load(fitted):
+    with pytest.raises(ValueError, match="magnitude 3e\\+38"):
+        pickle.loads(_edited_pickle(fitted, leaf_hidden_weights=lambda a: np.full_like(a, 3e38)))
+
+
+def test_nan_classes_in_a_skops_file_raise_at_load(fitted):
+    sio = pytest.importorskip("skops.io")
+    from fffsklearn import skops_trusted_types
+
+    nan_classes = np.r_[np.nan, np.arange(1.0, 10.0)]
+    hostile = _skops_with(sio.dumps(fitted), replace_attribute=("classes_", nan_classes))
+    with pytest.raises(ValueError, match="classes_ must be distinct"):
+        sio.loads(hostile, trusted=skops_trusted_types())
+
+
+def test_a_fit_too_large_for_memory_is_refused_up_front(cancer, monkeypatch):
+    X, y = cancer
+    monkeypatch.setattr(Trainer, "run_epoch", lambda *args: pytest.fail("fit started"))
+    with pytest.raises(ValueError, match=r"depth=20, leaf_width=16 .* needs about \d+\.\d GiB"):
+        FFFClassifier(depth=20).fit(X[:300], y[:300])
+
+
+def test_a_deep_fit_stays_within_its_memory_estimate():
+    from fffsklearn._testing import PeakSampler, anonymous_rss_bytes
+    from fffsklearn._training import training_memory_bytes
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((300, 30)), rng.integers(0, 2, 300)
+    FFFClassifier(depth=2, max_iter=1).fit(X, y)  # torch allocates its pools once
+    baseline = anonymous_rss_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with PeakSampler() as sampler:
+            FFFClassifier(depth=12, max_iter=2, device="cpu").fit(X, y)
+    assert sampler.peak - baseline <= training_memory_bytes(30, 2, 12, 16, 16, 200)
