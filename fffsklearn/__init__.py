@@ -24,11 +24,35 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    # ONNX export needs the optional extra fffsklearn[onnx]: import it only when asked for.
-    # Importing it also registers the converters with skl2onnx (for Pipelines).
-    if name == "to_onnx":
-        from ._onnx import to_onnx
+def to_onnx(estimator, n_features=None, target_opset=None):
+    """Export a fitted FFFClassifier, FFFRegressor or a Pipeline holding one to ONNX.
 
-        return to_onnx
-    raise AttributeError(f"module 'fffsklearn' has no attribute {name!r}")
+    Needs the optional extra ``fffsklearn[onnx]``. The first call registers fffsklearn's
+    converters with skl2onnx, so that ``skl2onnx.to_onnx`` converts Pipelines holding an FFF
+    estimator afterwards too.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Fitted FFFClassifier or FFFRegressor, or a fitted Pipeline whose steps skl2onnx can
+        convert.
+    n_features : int, default=None
+        Number of input features; defaults to the estimator's ``n_features_in_``.
+    target_opset : int, default=None
+        ONNX opset; at least 13. None lets skl2onnx choose.
+
+    Returns
+    -------
+    onnx.ModelProto
+        Takes a float32 input ``X`` of shape (n_samples, n_features). A classifier returns
+        ``label`` (of the type of ``classes_``) and ``probabilities`` (an array, not a
+        ZipMap); a regressor ``variable``.
+
+    Raises
+    ------
+    ImportError
+        If the optional dependencies of ``fffsklearn[onnx]`` are not installed.
+    """
+    from ._onnx import export
+
+    return export(estimator, n_features=n_features, target_opset=target_opset)

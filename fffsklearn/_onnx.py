@@ -36,25 +36,8 @@ from ._classes import FFFClassifier, FFFRegressor
 _MIN_OPSET = 13  # ReduceSum and Squeeze take their axes as inputs from opset 13 on
 
 
-def to_onnx(estimator, n_features=None, target_opset=None):
-    """Export a fitted FFFClassifier, FFFRegressor or a Pipeline holding one to ONNX.
-
-    Parameters
-    ----------
-    estimator : estimator
-        Fitted FFFClassifier or FFFRegressor, or a fitted Pipeline whose steps skl2onnx can
-        convert.
-    n_features : int, default=None
-        Number of input features; defaults to the estimator's ``n_features_in_``.
-    target_opset : int, default=None
-        ONNX opset; at least 13. None lets skl2onnx choose.
-
-    Returns
-    -------
-    onnx.ModelProto
-        Takes a float32 input ``X`` of shape (n_samples, n_features). A classifier returns
-        ``label`` and ``probabilities`` (an array, not a ZipMap); a regressor ``variable``.
-    """
+def export(estimator, n_features=None, target_opset=None):
+    """The implementation of :func:`fffsklearn.to_onnx`, which documents it."""
     n_features = estimator.n_features_in_ if n_features is None else n_features
     options = None
     if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(

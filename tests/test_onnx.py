@@ -64,10 +64,15 @@ def test_pipeline_through_skl2onnx(digits):
     raw = X * 3 + 1
     pipeline = make_pipeline(StandardScaler(), FFFClassifier(depth=4, max_iter=5, random_state=0))
     pipeline.fit(raw, y)
-    exported = skl2onnx.to_onnx(pipeline, raw[:1], options={"zipmap": False})
-    label, proba = run(exported, raw)
-    np.testing.assert_array_equal(label, pipeline.predict(raw))
-    np.testing.assert_allclose(proba, pipeline.predict_proba(raw), rtol=1e-5, atol=1e-5)
+    # fffsklearn.to_onnx converts the Pipeline and registers the converters with skl2onnx,
+    # whose own to_onnx converts it afterwards too.
+    for exported in (
+        to_onnx(pipeline),
+        skl2onnx.to_onnx(pipeline, raw[:1], options={"zipmap": False}),
+    ):
+        label, proba = run(exported, raw)
+        np.testing.assert_array_equal(label, pipeline.predict(raw))
+        np.testing.assert_allclose(proba, pipeline.predict_proba(raw), rtol=1e-5, atol=1e-5)
 
 
 def test_missing_onnx_extra_is_named(monkeypatch):
@@ -78,7 +83,20 @@ def test_missing_onnx_extra_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "skl2onnx", None)
     monkeypatch.delitem(sys.modules, "fffsklearn._onnx", raising=False)
     with pytest.raises(ImportError, match=r"fffsklearn\[onnx\]"):
-        fffsklearn.to_onnx
+        fffsklearn.to_onnx(None)
+
+
+def test_star_import_needs_no_onnx_extra():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules.update(onnx=None, skl2onnx=None, onnxruntime=None); "
+        "from fffsklearn import *; print(to_onnx.__name__, FFFClassifier.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["to_onnx", "FFFClassifier"]
 
 
 @pytest.mark.parametrize(

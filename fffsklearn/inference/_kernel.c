@@ -619,21 +619,11 @@ done:
     return result;
 }
 
-static PyObject *openmp_max_threads(PyObject *self, PyObject *unused) {
-#ifdef _OPENMP
-    return PyLong_FromLong(omp_get_max_threads());
-#else
-    return PyLong_FromLong(1);
-#endif
-}
-
 static PyMethodDef methods[] = {
     {"hard_forward", hard_forward, METH_VARARGS,
      "hard_forward(arrays, X, leaves_out, outputs_out, n_threads)\n\n"
      "Route every row of X with hard decisions, write its leaf to leaves_out and, unless\n"
      "outputs_out is None, its raw output (chosen leaf plus master leaf) to outputs_out."},
-    {"openmp_max_threads", openmp_max_threads, METH_NOARGS,
-     "Threads an OpenMP region would use by default (1 if built without OpenMP)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
