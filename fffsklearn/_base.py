@@ -63,11 +63,12 @@ _PARAMETERS_DOC = """
         Rows per mini-batch; "auto" means ``min(200, n_samples)``.
 
     learning_rate_init : float, default=3e-3
-        Learning rate of the AdamW optimizer.
+        Learning rate of the Adam optimizer.
 
     alpha : float, default=3.0
         Strength of the L2 penalty on the weights (not the biases), as in scikit-learn's MLP:
-        ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch. Each
+        ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch (and
+        applied as Adam's coupled weight decay, which is its gradient). Each
         leaf sees only its share of the rows, so FFFs need more of it than a dense MLP: on
         digits, alpha=3 gave 97.8% held-out accuracy against 95.4% with MLP's 1e-4.
         FFFRegressor multiplies this penalty and the load-balancing loss by
