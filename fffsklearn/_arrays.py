@@ -8,9 +8,8 @@ compiled kernel without a copy.
 
 import numpy as np
 
+from ._activations import ACTIVATIONS
 from ._limits import MAX_ABS_WEIGHT, MAX_DEPTH
-
-ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
 
 _ARRAY_FIELDS = (
     "node_weights",

@@ -9,18 +9,10 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._activations import torch_activation
 from ._arrays import FFFArrays
-
-_TORCH_ACTIVATIONS = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "logistic": torch.sigmoid,
-    "identity": lambda t: t,
-}
-
 
 class SoftForward:
     """What one soft forward pass computed: outputs and the routing quantities of the losses.
@@ -37,22 +29,6 @@ class SoftForward:
         self.hard_one_hot = hard_one_hot
 
 
-# In-place activations of the forward, and the backward of each from its output (the ATen
-# kernels that autograd itself runs).
-_INPLACE_ACTIVATIONS = {
-    "relu": torch.relu_,
-    "tanh": torch.tanh_,
-    "logistic": torch.sigmoid_,
-    "identity": lambda t: t,
-}
-_ACTIVATION_BACKWARDS = {
-    "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0.0),
-    "tanh": torch.ops.aten.tanh_backward,
-    "logistic": torch.ops.aten.sigmoid_backward,
-    "identity": lambda grad, out: grad,
-}
-
-
 class _MixedLeaves(torch.autograd.Function):
     """Every leaf MLP on every row, mixed per row: ``sum_j m_ij * (act(x W1_j + b1_j) W2_j + b2_j)``.
 
@@ -66,7 +42,8 @@ class _MixedLeaves(torch.autograd.Function):
     def forward(ctx, X, hidden_weights, hidden_biases, mixture, output_weights, output_biases,
                 activation):
         n, n_leaves = mixture.shape
-        hidden = _INPLACE_ACTIVATIONS[activation](torch.addmm(hidden_biases, X, hidden_weights))
+        _, activate_in_place, _ = torch_activation(activation)
+        hidden = activate_in_place(torch.addmm(hidden_biases, X, hidden_weights))
         weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
         outputs = torch.addmm(mixture @ output_biases, weighted, output_weights.T)
         ctx.save_for_backward(X, hidden, weighted, mixture, output_weights, output_biases)
@@ -82,7 +59,8 @@ class _MixedLeaves(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             grad_mixture = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
             grad_mixture += grad_outputs @ output_biases.T
-        grad_hidden = _ACTIVATION_BACKWARDS[ctx.activation](
+        _, _, activation_backward = torch_activation(ctx.activation)
+        grad_hidden = activation_backward(
             grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
         )
         return (
@@ -161,7 +139,7 @@ class FFFNetwork(nn.Module):
         super().__init__()
         self.depth = depth
         self.activation = activation
-        self._activate = _TORCH_ACTIVATIONS[activation]
+        self._activate, _, _ = torch_activation(activation)
         n_nodes, n_leaves = 2**depth - 1, 2**depth
         d, l, m, o = n_features, leaf_width, master_leaf_width, n_outputs
 

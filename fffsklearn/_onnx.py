@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "pip install 'fffsklearn[onnx]'"
     ) from exc
 
+from ._activations import ONNX_OPERATORS
 from ._classes import FFFClassifier, FFFRegressor
 
 _MIN_OPSET = 13  # ReduceSum and Squeeze take their axes as inputs from opset 13 on
@@ -75,8 +76,7 @@ class _Graph:
         return var
 
     def activate(self, name, activation):
-        op = {"relu": "Relu", "tanh": "Tanh", "logistic": "Sigmoid", "identity": "Identity"}
-        return self.op(op[activation], name)
+        return self.op(ONNX_OPERATORS[activation], name)
 
 
 def _row_zeros(g, x):

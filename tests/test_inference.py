@@ -211,3 +211,51 @@ def test_kernel_rejects_bad_buffers(rng):
         _kernel.hard_forward(arrays, X, np.empty(4, np.int64), np.empty((4, 2), np.float32), 1)
     with pytest.raises(ValueError, match="n_threads"):
         _kernel.hard_forward(arrays, X, np.empty(4, np.int64), None, 0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_backend_covers_every_activation(activation):
+    """The registry's every activation: the NumPy reference, the kernel, the torch backend,
+    the training network's straight-through forward (the hard model) and the ONNX export."""
+    import torch
+
+    from fffsklearn import FFFClassifier
+    from fffsklearn._network import FFFNetwork
+
+    rng = np.random.default_rng(7)
+    arrays = random_arrays(rng, 3, 9, 5, 4, 3, activation)
+    X = rng.standard_normal((400, 9)).astype(np.float32)
+    reference, leaves = inference.hard_forward(arrays, X, backend="reference")
+    assert_backends_agree(arrays, X)
+
+    network = FFFNetwork.from_arrays(arrays).train()
+    with torch.no_grad():
+        trained = network(torch.from_numpy(X), straight_through=True).outputs.numpy()
+    np.testing.assert_allclose(trained, reference, rtol=1e-5, atol=1e-5)
+
+    pytest.importorskip("onnxruntime")
+    import onnxruntime
+
+    from fffsklearn import to_onnx
+
+    model = FFFClassifier(depth=3, activation=activation)
+    model.arrays_, model.classes_, model.n_features_in_ = arrays, np.arange(3), 9
+    session = onnxruntime.InferenceSession(
+        to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    _, probabilities = session.run(None, {"X": X})
+    np.testing.assert_allclose(probabilities, model.predict_proba(X), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_never_imports_training_code():
+    import ast
+    from pathlib import Path
+
+    package = Path(inference.__file__).parent
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [alias.name for alias in node.names]
+                assert not any(
+                    part in name for name in names for part in ("_training", "_network")
+                ), f"{source.name} imports {names}"

@@ -7,15 +7,8 @@ order still agree on the sign of the logit except within about 1e-16 of a node's
 """
 
 import numpy as np
-from scipy.special import expit
 
-_NUMPY_ACTIVATIONS = {
-    "relu": lambda h: np.maximum(h, 0, out=h),
-    "tanh": lambda h: np.tanh(h, out=h),
-    "logistic": lambda h: expit(h, out=h),
-    "identity": lambda h: h,
-}
-
+from .._activations import NUMPY_ACTIVATIONS
 
 def route(arrays, X):
     """Leaf index of each row of float32 ``X`` (hard routing: right iff logit > 0)."""
@@ -41,7 +34,7 @@ def forward(arrays, X):
     leaves : ndarray of shape (n_samples,), intp
     """
     leaves = route(arrays, X)
-    activate = _NUMPY_ACTIVATIONS[arrays.activation]
+    activate = NUMPY_ACTIVATIONS[arrays.activation]
     outputs = np.empty((X.shape[0], arrays.n_outputs), dtype=np.float32)
     order = np.argsort(leaves, kind="stable")
     starts = np.searchsorted(leaves[order], np.arange(arrays.n_leaves + 1))

@@ -11,7 +11,7 @@ import weakref
 import numpy as np
 import torch
 
-from .._network import _TORCH_ACTIVATIONS
+from .._activations import torch_activation
 
 # Bytes of the largest temporary tensor (gathered node rows or leaf weights) per sub-chunk.
 _TEMPORARY_BUDGET = 1 << 27
@@ -57,7 +57,7 @@ def forward(arrays, X, device, with_outputs=True):
     step = max(1, _TEMPORARY_BUDGET // (d * width))
     leaves = torch.empty(n, dtype=torch.long, device=device)
     outputs = torch.empty(n, arrays.n_outputs, device=device) if with_outputs else None
-    activate = _TORCH_ACTIVATIONS[arrays.activation]
+    activate, _, _ = torch_activation(arrays.activation)
     for start in range(0, n, step):
         rows = x[start : start + step]
         node = torch.zeros(rows.shape[0], dtype=torch.long, device=device)
