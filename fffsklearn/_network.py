@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._activations import torch_activation
@@ -29,95 +30,148 @@ class SoftForward:
         self.hard_one_hot = hard_one_hot
 
 
-class _MixedLeaves(torch.autograd.Function):
-    """Every leaf MLP on every row, mixed per row: ``sum_j m_ij * (act(x W1_j + b1_j) W2_j + b2_j)``.
+class _SoftForwardFunction(torch.autograd.Function):
+    """The whole soft forward of :class:`FFFNetwork` as one autograd node, with its backward.
 
-    The same function as autograd would build from the expression, with a hand-written
-    backward that reuses its buffers: three temporaries of shape (rows, training width) per
-    step where the autograd graph allocates seven. On a CPU, allocating and faulting in those
-    temporaries is what most of a training step's time went to beyond the matrix products.
+    Autograd of the plain expression records about fifty small operations per training step
+    and allocates seven (rows x training width) temporaries; on a CPU their bookkeeping cost
+    more than the matrix products themselves. Here the forward keeps three such temporaries
+    and the backward reuses them.
+
+    Routing works on log-probabilities, so that its cost does not grow with the number of
+    levels in Python: a leaf's log-probability is the sum over its path of
+    ``log sigmoid(z)`` where the path goes right at a node of logit ``z`` and
+    ``log sigmoid(-z)`` where it goes left, gathered in one indexing operation
+    (``path_steps``). The same sums over the 0/1 agreements of each step with the sign of its
+    logit count, for each path, the decisions it shares with hard routing; the hard leaf is
+    the one path where all ``depth`` agree. The backward never divides by a probability: the
+    gradient of a step's log-probability is the sum of ``grad * probability`` over the leaves
+    below the step, a contiguous range of leaves (``subtree_bounds``) read off one cumulative
+    sum.
+
+    Inputs are the rows, the ten parameters in the order of
+    :meth:`FFFNetwork.parameters_in_forward_order`, ``swap`` (a boolean (rows, nodes) mask of
+    region-leak swaps, or None), whether the outputs are the hard leaf's (straight-through),
+    the activation's name, and the two index tensors of :func:`tree_paths`.
+    Returns the outputs, the leaf probabilities (differentiable), the probabilities of going
+    right at every node and the one-hot matrix of the hard leaves (neither differentiable).
     """
 
     @staticmethod
-    def forward(ctx, X, hidden_weights, hidden_biases, mixture, output_weights, output_biases,
-                activation):
-        n, n_leaves = mixture.shape
+    def forward(ctx, X, node_weights, node_biases, leaf_hidden_weights, leaf_hidden_biases,
+                leaf_output_weights, leaf_output_biases, master_hidden_weights,
+                master_hidden_biases, master_output_weights, master_output_biases, swap,
+                straight_through, activation, path_steps, subtree_bounds):
+        ctx.set_materialize_grads(False)
+        n, n_leaves = X.shape[0], leaf_output_biases.shape[0]
+        logits = torch.addmm(node_biases, X, node_weights.T)
+        n_nodes = logits.shape[1]
+        # Left steps then right steps of every node: log sigmoid(-z) and log sigmoid(z), and
+        # whether each agrees with the hard decision (right when z > 0).
+        signed = logits if swap is None else torch.where(swap, -logits, logits)
+        log_steps = F.logsigmoid(torch.cat((-signed, signed), dim=1))
+        agreement = torch.cat((logits <= 0, logits > 0), dim=1).to(X.dtype)
+        sums = (
+            torch.stack((log_steps, agreement))
+            .index_select(2, path_steps)
+            .view(2, n, n_leaves, -1)
+            .sum(dim=3)
+        )
+        leaf_probabilities = sums[0].exp_()
+        hard_one_hot = (sums[1] == n_leaves.bit_length() - 1).to(X.dtype)
+        right = log_steps[:, n_nodes:].exp()
+        mixture = hard_one_hot if straight_through else leaf_probabilities
+
         _, activate_in_place, _ = torch_activation(activation)
-        hidden = activate_in_place(torch.addmm(hidden_biases, X, hidden_weights))
+        hidden = activate_in_place(torch.addmm(leaf_hidden_biases, X, leaf_hidden_weights))
         weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
-        outputs = torch.addmm(mixture @ output_biases, weighted, output_weights.T)
-        ctx.save_for_backward(X, hidden, weighted, mixture, output_weights, output_biases)
-        ctx.activation = activation
-        return outputs
+        outputs = torch.addmm(mixture @ leaf_output_biases, weighted, leaf_output_weights.T)
+        master_hidden = None
+        if master_hidden_weights.shape[1]:
+            master_hidden = activate_in_place(
+                torch.addmm(master_hidden_biases, X, master_hidden_weights)
+            )
+            outputs.addmm_(master_hidden, master_output_weights)
+        outputs += master_output_biases
+
+        ctx.save_for_backward(
+            X, log_steps, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+            leaf_output_weights, leaf_output_biases, master_output_weights, subtree_bounds,
+        )
+        ctx.swap, ctx.activation = swap, activation
+        ctx.mark_non_differentiable(right, hard_one_hot)
+        return outputs, leaf_probabilities, right, hard_one_hot
 
     @staticmethod
-    def backward(ctx, grad_outputs):
-        X, hidden, weighted, mixture, output_weights, output_biases = ctx.saved_tensors
+    def backward(ctx, grad_outputs, grad_probabilities, _right, _hard):
+        (X, log_steps, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+         leaf_output_weights, leaf_output_biases, master_output_weights,
+         subtree_bounds) = ctx.saved_tensors
         n, n_leaves = mixture.shape
-        grad_weighted = (grad_outputs @ output_weights).view(n, n_leaves, -1)
-        grad_mixture = None
-        if ctx.needs_input_grad[3]:
-            grad_mixture = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
-            grad_mixture += grad_outputs @ output_biases.T
         _, _, activation_backward = torch_activation(ctx.activation)
-        grad_hidden = activation_backward(
-            grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
-        )
-        return (
-            None,
-            X.T @ grad_hidden,
-            grad_hidden.sum(dim=0),
-            grad_mixture,
-            grad_outputs.T @ weighted,
-            mixture.T @ grad_outputs,
-            None,
-        )
+        grads = [None] * 16
+        routing_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_mixture = grad_probabilities
+        if grad_outputs is not None:
+            if master_hidden is not None:
+                grads[9] = master_hidden.T @ grad_outputs
+                grad_master = activation_backward(
+                    grad_outputs @ master_output_weights.T, master_hidden
+                )
+                grads[7], grads[8] = X.T @ grad_master, grad_master.sum(dim=0)
+            grads[10] = grad_outputs.sum(dim=0)
+            grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
+            if routing_trains:
+                # Straight-through: the hard mixture's gradient is given to the soft one.
+                leaf_grad = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
+                leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
+                grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
+            grad_hidden = activation_backward(
+                grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
+            )
+            grads[3], grads[4] = X.T @ grad_hidden, grad_hidden.sum(dim=0)
+            grads[5] = grad_outputs.T @ weighted
+            grads[6] = mixture.T @ grad_outputs
+        if routing_trains and grad_mixture is not None and log_steps.shape[1]:
+            # The gradient of a step's log-probability is the sum of grad * probability over
+            # the leaves below it: a contiguous range of leaves, read off a cumulative sum.
+            below = torch.cumsum(grad_mixture * leaf_probabilities, dim=1)
+            below = F.pad(below, (1, 0)).index_select(1, subtree_bounds).view(n, 2, -1)
+            grad_steps = (below[:, 1] - below[:, 0]) * -torch.expm1(log_steps)
+            n_nodes = log_steps.shape[1] // 2
+            grad_logits = grad_steps[:, n_nodes:] - grad_steps[:, :n_nodes]
+            if ctx.swap is not None:
+                grad_logits = torch.where(ctx.swap, -grad_logits, grad_logits)
+            grads[1], grads[2] = grad_logits.T @ X, grad_logits.sum(dim=0)
+        return tuple(grads)
 
 
-class _PathProducts(torch.autograd.Function):
-    """Path probabilities of every leaf, and the one-hot matrix of each row's hard leaf.
+def tree_paths(depth):
+    """Index tensors that describe the paths of a depth-``depth`` tree to its leaves.
 
-    A leaf's probability is the product over its path of the step taken at each node:
-    ``right`` where the path goes right, ``1 - right`` where it goes left. Its hard indicator
-    is the same product over the 0/1 decisions ``went_right``: 1 for the one path whose every
-    step agrees with the sign of its logits. Both are built level by level from the root.
+    Steps are numbered as the columns of ``cat((left steps, right steps))``: the left step of
+    node ``c`` (nodes in breadth-first order) is ``c``, its right step ``n_nodes + c``.
 
-    The backward runs from the leaves up without dividing by a probability (which may be 0):
-    with ``prefix(c)`` the product of the steps that lead to node ``c`` and ``D(v)`` the
-    gradient-weighted sum over the leaves below ``v`` of the steps from ``v`` down,
-    ``dL/d right_c = prefix(c) * (D(right child) - D(left child))`` and
-    ``D(c) = (1 - right_c) * D(left child) + right_c * D(right child)``.
+    Returns
+    -------
+    path_steps : LongTensor of shape (n_leaves * depth,)
+        The steps from the root to leaf 0, then to leaf 1, and so on.
+    subtree_bounds : LongTensor of shape (2 * 2 * n_nodes,)
+        For every step, the first leaf below it, then for every step, one past its last leaf.
     """
-
-    @staticmethod
-    def forward(ctx, right, went_right):
-        both = torch.stack((right, went_right.to(right.dtype)))
-        products = both.new_ones(both.shape[:-1] + (1,))
-        prefixes = []
-        for first in (2**level - 1 for level in range(right.shape[1].bit_length())):
-            level_right = both[..., first : 2 * first + 1]
-            prefixes.append(products[0])
-            # Children of local node j at the next level are 2j (left) and 2j + 1 (right).
-            products = torch.stack(
-                (products * (1 - level_right), products * level_right), dim=-1
-            ).flatten(-2)
-        ctx.save_for_backward(right, *prefixes)
-        hard_one_hot = products[1]
-        ctx.mark_non_differentiable(hard_one_hot)
-        return products[0], hard_one_hot
-
-    @staticmethod
-    def backward(ctx, grad_probabilities, _):
-        right, *prefixes = ctx.saved_tensors
-        grad_right = torch.empty_like(right)
-        below = grad_probabilities
-        for level in reversed(range(len(prefixes))):
-            first = 2**level - 1
-            left_sum, right_sum = below.unflatten(-1, (-1, 2)).unbind(-1)
-            difference = right_sum - left_sum
-            torch.mul(prefixes[level], difference, out=grad_right[:, first : 2 * first + 1])
-            below = left_sum + right[:, first : 2 * first + 1] * difference
-        return grad_right, None
+    n_leaves, n_nodes = 2**depth, 2**depth - 1
+    leaves = np.arange(n_leaves)
+    path_steps = np.empty((n_leaves, depth), dtype=np.int64)
+    for level in range(depth):
+        node = 2**level - 1 + (leaves >> (depth - level))
+        goes_right = (leaves >> (depth - 1 - level)) & 1
+        path_steps[:, level] = goes_right * n_nodes + node
+    levels = np.floor(np.log2(np.arange(n_nodes) + 1)).astype(np.int64)
+    subtree = 2 ** (depth - 1 - levels)  # leaves below either child of each node
+    first_of_left = (np.arange(n_nodes) + 1 - 2**levels) * 2 * subtree
+    starts = np.concatenate((first_of_left, first_of_left + subtree))
+    ends = starts + np.concatenate((subtree, subtree))
+    return torch.from_numpy(path_steps.ravel()), torch.from_numpy(np.concatenate((starts, ends)))
 
 
 class FFFNetwork(nn.Module):
@@ -139,7 +193,6 @@ class FFFNetwork(nn.Module):
         super().__init__()
         self.depth = depth
         self.activation = activation
-        self._activate, _, _ = torch_activation(activation)
         n_nodes, n_leaves = 2**depth - 1, 2**depth
         d, l, m, o = n_features, leaf_width, master_leaf_width, n_outputs
 
@@ -158,6 +211,9 @@ class FFFNetwork(nn.Module):
         # training step then run with contiguous operands, measured 2 to 6 times faster.
         self.leaf_output_weights = nn.Parameter(uniform(l, n_leaves * l, o).T.contiguous())
         self.leaf_output_biases = uniform(l, n_leaves, o)
+        path_steps, subtree_bounds = tree_paths(depth)
+        self.register_buffer("path_steps", path_steps, persistent=False)
+        self.register_buffer("subtree_bounds", subtree_bounds, persistent=False)
         self.master_hidden_weights = uniform(d, d, m)
         self.master_hidden_biases = uniform(d, m)
         self.master_output_weights = uniform(max(m, 1), m, o)
@@ -184,6 +240,16 @@ class FFFNetwork(nn.Module):
     @property
     def n_leaves(self):
         return 2**self.depth
+
+    def parameters_in_forward_order(self):
+        """Every parameter, in the order :class:`_SoftForwardFunction` takes them."""
+        return (
+            self.node_weights, self.node_biases,
+            self.leaf_hidden_weights, self.leaf_hidden_biases,
+            self.leaf_output_weights, self.leaf_output_biases,
+            self.master_hidden_weights, self.master_hidden_biases,
+            self.master_output_weights, self.master_output_biases,
+        )
 
     def weight_matrices(self):
         """The parameters that the L2 penalty ``alpha`` applies to (no biases)."""
@@ -214,26 +280,15 @@ class FFFNetwork(nn.Module):
         -------
         SoftForward
         """
-        logits = torch.addmm(self.node_biases, X, self.node_weights.T)
-        right = torch.sigmoid(logits)
+        swap = None
         if self.training and region_leak > 0 and self.depth > 0:
-            swap = torch.rand(right.shape, generator=generator, device=X.device) < region_leak
-            right = torch.where(swap, 1 - right, right)
-        leaf_probabilities, hard_one_hot = _PathProducts.apply(right, logits.detach() > 0)
-        mixture = leaf_probabilities
-        if straight_through:
-            # Forward through the hard leaf, backward through the soft path probabilities.
-            mixture = hard_one_hot + (leaf_probabilities - leaf_probabilities.detach())
-        outputs = _MixedLeaves.apply(
-            X, self.leaf_hidden_weights, self.leaf_hidden_biases, mixture,
-            self.leaf_output_weights, self.leaf_output_biases, self.activation,
+            swap = torch.rand(
+                (X.shape[0], self.n_leaves - 1), generator=generator, device=X.device
+            ) < region_leak
+        outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
+            X, *self.parameters_in_forward_order(), swap, straight_through, self.activation,
+            self.path_steps, self.subtree_bounds,
         )
-        if self.master_hidden_weights.shape[1]:
-            master_hidden = self._activate(
-                torch.addmm(self.master_hidden_biases, X, self.master_hidden_weights)
-            )
-            outputs = torch.addmm(outputs, master_hidden, self.master_output_weights)
-        outputs = outputs + self.master_output_biases
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot)
 
     def to_arrays(self):

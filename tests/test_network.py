@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fffsklearn._arrays import ACTIVATIONS
-from fffsklearn._network import FFFNetwork, _MixedLeaves, _PathProducts
+from fffsklearn._network import FFFNetwork, _SoftForwardFunction
 
 _PLAIN_ACTIVATIONS = {
     "relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "identity": lambda t: t,
@@ -23,56 +23,117 @@ def _plain_path_products(right, depth):
     return products
 
 
-@pytest.mark.parametrize("depth", [0, 1, 2, 5])
-def test_path_products_and_their_gradient_match_the_plain_products(depth):
-    generator = torch.Generator().manual_seed(depth)
-    logits = torch.randn(9, 2**depth - 1, dtype=torch.float64, generator=generator)
-    logits[0, :] = 0.0  # on every boundary: the hard path goes left
-    logits.requires_grad_(True)
+def _plain_soft_forward(network, X, swap, straight_through):
+    """The soft forward written as the formulas, for autograd to differentiate."""
+    depth, n = network.depth, X.shape[0]
+    (node_weights, node_biases, hidden_weights, hidden_biases, output_weights, output_biases,
+     master_hidden_weights, master_hidden_biases, master_output_weights,
+     master_output_biases) = network.parameters_in_forward_order()
+    logits = X @ node_weights.T + node_biases
     right = torch.sigmoid(logits)
-    probabilities, hard = _PathProducts.apply(right, logits.detach() > 0)
-    torch.testing.assert_close(probabilities, _plain_path_products(right, depth))
-    expected_leaf = _plain_path_products((logits.detach() > 0).double(), depth).argmax(1)
-    np.testing.assert_array_equal(hard.argmax(1), expected_leaf)
-    assert torch.all(hard.sum(1) == 1) and hard[0, 0] == 1
-    if depth:
-        # Saturated probabilities (exactly 0 or 1) must not make the gradient NaN.
-        saturated = torch.tensor([[-800.0] + [0.3] * (2**depth - 2)], dtype=torch.float64)
-        torch.autograd.gradcheck(
-            lambda z: _PathProducts.apply(torch.sigmoid(z), z > 0)[0], (logits,)
+    if swap is not None:
+        right = torch.where(swap, 1 - right, right)
+    probabilities = _plain_path_products(right, depth)
+    hard = _plain_path_products((logits.detach() > 0).to(X.dtype), depth)
+    mixture = hard + probabilities - probabilities.detach() if straight_through else probabilities
+    activate = _PLAIN_ACTIVATIONS[network.activation]
+    hidden = activate(X @ hidden_weights + hidden_biases).view(n, network.n_leaves, -1)
+    leaf_outputs = torch.einsum(
+        "nlw,olw->nlo", hidden, output_weights.view(-1, network.n_leaves, hidden.shape[2])
+    ) + output_biases
+    outputs = (mixture.unsqueeze(2) * leaf_outputs).sum(1) + master_output_biases
+    if master_hidden_weights.shape[1]:
+        outputs = outputs + activate(X @ master_hidden_weights + master_hidden_biases) @ (
+            master_output_weights
         )
-        grad = torch.autograd.grad(
-            _PathProducts.apply(torch.sigmoid(saturated.requires_grad_()), saturated > 0)[0]
-            .sum(), saturated)[0]
-        assert torch.isfinite(grad).all()
+    return outputs, probabilities, hard
+
+
+def _random_network(depth, activation, master_leaf_width, seed=0):
+    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation,
+                         torch.Generator().manual_seed(seed)).double()
+    with torch.no_grad():  # routing logits of all sizes, and some rows on a boundary
+        network.node_weights.mul_(3.0)
+    return network
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("routing_trains", [True, False])
-def test_mixed_leaves_gradient_matches_autograd_of_the_formula(activation, routing_trains):
-    generator = torch.Generator().manual_seed(0)
-    n, d, n_leaves, width, n_outputs = 6, 5, 4, 3, 2
+@pytest.mark.parametrize("depth", [0, 1, 3])
+@pytest.mark.parametrize("straight_through", [True, False])
+@pytest.mark.parametrize("leak", [False, True])
+def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
+    activation, depth, straight_through, leak
+):
+    network = _random_network(depth, activation, master_leaf_width=0 if leak else 2)
+    generator = torch.Generator().manual_seed(1)
+    X = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    swap = torch.rand(7, 2**depth - 1, generator=generator) < 0.3 if leak else None
+    parameters = network.parameters_in_forward_order()
+    if not network.master_output_biases.requires_grad:
+        parameters = parameters[:-1]  # no master leaf: its zero bias is a constant
 
-    def random(*shape, grad=True):
-        return torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_(grad)
+    def fused():
+        outputs, probabilities, _, hard = _SoftForwardFunction.apply(
+            X, *network.parameters_in_forward_order(), swap, straight_through, activation,
+            network.path_steps, network.subtree_bounds,
+        )
+        return outputs, probabilities
 
-    X = random(n, d, grad=False)
-    hidden_weights, hidden_biases = random(d, n_leaves * width), random(n_leaves * width)
-    mixture = torch.softmax(random(n, n_leaves, grad=False), 1).requires_grad_(routing_trains)
-    output_weights, output_biases = random(n_outputs, n_leaves * width), random(n_leaves, n_outputs)
-    inputs = (X, hidden_weights, hidden_biases, mixture, output_weights, output_biases)
+    outputs, probabilities, hard = _plain_soft_forward(network, X, swap, straight_through)
+    fused_outputs, fused_probabilities = fused()
+    torch.testing.assert_close(fused_outputs, outputs)
+    torch.testing.assert_close(fused_probabilities, probabilities)
+    _, _, right, fused_hard = _SoftForwardFunction.apply(
+        X, *network.parameters_in_forward_order(), swap, straight_through, activation,
+            network.path_steps, network.subtree_bounds,
+    )
+    torch.testing.assert_close(fused_hard, hard)
+    # Both outputs carry gradient: the data loss and the load-balancing loss.
+    weights = torch.randn(2, generator=generator, dtype=torch.float64)
 
-    def plain(X, hidden_weights, hidden_biases, mixture, output_weights, output_biases):
-        hidden = _PLAIN_ACTIVATIONS[activation](X @ hidden_weights + hidden_biases)
-        leaf_outputs = torch.einsum(
-            "nlw,olw->nlo", hidden.view(n, n_leaves, width),
-            output_weights.view(n_outputs, n_leaves, width),
-        ) + output_biases
-        return (mixture.unsqueeze(2) * leaf_outputs).sum(1)
+    def loss():
+        outputs, probabilities = fused()
+        return (outputs * weights).sum() + (probabilities**2).sum()
 
-    outputs = _MixedLeaves.apply(*inputs, activation)
-    torch.testing.assert_close(outputs, plain(*inputs))
-    torch.autograd.gradcheck(lambda *args: _MixedLeaves.apply(*args, activation), inputs)
+    def plain_loss():
+        outputs, probabilities, _ = _plain_soft_forward(network, X, swap, straight_through)
+        return (outputs * weights).sum() + (probabilities**2).sum()
+
+    options = dict(allow_unused=True, materialize_grads=True)  # depth 0 has no routing
+    expected = torch.autograd.grad(plain_loss(), parameters, **options)
+    got = torch.autograd.grad(loss(), parameters, **options)
+    for index, (e, g) in enumerate(zip(expected, got)):
+        torch.testing.assert_close(g, e, msg=f"gradient of parameter {index}")
+
+
+def test_every_row_has_one_hard_leaf_and_a_tie_goes_left():
+    network = _random_network(3, "relu", 2)
+    X = torch.randn(9, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        network.node_weights[:, 0] = 0.0
+        network.node_biases.zero_()
+    X[0] = 0.0  # every logit is exactly 0
+    hard = network(X).hard_one_hot
+    assert torch.all(hard.sum(1) == 1) and hard[0, 0] == 1
+    expected = _plain_path_products(
+        (X @ network.node_weights.T + network.node_biases > 0).double(), 3
+    )
+    torch.testing.assert_close(hard, expected)
+
+
+def test_saturated_routing_gives_finite_gradients():
+    # Probabilities of exactly 0 or 1 (logits of +-800) must not make the gradient NaN.
+    network = _random_network(3, "tanh", 2)
+    with torch.no_grad():
+        network.node_biases[0] = -800.0
+        network.node_biases[1:] = 800.0
+    X = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    result = network(X, straight_through=True)
+    (result.outputs.sum() + result.leaf_probabilities.sum()).backward()
+    for parameter in network.parameters_in_forward_order():
+        if parameter.grad is not None:
+            assert torch.isfinite(parameter.grad).all()
+    assert torch.isfinite(result.leaf_probabilities).all()
 
 
 def test_straight_through_forward_is_the_hard_model_and_trains_the_routing():
