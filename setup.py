@@ -6,12 +6,38 @@ reference path (with a warning at import); set FFFSKLEARN_REQUIRE_KERNEL=1 to ma
 error instead, as CI does.
 """
 
+import ast
 import os
 import sys
 import tempfile
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+def _package_constant(module, name):
+    """The literal value of ``name`` in ``fffsklearn/<module>.py``, read without importing it
+    (the build runs before the package's dependencies are importable)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fffsklearn", module + ".py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == name for target in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"{name} not found in {path}")
+
+
+def kernel_macros():
+    """The kernel's depth limit and activation codes, from the Python modules that define
+    them: ``MAX_DEPTH`` of ``_limits.py``, and ``FFF_ACT_<NAME>`` = the position of each name in
+    ``ACTIVATIONS`` of ``_activations.py``, with the names themselves as ``FFF_ACTIVATIONS``."""
+    activations = _package_constant("_activations", "ACTIVATIONS")
+    return [
+        ("FFF_MAX_DEPTH", str(_package_constant("_limits", "MAX_DEPTH"))),
+        ("FFF_ACTIVATIONS", ",".join(f'"{name}"' for name in activations)),
+    ] + [(f"FFF_ACT_{name.upper()}", str(code)) for code, name in enumerate(activations)]
+
 
 OPENMP_TEST = "#include <omp.h>\nint max_threads(void) { return omp_get_max_threads(); }\n"
 
@@ -60,6 +86,12 @@ class OptionalOpenMPBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("fffsklearn.inference._kernel", ["fffsklearn/inference/_kernel.c"])],
+    ext_modules=[
+        Extension(
+            "fffsklearn.inference._kernel",
+            ["fffsklearn/inference/_kernel.c"],
+            define_macros=kernel_macros(),
+        )
+    ],
     cmdclass={"build_ext": OptionalOpenMPBuildExt},
 )

@@ -7,9 +7,9 @@ routing neurons and one leaf run per row, however many leaves the tree has.
 """
 
 from ._arrays import FFFArrays
-from ._base import FitInterrupted, InconsistentFFFVersionWarning
+from ._base import FitInterrupted
 from ._classes import FFFClassifier, FFFRegressor
-from ._persistence import skops_trusted_types
+from ._persistence import InconsistentFFFVersionWarning, skops_trusted_types
 from ._version import __version__
 
 __all__ = [

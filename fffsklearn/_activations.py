@@ -2,7 +2,8 @@
 inference backend and the ONNX exporter.
 
 Adding one means one entry in each table here, and its case in the compiled kernel's
-``activate`` (``inference/_kernel.c``), whose codes follow the order of ``ACTIVATIONS``;
+``activate`` (``inference/_kernel.c``); the kernel's build reads ``ACTIVATIONS`` from this
+file for its codes (``setup.py``), and refuses a name it has no case for;
 ``tests/test_inference.py::test_every_backend_covers_every_activation`` checks them all.
 This module imports no torch, so that NumPy inference does not need it loaded.
 """

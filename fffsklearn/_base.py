@@ -7,7 +7,6 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
@@ -16,11 +15,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import inference
-from ._arrays import ACTIVATIONS, FFFArrays
+from ._arrays import ACTIVATIONS
+from ._device import prediction_options, training_device
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
+from ._persistence import FittedStatePersistence
 from ._progress import EpochReporter
-from ._training import Schedule, Trainer, resolve_device, training_memory_bytes
-from ._version import STATE_FORMAT, __version__
+from ._training import Schedule, Trainer, training_memory_bytes
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -155,15 +155,11 @@ def _physical_memory_bytes():
         return None
 
 
-class InconsistentFFFVersionWarning(UserWarning):
-    """Loading an estimator that another fffsklearn version saved."""
-
-
 class FitInterrupted(KeyboardInterrupt):
     """The KeyboardInterrupt that fit re-raises after keeping its last completed epoch."""
 
 
-class BaseFFF(BaseEstimator, metaclass=ABCMeta):
+class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
     """Shared implementation of the FFF estimators; use FFFClassifier or FFFRegressor."""
 
     _parameter_constraints = {
@@ -307,7 +303,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             raise
 
     def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None):
-        device = resolve_device(self.device)
+        device = training_device(self.device)
         X, y = validate_data(
             self,
             X,
@@ -330,7 +326,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
                 X, y_encoded, sample_weight, rng
             )
-            inference_options = self._inference_options()
+            inference_options = prediction_options(self.device, self.n_jobs)
 
             def validation_score(arrays):
                 outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
@@ -390,7 +386,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
         else:
             self.validation_scores_ = self.best_validation_score_ = None
         self.leaf_sample_counts_ = np.bincount(
-            inference.apply(arrays, X, **self._inference_options()), minlength=arrays.n_leaves
+            inference.apply(arrays, X, **prediction_options(self.device, self.n_jobs)), minlength=arrays.n_leaves
         ).astype(np.int64)
 
         if result.stop_reason == "interrupted":
@@ -455,18 +451,6 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             )
 
     # ----------------------------------------------------------------------------- inference
-    def _inference_options(self):
-        """Where predict runs: on the CUDA device that ``device`` names or ("auto") finds,
-        if it is available here, else on the CPU through the default backend. A model
-        trained on a GPU thus predicts on a CPU-only machine; ``set_params(device="cpu")``
-        chooses the CPU on any machine."""
-        if self.device != "cpu" and torch.cuda.is_available():
-            device = torch.device("cuda" if self.device == "auto" else self.device)
-            if (device.index or 0) < torch.cuda.device_count():
-                return {"backend": "torch", "device": device}
-        return {"backend": inference.default_backend(),
-                "n_threads": inference.effective_n_threads(self.n_jobs)}
-
     def _validate_for_inference(self, X, options):
         check_is_fitted(self, "arrays_")
         # The compiled kernel rejects NaN and infinity itself while it routes, which saves a
@@ -486,7 +470,7 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
 
         Rows whose outputs overflow (inputs far outside the training range, beyond what the
         float32 network can evaluate) raise ``ValueError`` rather than return NaN or inf."""
-        options = self._inference_options()
+        options = prediction_options(self.device, self.n_jobs)
         X = self._validate_for_inference(X, options)
         result = None
         for rows, outputs, _ in inference.iter_hard_forward(self.arrays_, X, **options):
@@ -520,69 +504,9 @@ class BaseFFF(BaseEstimator, metaclass=ABCMeta):
             Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
             decisions taken from the root down (1 means right).
         """
-        options = self._inference_options()
+        options = prediction_options(self.device, self.n_jobs)
         X = self._validate_for_inference(X, options)
         return inference.apply(self.arrays_, X, **options)
-
-    # ----------------------------------------------------------------------------- state
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        # The torch network and optimizer exist only while training; the fitted model is
-        # arrays_. Dropping them keeps pickles small, device-independent and skops-safe.
-        state.pop("_trainer", None)
-        state["_fffsklearn_version"] = __version__
-        state["_fffsklearn_state_format"] = STATE_FORMAT
-        return state
-
-    def __setstate__(self, state):
-        saved_format = state.pop("_fffsklearn_state_format", None)
-        saved_version = state.pop("_fffsklearn_version", "unknown")
-        if saved_format != STATE_FORMAT:
-            warnings.warn(
-                f"This {type(self).__name__} was saved by fffsklearn {saved_version} in state "
-                f"format {saved_format}; this is fffsklearn {__version__} (format "
-                f"{STATE_FORMAT}). It may not load or predict correctly: refit it.",
-                InconsistentFFFVersionWarning,
-            )
-        elif saved_version != __version__:
-            warnings.warn(
-                f"This {type(self).__name__} was saved by fffsklearn {saved_version}; this is "
-                f"fffsklearn {__version__}. The state format is the same, so it predicts as "
-                "before, but check the release notes before relying on it.",
-                InconsistentFFFVersionWarning,
-            )
-        if "arrays_" in state:
-            self._check_loaded_state(state)
-        super().__setstate__(state)
-
-    def _check_loaded_state(self, state):
-        """Reject a fitted state whose parts do not fit together (an edited or corrupt file).
-
-        ``arrays_`` validated itself while it was unpickled; this checks what links it to the
-        rest of the estimator.
-        """
-        arrays = state["arrays_"]
-        where = f"Corrupt {type(self).__name__} state"
-        if not isinstance(arrays, FFFArrays):
-            raise ValueError(f"{where}: arrays_ is a {type(arrays).__name__}, not FFFArrays.")
-        expected_shapes = {"leaf_sample_counts_": (arrays.n_leaves,)}
-        expected_shapes.update(self._expected_target_shapes(arrays.n_outputs))
-        for name, shape in expected_shapes.items():
-            value = state.get(name)
-            if not isinstance(value, np.ndarray) or value.shape != shape:
-                raise ValueError(f"{where}: {name} is missing or does not have shape {shape}.")
-        counts = state["leaf_sample_counts_"]
-        if counts.dtype.kind not in "iu" or (counts < 0).any():
-            raise ValueError(f"{where}: leaf_sample_counts_ must be non-negative integers.")
-        if state.get("n_features_in_") != arrays.n_features:
-            raise ValueError(
-                f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "
-                f"takes {arrays.n_features} features."
-            )
-
-    @abstractmethod
-    def _expected_target_shapes(self, n_outputs):
-        """Fitted target attributes (name: shape) that a network with ``n_outputs`` needs."""
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,5 +1,6 @@
 """Limits that every part of fffsklearn enforces: one place, read by the estimators, the
-fitted arrays, the inference backends and the compiled kernel's build."""
+fitted arrays, the inference backends and the compiled kernel's build (``setup.py`` reads
+``MAX_DEPTH`` from this file without importing it, so its values stay literals)."""
 
 # Depth 20 already means a million leaves; anything deeper in a file is corrupt or hostile.
 MAX_DEPTH = 20

@@ -7,7 +7,6 @@ epochs, so that the soft model the network is trained as converges to the hard o
 predicts.
 """
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,38 +114,6 @@ class FitResult:
     best_validation_score: float
     best_epoch: int
     stop_reason: str
-
-
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-def resolve_device(device):
-    """Turn the estimator's ``device`` parameter into a :class:`torch.device`.
-
-    Raises
-    ------
-    ValueError
-        If ``device`` is not "auto", "cpu", "cuda" or "cuda:N", or a CUDA device is asked for
-        and torch sees none, or not that one.
-    """
-    if not _DEVICE_PATTERN.fullmatch(device):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but torch sees no CUDA device on this machine; "
-                "use device='cpu' or device='auto'."
-            )
-        index = resolved.index or 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} was requested but only {torch.cuda.device_count()} CUDA "
-                "device(s) are visible."
-            )
-    return resolved
 
 
 class Trainer:

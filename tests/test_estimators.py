@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fffsklearn import FFFClassifier, FFFRegressor, inference
+from fffsklearn._device import prediction_options
 from fffsklearn._network import FFFNetwork
 
 
@@ -430,10 +431,10 @@ def test_backends_and_threads_give_the_same_predictions(fitted_classifier, digit
 
 
 def test_cpu_inference_uses_the_compiled_kernel(fitted_classifier):
-    options = clone(fitted_classifier).set_params(device="cpu")._inference_options()
+    options = prediction_options("cpu", fitted_classifier.n_jobs)
     assert options["backend"] == "compiled"
     if not torch.cuda.is_available():
-        assert fitted_classifier._inference_options()["backend"] == "compiled"
+        assert prediction_options(fitted_classifier.device, None)["backend"] == "compiled"
 
 
 def test_concurrent_predict_matches_serial(fitted_classifier, digits):

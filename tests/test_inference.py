@@ -259,3 +259,23 @@ def test_inference_never_imports_training_code():
                 assert not any(
                     part in name for name in names for part in ("_training", "_network")
                 ), f"{source.name} imports {names}"
+
+
+def test_the_kernel_reads_its_depth_limit_and_activations_from_the_python_registries():
+    from types import SimpleNamespace
+
+    from fffsklearn._limits import MAX_DEPTH
+
+    X, leaves = np.zeros((1, 2), np.float32), np.zeros(1, np.int64)
+
+    def kernel_error(depth, activation):
+        model = SimpleNamespace(depth=depth, activation=activation)  # no weights at all
+        with pytest.raises((ValueError, AttributeError)) as error:
+            _kernel.hard_forward(model, X, leaves, None, 1)
+        return str(error.value)
+
+    assert f"[0, {MAX_DEPTH}]" in kernel_error(MAX_DEPTH + 1, "relu")
+    assert "depth" not in kernel_error(MAX_DEPTH, "relu")
+    for name in ACTIVATIONS:  # accepted: the kernel fails later, on the missing weights
+        assert "activation" not in kernel_error(1, name)
+    assert "unknown activation" in kernel_error(1, "gelu")

@@ -34,12 +34,25 @@
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
-#define MAX_DEPTH 20
+/* The depth limit and the activations come from the Python modules that define them for
+ * every part of the package (fffsklearn/_limits.py, fffsklearn/_activations.py); setup.py
+ * passes them. A model's activation code is the position of its name in FFF_ACTIVATIONS. */
+#if !defined(FFF_MAX_DEPTH) || !defined(FFF_ACTIVATIONS)
+#error "build the kernel through setup.py, which defines FFF_MAX_DEPTH and FFF_ACTIVATIONS"
+#endif
+#define MAX_DEPTH FFF_MAX_DEPTH
+static const char *const activation_names[] = {FFF_ACTIVATIONS};
+#define N_ACTIVATIONS ((int)(sizeof activation_names / sizeof activation_names[0]))
 #define BLOCK_ROWS 512
 #define TILE_ROWS 4
 #define TILE_COLS 16 /* widest column tile of hidden_layer */
 
-enum activation { ACT_RELU, ACT_TANH, ACT_LOGISTIC, ACT_IDENTITY };
+enum activation {
+    ACT_RELU = FFF_ACT_RELU,
+    ACT_TANH = FFF_ACT_TANH,
+    ACT_LOGISTIC = FFF_ACT_LOGISTIC,
+    ACT_IDENTITY = FFF_ACT_IDENTITY
+};
 
 typedef struct {
     int depth;
@@ -121,14 +134,19 @@ static int read_model(PyObject *arrays, model_t *m, views_t *views) {
     PyObject *act = PyObject_GetAttrString(arrays, "activation");
     if (act == NULL) return -1;
     const char *act_name = PyUnicode_Check(act) ? PyUnicode_AsUTF8(act) : NULL;
-    int found = 1;
-    if (act_name == NULL) found = 0;
-    else if (strcmp(act_name, "relu") == 0) m->activation = ACT_RELU;
-    else if (strcmp(act_name, "tanh") == 0) m->activation = ACT_TANH;
-    else if (strcmp(act_name, "logistic") == 0) m->activation = ACT_LOGISTIC;
-    else if (strcmp(act_name, "identity") == 0) m->activation = ACT_IDENTITY;
-    else found = 0;
+    int code = -1;
+    for (int i = 0; act_name != NULL && i < N_ACTIVATIONS; i++) {
+        if (strcmp(act_name, activation_names[i]) == 0) code = i;
+    }
     Py_DECREF(act);
+    int found = 0;
+    switch (code) { /* a name this file has no case for is refused, never run as another */
+        case ACT_RELU: case ACT_TANH: case ACT_LOGISTIC: case ACT_IDENTITY:
+            m->activation = (enum activation)code;
+            found = 1;
+            break;
+        default: break;
+    }
     if (!found) {
         PyErr_Clear();
         PyErr_SetString(PyExc_ValueError, "Corrupt FFF model: unknown activation.");
@@ -192,7 +210,7 @@ INLINE float activate(float h, enum activation a) {
         case ACT_RELU: return h > 0.0f ? h : 0.0f;
         case ACT_TANH: return tanhf(h);
         case ACT_LOGISTIC: return 1.0f / (1.0f + expf(-h));
-        default: return h;
+        case ACT_IDENTITY: default: return h;
     }
 }
 
