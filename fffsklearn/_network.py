@@ -38,21 +38,20 @@ class _SoftForwardFunction(torch.autograd.Function):
     more than the matrix products themselves. Here the forward keeps three such temporaries
     and the backward reuses them.
 
-    Routing works on log-probabilities, so that its cost does not grow with the number of
-    levels in Python: a leaf's log-probability is the sum over its path of
+    Routing works on log-probabilities: a leaf's log-probability is the sum over its path of
     ``log sigmoid(z)`` where the path goes right at a node of logit ``z`` and
-    ``log sigmoid(-z)`` where it goes left, gathered in one indexing operation
-    (``path_steps``). The same sums over the 0/1 agreements of each step with the sign of its
-    logit count, for each path, the decisions it shares with hard routing; the hard leaf is
-    the one path where all ``depth`` agree. The backward never divides by a probability: the
-    gradient of a step's log-probability is the sum of ``grad * probability`` over the leaves
-    below the step, a contiguous range of leaves (``subtree_bounds``) read off one cumulative
-    sum.
+    ``log sigmoid(-z)`` where it goes left, built level by level from the root, one addition
+    per level. The same sums over the 0/1 agreements of each step with the sign of its logit
+    count, for each path, the decisions it shares with hard routing; the hard leaf is the one
+    path where all ``depth`` agree. The backward never divides by a probability: the gradient
+    of a step's log-probability is the sum of ``grad * probability`` over the leaves below
+    the step, summed pairwise from the leaves up. (Gathering every path's steps at once
+    instead took 6 times longer at depth 8, see docs/model_quality.rst.)
 
     Inputs are the rows, the ten parameters in the order of
     :meth:`FFFNetwork.parameters_in_forward_order`, ``swap`` (a boolean (rows, nodes) mask of
-    region-leak swaps, or None), whether the outputs are the hard leaf's (straight-through),
-    the activation's name, and the two index tensors of :func:`tree_paths`.
+    region-leak swaps, or None), whether the outputs are the hard leaf's (straight-through)
+    and the activation's name.
     Returns the outputs, the leaf probabilities (differentiable), the probabilities of going
     right at every node and the one-hot matrix of the hard leaves (neither differentiable).
     """
@@ -61,25 +60,29 @@ class _SoftForwardFunction(torch.autograd.Function):
     def forward(ctx, X, node_weights, node_biases, leaf_hidden_weights, leaf_hidden_biases,
                 leaf_output_weights, leaf_output_biases, master_hidden_weights,
                 master_hidden_biases, master_output_weights, master_output_biases, swap,
-                straight_through, activation, path_steps, subtree_bounds):
+                straight_through, activation):
         ctx.set_materialize_grads(False)
         n, n_leaves = X.shape[0], leaf_output_biases.shape[0]
         logits = torch.addmm(node_biases, X, node_weights.T)
-        n_nodes = logits.shape[1]
-        # Left steps then right steps of every node: log sigmoid(-z) and log sigmoid(z), and
-        # whether each agrees with the hard decision (right when z > 0).
-        signed = logits if swap is None else torch.where(swap, -logits, logits)
-        log_steps = F.logsigmoid(torch.cat((-signed, signed), dim=1))
-        agreement = torch.cat((logits <= 0, logits > 0), dim=1).to(X.dtype)
-        sums = (
-            torch.stack((log_steps, agreement))
-            .index_select(2, path_steps)
-            .view(2, n, n_leaves, -1)
-            .sum(dim=3)
-        )
+        went_right = (logits > 0).to(X.dtype)
+        if swap is not None:
+            # A swap exchanges the two probabilities of a node: sigmoid(-z) = 1 - sigmoid(z).
+            logits = torch.where(swap, -logits, logits)
+        log_right = F.logsigmoid(logits)
+        # (2, rows, nodes, 2): log-probabilities and 0/1 decisions of the (left, right) steps;
+        # log sigmoid(-z) = log sigmoid(z) - z.
+        steps = torch.stack((
+            torch.stack((log_right - logits, log_right), dim=2),
+            torch.stack((1 - went_right, went_right), dim=2),
+        ))
+        sums = steps.new_zeros(2, n, 1)
+        for level in range(n_leaves.bit_length() - 1):
+            first = 2**level - 1
+            # Children of local node j at the next level are 2j (left) and 2j + 1 (right).
+            sums = (sums.unsqueeze(3) + steps[:, :, first : 2 * first + 1]).flatten(2)
         leaf_probabilities = sums[0].exp_()
         hard_one_hot = (sums[1] == n_leaves.bit_length() - 1).to(X.dtype)
-        right = log_steps[:, n_nodes:].exp()
+        right = log_right.exp_()
         mixture = hard_one_hot if straight_through else leaf_probabilities
 
         _, activate_in_place, _ = torch_activation(activation)
@@ -95,8 +98,8 @@ class _SoftForwardFunction(torch.autograd.Function):
         outputs += master_output_biases
 
         ctx.save_for_backward(
-            X, log_steps, leaf_probabilities, hidden, weighted, mixture, master_hidden,
-            leaf_output_weights, leaf_output_biases, master_output_weights, subtree_bounds,
+            X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+            leaf_output_weights, leaf_output_biases, master_output_weights,
         )
         ctx.swap, ctx.activation = swap, activation
         ctx.mark_non_differentiable(right, hard_one_hot)
@@ -104,12 +107,11 @@ class _SoftForwardFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_outputs, grad_probabilities, _right, _hard):
-        (X, log_steps, leaf_probabilities, hidden, weighted, mixture, master_hidden,
-         leaf_output_weights, leaf_output_biases, master_output_weights,
-         subtree_bounds) = ctx.saved_tensors
+        (X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+         leaf_output_weights, leaf_output_biases, master_output_weights) = ctx.saved_tensors
         n, n_leaves = mixture.shape
         _, _, activation_backward = torch_activation(ctx.activation)
-        grads = [None] * 16
+        grads = [None] * 14
         routing_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         grad_mixture = grad_probabilities
         if grad_outputs is not None:
@@ -132,46 +134,23 @@ class _SoftForwardFunction(torch.autograd.Function):
             grads[3], grads[4] = X.T @ grad_hidden, grad_hidden.sum(dim=0)
             grads[5] = grad_outputs.T @ weighted
             grads[6] = mixture.T @ grad_outputs
-        if routing_trains and grad_mixture is not None and log_steps.shape[1]:
-            # The gradient of a step's log-probability is the sum of grad * probability over
-            # the leaves below it: a contiguous range of leaves, read off a cumulative sum.
-            below = torch.cumsum(grad_mixture * leaf_probabilities, dim=1)
-            below = F.pad(below, (1, 0)).index_select(1, subtree_bounds).view(n, 2, -1)
-            grad_steps = (below[:, 1] - below[:, 0]) * -torch.expm1(log_steps)
-            n_nodes = log_steps.shape[1] // 2
-            grad_logits = grad_steps[:, n_nodes:] - grad_steps[:, :n_nodes]
+        if routing_trains and grad_mixture is not None and right.shape[1]:
+            # From the leaves up: the gradient of a step's log-probability is the sum of
+            # grad * probability over the leaves below that step.
+            below = grad_mixture * leaf_probabilities
+            grad_steps = below.new_empty(n, right.shape[1], 2)
+            for level in reversed(range(n_leaves.bit_length() - 1)):
+                first = 2**level - 1
+                pairs = below.view(n, -1, 2)
+                grad_steps[:, first : 2 * first + 1] = pairs
+                below = pairs.sum(dim=2)
+            grad_left, grad_right = grad_steps.unbind(2)
+            # d log sigmoid(z)/dz = 1 - sigmoid(z) and d log sigmoid(-z)/dz = -sigmoid(z).
+            grad_logits = grad_right - right * (grad_left + grad_right)
             if ctx.swap is not None:
                 grad_logits = torch.where(ctx.swap, -grad_logits, grad_logits)
             grads[1], grads[2] = grad_logits.T @ X, grad_logits.sum(dim=0)
         return tuple(grads)
-
-
-def tree_paths(depth):
-    """Index tensors that describe the paths of a depth-``depth`` tree to its leaves.
-
-    Steps are numbered as the columns of ``cat((left steps, right steps))``: the left step of
-    node ``c`` (nodes in breadth-first order) is ``c``, its right step ``n_nodes + c``.
-
-    Returns
-    -------
-    path_steps : LongTensor of shape (n_leaves * depth,)
-        The steps from the root to leaf 0, then to leaf 1, and so on.
-    subtree_bounds : LongTensor of shape (2 * 2 * n_nodes,)
-        For every step, the first leaf below it, then for every step, one past its last leaf.
-    """
-    n_leaves, n_nodes = 2**depth, 2**depth - 1
-    leaves = np.arange(n_leaves)
-    path_steps = np.empty((n_leaves, depth), dtype=np.int64)
-    for level in range(depth):
-        node = 2**level - 1 + (leaves >> (depth - level))
-        goes_right = (leaves >> (depth - 1 - level)) & 1
-        path_steps[:, level] = goes_right * n_nodes + node
-    levels = np.floor(np.log2(np.arange(n_nodes) + 1)).astype(np.int64)
-    subtree = 2 ** (depth - 1 - levels)  # leaves below either child of each node
-    first_of_left = (np.arange(n_nodes) + 1 - 2**levels) * 2 * subtree
-    starts = np.concatenate((first_of_left, first_of_left + subtree))
-    ends = starts + np.concatenate((subtree, subtree))
-    return torch.from_numpy(path_steps.ravel()), torch.from_numpy(np.concatenate((starts, ends)))
 
 
 class FFFNetwork(nn.Module):
@@ -211,9 +190,6 @@ class FFFNetwork(nn.Module):
         # training step then run with contiguous operands, measured 2 to 6 times faster.
         self.leaf_output_weights = nn.Parameter(uniform(l, n_leaves * l, o).T.contiguous())
         self.leaf_output_biases = uniform(l, n_leaves, o)
-        path_steps, subtree_bounds = tree_paths(depth)
-        self.register_buffer("path_steps", path_steps, persistent=False)
-        self.register_buffer("subtree_bounds", subtree_bounds, persistent=False)
         self.master_hidden_weights = uniform(d, d, m)
         self.master_hidden_biases = uniform(d, m)
         self.master_output_weights = uniform(max(m, 1), m, o)
@@ -286,8 +262,7 @@ class FFFNetwork(nn.Module):
                 (X.shape[0], self.n_leaves - 1), generator=generator, device=X.device
             ) < region_leak
         outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
-            X, *self.parameters_in_forward_order(), swap, straight_through, self.activation,
-            self.path_steps, self.subtree_bounds,
+            X, *self.parameters_in_forward_order(), swap, straight_through, self.activation
         )
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot)
 

@@ -35,8 +35,7 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
 
     Every parameter is held with its gradient and Adam's two moments, plus two copies while
     an epoch's weights are exported; every row of a batch computes every leaf, with about
-    four (rows x training width) temporaries and the path sums (two ``depth``-long
-    gathers per leaf) alive at once.
+    four (rows x training width) temporaries and the path sums alive at once.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
@@ -45,9 +44,7 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
         + width * (n_features + 1 + n_outputs) + n_leaves * n_outputs
         + master_leaf_width * (n_features + 1 + n_outputs) + n_outputs
     )
-    batch_temporaries = batch_size * (
-        4 * width + (6 + 2 * depth) * n_leaves + 4 * master_leaf_width
-    )
+    batch_temporaries = batch_size * (4 * width + 6 * n_leaves + 4 * master_leaf_width)
     return 4 * (6 * n_parameters + batch_temporaries) + _TORCH_WORKING_MEMORY
 
 

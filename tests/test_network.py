@@ -74,8 +74,7 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
 
     def fused():
         outputs, probabilities, _, hard = _SoftForwardFunction.apply(
-            X, *network.parameters_in_forward_order(), swap, straight_through, activation,
-            network.path_steps, network.subtree_bounds,
+            X, *network.parameters_in_forward_order(), swap, straight_through, activation
         )
         return outputs, probabilities
 
@@ -84,8 +83,7 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
     torch.testing.assert_close(fused_outputs, outputs)
     torch.testing.assert_close(fused_probabilities, probabilities)
     _, _, right, fused_hard = _SoftForwardFunction.apply(
-        X, *network.parameters_in_forward_order(), swap, straight_through, activation,
-            network.path_steps, network.subtree_bounds,
+        X, *network.parameters_in_forward_order(), swap, straight_through, activation
     )
     torch.testing.assert_close(fused_hard, hard)
     # Both outputs carry gradient: the data loss and the load-balancing loss.
