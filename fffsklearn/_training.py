@@ -164,9 +164,8 @@ class Trainer:
             seed=seed + 1,
         )
 
-    # The hardening phase fine-tunes the leaves at a tenth of the learning rate. Measured
-    # against the full rate (3 seeds, depth 4): diabetes R^2 0.404 -> 0.421, friedman1 0.9956
-    # -> 0.9960 (docs/user_guide.rst, "Training recipe").
+    # The hardening phase fine-tunes the leaves at a tenth of the learning rate, measured
+    # better than the full rate (docs/model_quality.rst, "Training recipe: measurements").
     _HARDENING_LEARNING_RATE_FACTOR = 0.1
 
     def _new_optimizer(self):
@@ -269,10 +268,8 @@ class Trainer:
         ``alpha`` and ``load_balancing`` are weighted for noisy targets. On targets that are
         nearly a function of the inputs, fixed-weight regularisers outweigh a squared error
         that keeps shrinking, and hold the fit back. Weighting them by the residual is what a
-        Gaussian likelihood does when its noise variance is estimated from the current fit.
-        Measured with three seeds (docs/user_guide.rst, "Training recipe"): friedman1 R^2
-        0.9960 -> 0.9995 (depth 4) and 0.9973 -> 0.9995 (depth 6); diabetes 0.421 -> 0.432
-        and 0.416 -> 0.423.
+        Gaussian likelihood does when its noise variance is estimated from the current fit
+        (measured in docs/model_quality.rst, "Training recipe: measurements").
         """
         if self.task != "regression":
             return 1.0
