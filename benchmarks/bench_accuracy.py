@@ -14,8 +14,10 @@ Models, at depth 4 and 6 with ``leaf_width=16``:
   of the same training width (``2**depth * leaf_width``), with scikit-learn's defaults;
 - HistGradientBoosting with its defaults.
 
-Inputs are standardised on the training split; MLPRegressor gets standardised targets too
-(FFFRegressor standardises them itself). The data sets need no download. The split is fixed;
+Inputs are standardised on the training split, except for ``digits_raw`` (digits as
+scikit-learn returns them, 0 to 16) and ``digits_unit`` (divided by 16), which every model gets
+as they are; MLPRegressor gets standardised targets too (FFFRegressor standardises them
+itself). The data sets need no download. The split is fixed;
 the seeds vary the models' initialisation and batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
@@ -77,8 +79,17 @@ def _split(X, y, test_size, stratify):
     )
 
 
+def _digits(divisor=1.0):
+    X, y = load_digits(return_X_y=True)
+    return _split(X / divisor, y, 0.3, True)
+
+
 DATASETS = {
-    "digits": ("classification", lambda: _split(*load_digits(return_X_y=True), 0.3, True)),
+    "digits": ("classification", _digits),
+    # Digits as scikit-learn returns them (pixel counts 0 to 16) and divided by 16 (images in
+    # [0, 1]): what users bring, fed to every model without a scaler.
+    "digits_raw": ("classification", _digits),
+    "digits_unit": ("classification", lambda: _digits(16.0)),
     "mnist1d": ("classification", _mnist1d),
     "make_classification": (
         "classification",
@@ -100,15 +111,20 @@ DATASETS = {
 }
 
 
+UNSCALED = {"digits_raw", "digits_unit"}
+
+
 @functools.lru_cache(maxsize=None)
 def load(name, quick):
-    """Standardised float32 training and held-out splits of data set ``name``."""
+    """Float32 training and held-out splits of data set ``name``, standardised on the
+    training split unless the data set is one of ``UNSCALED``."""
     X_train, X_test, y_train, y_test = DATASETS[name][1]()
     if quick and len(X_train) > QUICK_MAX_TRAIN_ROWS:
         X_train, y_train = X_train[:QUICK_MAX_TRAIN_ROWS], y_train[:QUICK_MAX_TRAIN_ROWS]
-    scaler = StandardScaler().fit(X_train)
-    X_train, X_test = (scaler.transform(X).astype(np.float32) for X in (X_train, X_test))
-    return X_train, X_test, y_train, y_test
+    if name not in UNSCALED:
+        scaler = StandardScaler().fit(X_train)
+        X_train, X_test = (scaler.transform(X) for X in (X_train, X_test))
+    return X_train.astype(np.float32), X_test.astype(np.float32), y_train, y_test
 
 
 def make_model(task, family, params, seed):
@@ -171,6 +187,9 @@ def jobs_for(dataset, depths, seeds, quick):
             (f"depth {depth} FFF {variant}", "FFF", {"depth": depth, "leaf_width": LEAF_WIDTH, **extra})
             for variant, extra in FFF_VARIANTS.items()
         ]
+        if dataset in UNSCALED:  # what the estimators' own standardisation buys
+            specs.append((f"depth {depth} FFF defaults, standardize=False", "FFF",
+                          {"depth": depth, "leaf_width": LEAF_WIDTH, "standardize": False}))
         specs.append((f"depth {depth} MLP({width},) same training width", "MLP",
                       {"hidden_layer_sizes": (width,)}))
     specs.append((f"HistGradientBoosting{'Classifier' if task == 'classification' else 'Regressor'}",

@@ -129,6 +129,49 @@ class FFFArrays:
         """Hidden units of the master leaf (0 if it is off)."""
         return self.master_hidden_biases.shape[0]
 
+    def with_input_scaling(self, mean, scale):
+        """The same network for raw inputs, from this one that takes ``(x - mean) / scale``.
+
+        The scaling is folded into the first layer of every routing neuron, leaf and the
+        master leaf: a weight ``w`` of input ``j`` becomes ``w / scale[j]`` and each bias loses
+        the scaled weights' product with ``mean``. Prediction then costs what it cost before
+        and every backend reads the result as any other model. Computed in float64.
+
+        Parameters
+        ----------
+        mean, scale : ndarray of shape (n_features,)
+            The statistics the network was trained with; ``scale`` > 0.
+
+        Returns
+        -------
+        FFFArrays
+        """
+        return self._rescaled(np.asarray(mean, np.float64), 1.0 / np.asarray(scale, np.float64))
+
+    def without_input_scaling(self, mean, scale):
+        """The inverse of :meth:`with_input_scaling`: the network that takes
+        ``(x - mean) / scale``, from this one that takes raw inputs."""
+        mean, scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        return self._rescaled(-mean / scale, scale)
+
+    def _rescaled(self, shift, factor):
+        # Every first-layer weight of input j is multiplied by factor[j], and each bias loses
+        # the new weights' product with shift: the network of inputs x becomes the network
+        # of inputs (x - shift) * factor.
+        state = self.__getstate__()
+        node = state["node_weights"].astype(np.float64) * factor
+        leaf = state["leaf_hidden_weights"].astype(np.float64) * factor[:, None]
+        master = state["master_hidden_weights"].astype(np.float64) * factor[:, None]
+        state["node_weights"] = node
+        state["node_biases"] = state["node_biases"] - node @ shift
+        state["leaf_hidden_weights"] = leaf
+        state["leaf_hidden_biases"] = (
+            state["leaf_hidden_biases"] - np.einsum("d,ndl->nl", shift, leaf)
+        )
+        state["master_hidden_weights"] = master
+        state["master_hidden_biases"] = state["master_hidden_biases"] - shift @ master
+        return FFFArrays(state.pop("depth"), state.pop("activation"), **state)
+
     def _check_shapes(self):
         d = self.node_weights.shape[1] if self.node_weights.ndim == 2 else -1
         o = self.master_output_biases.shape[0] if self.master_output_biases.ndim == 1 else -1

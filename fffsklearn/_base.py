@@ -20,7 +20,7 @@ from ._device import prediction_options, training_device
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._persistence import FittedStatePersistence
 from ._progress import EpochReporter
-from ._training import Schedule, Trainer, training_memory_bytes
+from ._training import Schedule, Trainer, input_statistics, training_memory_bytes
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -55,6 +55,16 @@ _PARAMETERS_DOC = """
 
     activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
         Activation of the hidden layers of the leaves and the master leaf.
+
+    standardize : bool, default=True
+        Train on inputs centred and scaled to unit variance with statistics of the training
+        rows (weighted by ``sample_weight``; a constant feature is only centred), as a
+        ``StandardScaler`` in front would. The scaling is folded into the first layer of
+        every routing neuron, leaf and the master leaf of ``arrays_``, so ``predict`` takes
+        raw rows at no extra cost. The statistics come from the first call of ``fit`` or
+        ``partial_fit`` and stay until a fit starts afresh. False trains on the inputs as
+        they are. Folded weights compute in float32, so a feature whose mean is beyond about
+        10,000 times its standard deviation loses precision: centre such a feature first.
 
     max_iter : int, default=200
         Maximum number of epochs of ``fit``, the hardening phase included.
@@ -169,6 +179,7 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         "hardening_epochs": [Interval(Integral, 0, None, closed="left")],
         "region_leak": [Interval(Real, 0, 0.5, closed="both")],
         "activation": [StrOptions(set(ACTIVATIONS))],
+        "standardize": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
@@ -199,6 +210,7 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         hardening_epochs=16,
         region_leak=0.0,
         activation="relu",
+        standardize=True,
         max_iter=200,
         batch_size="auto",
         learning_rate_init=3e-3,
@@ -220,6 +232,7 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         self.hardening_epochs = hardening_epochs
         self.region_leak = region_leak
         self.activation = activation
+        self.standardize = standardize
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
@@ -256,7 +269,7 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)
-            Training data. Standardise it (for example with StandardScaler in a Pipeline).
+            Training data.
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
             Class labels (classifier) or target values (regressor).
         sample_weight : array-like of shape (n_samples,), default=None
@@ -331,6 +344,14 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
                 outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
                 return self._score_outputs(outputs, y_val)
 
+        if first_call:
+            self._input_mean, self._input_scale = (
+                input_statistics(X, sample_weight) if self.standardize else (None, None)
+            )
+        input_scaling = None
+        if getattr(self, "_input_mean", None) is not None:  # absent from older pickles
+            input_scaling = (self._input_mean, self._input_scale)
+
         batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
         batch_size = min(batch_size, X.shape[0])
         self._check_training_memory(X.shape[1], batch_size)
@@ -341,10 +362,10 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         if first_call or not incremental or getattr(self, "_trainer", None) is None:
             trainer = Trainer.create(
                 X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
-                seed=int(rng.randint(np.iinfo(np.int32).max - 1)),
+                seed=int(rng.randint(np.iinfo(np.int32).max - 1)), input_scaling=input_scaling,
             )
             if not first_call:
-                trainer.network.load_arrays(self.arrays_)
+                trainer.load_deployed(self.arrays_)
         else:
             trainer = self._trainer
             trainer.start_balancing()

@@ -76,6 +76,17 @@ class FittedStatePersistence:
         counts = state["leaf_sample_counts_"]
         if counts.dtype.kind not in "iu" or (counts < 0).any():
             raise ValueError(f"{where}: leaf_sample_counts_ must be non-negative integers.")
+        mean, scale = state.get("_input_mean"), state.get("_input_scale")
+        if mean is not None or scale is not None:  # standardize=True
+            if not all(
+                isinstance(v, np.ndarray) and v.dtype.kind == "f"
+                and v.shape == (arrays.n_features,) and np.isfinite(v).all()
+                for v in (mean, scale)
+            ) or (scale <= 0).any():
+                raise ValueError(
+                    f"{where}: _input_mean and _input_scale must be finite float arrays of "
+                    f"shape ({arrays.n_features},), the scale positive."
+                )
         if state.get("n_features_in_") != arrays.n_features:
             raise ValueError(
                 f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "

@@ -28,6 +28,37 @@ def new_optimizer(weights, biases, learning_rate, weight_decay):
     return torch.optim.Adam(groups, lr=learning_rate, fused=True)
 
 
+# Rows of X read at a time while computing input statistics: bounds memory on a memmap.
+_STATISTICS_CHUNK_ROWS = 65536
+
+
+def input_statistics(X, sample_weight):
+    """Weighted mean and standard deviation of every column of ``X``, in float64.
+
+    Read ``_STATISTICS_CHUNK_ROWS`` rows at a time (twice: the mean, then the squared
+    deviations from it), so a memmap larger than memory is never loaded whole. A column whose
+    variance is zero, or too small against its mean to be told from rounding, gets scale 1,
+    as in scikit-learn's ``StandardScaler``: it is then only centred.
+
+    Returns
+    -------
+    mean, scale : ndarray of shape (n_features,)
+    """
+    weight = np.asarray(sample_weight, dtype=np.float64)
+    total = weight.sum()
+    chunks = [slice(start, start + _STATISTICS_CHUNK_ROWS)
+              for start in range(0, X.shape[0], _STATISTICS_CHUNK_ROWS)]
+    mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / total
+    variance = sum(
+        weight[rows] @ np.square(X[rows].astype(np.float64) - mean) for rows in chunks
+    ) / total
+    # The bound on the rounding error of a float64 variance that StandardScaler uses:
+    # below it a column is constant.
+    eps, n = np.finfo(np.float64).eps, X.shape[0]
+    constant = variance <= n * eps * variance + (n * mean * eps) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(variance))
+
+
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
                           batch_size):
     """Estimated peak memory of training such a network, in bytes (float32), beyond what the
@@ -85,7 +116,8 @@ class FitResult:
     Attributes
     ----------
     arrays : FFFArrays
-        The trained model, also loaded into the trainer's network.
+        The trained model, for raw input rows (the input scaling folded in); the trainer's
+        network holds the same weights in its own input scaling.
     n_epochs : int
         Epochs completed in this call.
     loss_curve : list of float
@@ -127,9 +159,11 @@ class Trainer:
     """
 
     def __init__(
-        self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed
+        self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed,
+        input_scaling=None,
     ):
         self.network = network
+        self.input_scaling = input_scaling
         self.task = task
         self.alpha = alpha
         self.load_balancing = load_balancing
@@ -142,7 +176,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     @classmethod
-    def create(cls, n_features, n_outputs, params, task, device, seed):
+    def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None):
         """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``."""
         init_generator = torch.Generator().manual_seed(seed)
         network = FFFNetwork(
@@ -162,7 +196,20 @@ class Trainer:
             load_balancing=params["load_balancing"],
             region_leak=params["region_leak"],
             seed=seed + 1,
+            input_scaling=input_scaling,
         )
+
+    def deployed(self, arrays):
+        """The arrays of the network's weights ``arrays`` for raw input rows."""
+        return arrays if self.input_scaling is None else arrays.with_input_scaling(
+            *self.input_scaling
+        )
+
+    def load_deployed(self, arrays):
+        """Load arrays that take raw rows (a fitted estimator's) into the network."""
+        if self.input_scaling is not None:
+            arrays = arrays.without_input_scaling(*self.input_scaling)
+        self.network.load_arrays(arrays)
 
     # The hardening phase fine-tunes the leaves at a tenth of the learning rate, measured
     # better than the full rate (docs/model_quality.rst, "Training recipe: measurements").
@@ -294,8 +341,8 @@ class Trainer:
             Training rows, encoded targets and row weights, as :meth:`run_epoch` takes them.
         schedule : Schedule
         validation_score : callable or None
-            ``validation_score(arrays) -> float``: the held-out score of a model, higher is
-            better. None selects on the training objective.
+            ``validation_score(arrays) -> float``: the held-out score of a model (arrays
+            that take raw rows), higher is better. None selects on the training objective.
         best_loss : float
             Lowest objective of earlier calls (a warm start continues their plateau count).
         report : callable or None
@@ -324,7 +371,7 @@ class Trainer:
                 arrays = self.network.to_arrays()
                 score = None
                 if validation_score is not None:
-                    score = validation_score(arrays)
+                    score = validation_score(self.deployed(arrays))
                     scores.append(score)
                 if hardening_done is None:
                     if validation_score is not None:
@@ -365,7 +412,7 @@ class Trainer:
         n_epochs, arrays, best_loss, best_score, best_epoch = completed
         self.network.load_arrays(arrays)
         return FitResult(
-            arrays=arrays,
+            arrays=self.deployed(arrays),
             n_epochs=n_epochs,
             loss_curve=losses[:n_epochs],
             validation_scores=scores[:n_epochs] if validation_score is not None else None,
@@ -403,6 +450,10 @@ class Trainer:
         weight = torch.from_numpy(weight[order] / weight.mean(dtype=np.float64)).to(
             self.device, torch.float32
         )
+        scaling = None
+        if self.input_scaling is not None:
+            scaling = [torch.as_tensor(s, dtype=torch.float32, device=self.device)
+                       for s in self.input_scaling]
         total = torch.zeros((), device=self.device)
         regulariser_total = 0.0
         leaf_counts = torch.zeros(self.network.n_leaves, device=self.device)
@@ -410,6 +461,8 @@ class Trainer:
             batch = slice(start, start + batch_size)
             # Only one batch of X is copied at a time, so a memmap is never loaded whole.
             X_batch = torch.from_numpy(X[order[batch]]).to(self.device)
+            if scaling is not None:
+                X_batch = X_batch.sub_(scaling[0]).div_(scaling[1])
             objective, regulariser_weight = self._step(
                 X_batch, y[batch], weight[batch], n, leaf_counts
             )

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_sp
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fffsklearn import FFFClassifier, FFFRegressor, inference
+from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
 from fffsklearn._device import prediction_options
 from fffsklearn._network import FFFNetwork
 
@@ -384,7 +384,9 @@ def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
     trainer.sharpen_routing()
     after = trainer.network.to_arrays()
     np.testing.assert_array_equal(after.node_weights, 2 * before.numpy())
-    np.testing.assert_array_equal(inference.apply(after, X_test), model.apply(X_test))
+    np.testing.assert_array_equal(
+        inference.apply(trainer.deployed(after), X_test), model.apply(X_test)
+    )
     with torch.no_grad():
         trainer.network.node_weights.fill_(Trainer._SHARPEN_CAP)
     trainer.sharpen_routing()  # at the cap: no further growth, so no float32 overflow
@@ -475,3 +477,75 @@ def test_predict_on_a_large_memmap_needs_only_the_output(tmp_path):
         with PeakSampler() as sampler:
             getattr(model, method)(X)
         assert sampler.peak - baseline <= output_bytes + 50 * 2**20, method
+
+
+# --------------------------------------------------------------------- input standardisation
+def _unscaled_digits():
+    """Digits as a user may bring them: pixel counts scaled by 1,000 around an offset."""
+    X, y = load_digits(return_X_y=True)
+    X = X * 1000.0 + 5000.0
+    X[:, 0] = 7.0  # a constant feature
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def test_standardize_trains_on_unscaled_inputs_and_predicts_raw_rows():
+    X_train, X_test, y_train, y_test = _unscaled_digits()
+    model = FFFClassifier(max_iter=30, random_state=0).fit(X_train, y_train)
+    assert model.score(X_test, y_test) > 0.9
+    # arrays_ take raw rows: every backend reads them as any other model.
+    outputs, leaves = inference.hard_forward(model.arrays_, X_test.astype(np.float32))
+    np.testing.assert_array_equal(model.predict(X_test), model.classes_[outputs.argmax(1)])
+    np.testing.assert_array_equal(model.apply(X_test), leaves)
+    assert all(np.isfinite(getattr(model.arrays_, name)).all() for name in FFFArrays.ARRAY_NAMES)
+
+
+def test_standardize_gives_the_model_of_a_scaler_in_front():
+    X_train, X_test, y_train, _ = _unscaled_digits()
+    inside = FFFClassifier(max_iter=5, random_state=0).fit(X_train, y_train)
+    in_front = make_pipeline(
+        StandardScaler(), FFFClassifier(max_iter=5, random_state=0, standardize=False)
+    ).fit(X_train, y_train)
+    np.testing.assert_allclose(
+        inside.predict_proba(X_test), in_front.predict_proba(X_test), atol=1e-3
+    )
+    np.testing.assert_array_equal(inside.apply(X_test), in_front[-1].apply(
+        in_front[0].transform(X_test)))
+
+
+def test_standardize_statistics_come_from_the_first_call():
+    X_train, _, y_train, _ = _unscaled_digits()
+    model = FFFClassifier(random_state=0)
+    model.partial_fit(X_train[:500], y_train[:500], classes=np.arange(10))
+    first = model.predict_proba(X_train[500:600])
+    mean, scale = model._input_mean.copy(), model._input_scale.copy()
+    model.partial_fit(X_train[500:] * 3.0, y_train[500:])  # other statistics: not used
+    np.testing.assert_array_equal(model._input_mean, mean)
+    np.testing.assert_array_equal(model._input_scale, scale)
+    assert not np.allclose(model.predict_proba(X_train[500:600]), first)
+
+
+def test_warm_start_continues_from_the_folded_arrays():
+    X_train, X_test, y_train, _ = _unscaled_digits()
+    model = FFFClassifier(max_iter=8, random_state=0).fit(X_train, y_train)
+    before = model.predict_proba(X_test)
+    # A learning rate too small to move any weight: the warm start must restore the network
+    # exactly from arrays_, undoing the folded scaling.
+    model.set_params(warm_start=True, learning_rate_init=1e-12, max_iter=4).fit(X_train, y_train)
+    np.testing.assert_allclose(model.predict_proba(X_test), before, atol=1e-5)
+
+
+def test_input_statistics_are_weighted_and_streamed(monkeypatch):
+    from fffsklearn import _training
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((1000, 4)) * [1.0, 100.0, 0.0, 1e-3] + [0, 5e3, 2.0, 1e3]).astype(
+        np.float32
+    )
+    weight = rng.integers(0, 3, 1000).astype(np.float64)
+    monkeypatch.setattr(_training, "_STATISTICS_CHUNK_ROWS", 7)
+    mean, scale = _training.input_statistics(X, weight)
+    expected_mean = np.average(X.astype(np.float64), axis=0, weights=weight)
+    expected_scale = np.sqrt(np.average((X - expected_mean) ** 2, axis=0, weights=weight))
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(scale[[0, 1, 3]], expected_scale[[0, 1, 3]], rtol=1e-9)
+    assert scale[2] == 1.0  # constant: only centred

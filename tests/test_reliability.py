@@ -454,6 +454,10 @@ def test_invalid_n_jobs_is_refused_before_fitting(cancer, n_jobs, monkeypatch):
         ("_target_scale", np.array([0.0, 1.0]), "_target_scale finite and positive"),
         ("_target_mean", np.array(["a", "b"]), "_target_mean must be finite"),
         ("_target_is_1d", True, "_target_is_1d"),
+        ("_input_scale", np.array([1.0, 0.0, 1.0, 1.0]), "_input_scale must be finite"),
+        ("_input_mean", np.array([0.0, np.nan, 0.0, 0.0]), "_input_scale must be finite"),
+        ("_input_mean", np.zeros(3), "_input_scale must be finite"),
+        ("_input_mean", None, "_input_scale must be finite"),
     ],
 )
 def test_edited_regressor_values_raise_at_load(attribute, value, match):
