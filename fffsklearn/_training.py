@@ -28,33 +28,37 @@ def new_optimizer(weights, biases, learning_rate, weight_decay):
     return torch.optim.Adam(groups, lr=learning_rate, fused=True)
 
 
-# Rows of X read at a time while computing input statistics: bounds memory on a memmap.
-_STATISTICS_CHUNK_ROWS = 65536
+# Values of X read at a time while computing input statistics (8 MiB in float64): bounds the
+# memory of the pass over a memmap whatever its size.
+_STATISTICS_CHUNK_VALUES = 2**20
 
 
 def input_statistics(X, sample_weight):
     """Weighted mean and standard deviation of every column of ``X``, in float64.
 
-    Read ``_STATISTICS_CHUNK_ROWS`` rows at a time (twice: the mean, then the squared
-    deviations from it), so a memmap larger than memory is never loaded whole. A column whose
-    variance is zero, or too small against its mean to be told from rounding, gets scale 1,
-    as in scikit-learn's ``StandardScaler``: it is then only centred.
+    Read in chunks of about ``_STATISTICS_CHUNK_VALUES`` values (twice: the mean, then the
+    squared deviations from it), so a memmap larger than memory is never loaded whole. A
+    column whose variance is zero, or too small against its mean to be told from rounding,
+    gets scale 1, as in scikit-learn's ``StandardScaler``: it is then only centred.
 
     Returns
     -------
     mean, scale : ndarray of shape (n_features,)
     """
     weight = np.asarray(sample_weight, dtype=np.float64)
-    total = weight.sum()
-    chunks = [slice(start, start + _STATISTICS_CHUNK_ROWS)
-              for start in range(0, X.shape[0], _STATISTICS_CHUNK_ROWS)]
-    mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / total
-    variance = sum(
-        weight[rows] @ np.square(X[rows].astype(np.float64) - mean) for rows in chunks
-    ) / total
+    n, n_features = X.shape
+    step = max(1, _STATISTICS_CHUNK_VALUES // max(1, n_features))
+    chunks = [slice(start, start + step) for start in range(0, n, step)]
+    mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
+    variance = np.zeros(n_features)
+    for rows in chunks:
+        deviation = X[rows].astype(np.float64)
+        deviation -= mean
+        variance += weight[rows] @ np.square(deviation, out=deviation)
+    variance /= weight.sum()
     # The bound on the rounding error of a float64 variance that StandardScaler uses:
     # below it a column is constant.
-    eps, n = np.finfo(np.float64).eps, X.shape[0]
+    eps = np.finfo(np.float64).eps
     constant = variance <= n * eps * variance + (n * mean * eps) ** 2
     return mean, np.where(constant, 1.0, np.sqrt(variance))
 
