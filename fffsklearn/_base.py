@@ -405,9 +405,8 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
             self.best_validation_score_ = float(result.best_validation_score)
         else:
             self.validation_scores_ = self.best_validation_score_ = None
-        self.leaf_sample_counts_ = np.bincount(
-            inference.apply(arrays, X, **prediction_options(self.device, self.n_jobs)), minlength=arrays.n_leaves
-        ).astype(np.int64)
+        leaves = inference.apply(arrays, X, **prediction_options(self.device, self.n_jobs))
+        self.leaf_sample_counts_ = np.bincount(leaves, minlength=arrays.n_leaves).astype(np.int64)
 
         if result.stop_reason == "interrupted":
             warnings.warn(
