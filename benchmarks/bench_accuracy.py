@@ -145,7 +145,9 @@ def make_model(task, family, params, seed):
 def soft_score(model, X, y):
     """Held-out score of the soft path-probability mixture of a fitted FFF."""
     with torch.no_grad():
-        outputs = FFFNetwork.from_arrays(model.arrays_)(torch.from_numpy(X)).outputs.numpy()
+        outputs = FFFNetwork.from_arrays(model.arrays_).soft_forward(
+                torch.from_numpy(X), straight_through=False
+            ).outputs.numpy()
     return model._score_outputs(outputs, model._encode_targets(y, first_call=False))
 
 

@@ -46,9 +46,12 @@ from fffsklearn._network import FFFNetwork, SoftForward
 class PathSparseNetwork(FFFNetwork):
     """An :class:`FFFNetwork` whose training forward evaluates ``depth + 1`` leaves per row."""
 
-    def forward(self, X, region_leak=0.0, generator=None, straight_through=False):
+    def soft_forward(self, X, *, straight_through, region_leak=0.0, generator=None):
         if not self.training or self.depth == 0:
-            return super().forward(X, region_leak, generator, straight_through)
+            return super().soft_forward(
+                X, straight_through=straight_through, region_leak=region_leak,
+                generator=generator,
+            )
         n, depth, n_leaves = X.shape[0], self.depth, self.n_leaves
         n_nodes = n_leaves - 1
         logits = torch.addmm(self.node_biases, X, self.node_weights.T)

@@ -154,6 +154,28 @@ class FFFArrays:
         mean, scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
         return self._rescaled(-mean / scale, scale)
 
+    def with_output_scaling(self, mean, scale):
+        """The network whose outputs are ``outputs * scale + mean`` of this one's.
+
+        Every output layer (of the leaves and of the master leaf) is multiplied by ``scale``
+        and the master leaf's output bias gains ``mean``: a regressor trained on standardised
+        targets becomes a network of the targets in their own units. Computed in float64.
+
+        Parameters
+        ----------
+        mean, scale : ndarray of shape (n_outputs,)
+
+        Returns
+        -------
+        FFFArrays
+        """
+        mean, scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        state = self.__getstate__()
+        for name in ("leaf_output_weights", "leaf_output_biases", "master_output_weights"):
+            state[name] = state[name].astype(np.float64) * scale
+        state["master_output_biases"] = state["master_output_biases"] * scale + mean
+        return FFFArrays(state.pop("depth"), state.pop("activation"), **state)
+
     def _rescaled(self, shift, factor):
         # Every first-layer weight of input j is multiplied by factor[j], and each bias loses
         # the new weights' product with shift: the network of inputs x becomes the network

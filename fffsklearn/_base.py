@@ -15,9 +15,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import inference
-from ._arrays import ACTIVATIONS
+from ._arrays import ACTIVATIONS, FFFArrays
 from ._device import prediction_options, training_device
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
+from ._network import FFFNetwork
 from ._persistence import FittedStatePersistence
 from ._progress import EpochReporter
 from ._training import Schedule, Trainer, input_statistics, training_memory_bytes
@@ -468,6 +469,70 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
                 f"{available / 2**30:.1f} GiB. Each level of depth doubles it: lower depth, "
                 "leaf_width or batch_size."
             )
+
+    # ----------------------------------------------------------------------------- torch
+    @abstractmethod
+    def _arrays_in_output_units(self):
+        """``arrays_`` with outputs in the units users see (logits, or targets)."""
+
+    def to_module(self):
+        """A trainable torch copy of the fitted network, for a training loop of your own.
+
+        The module takes raw rows (the input standardisation is folded into its first
+        layers) and returns raw outputs: class logits in the order of ``classes_``, or the
+        targets in their own units. Train it with :func:`fffsklearn.nn.load_balancing_loss`
+        and :class:`fffsklearn.nn.Hardening`, then turn it back into an estimator with
+        ``from_network``.
+
+        Returns
+        -------
+        module : fffsklearn.nn.FFFNetwork
+            In training mode, straight-through, with this estimator's ``region_leak``.
+        """
+        check_is_fitted(self, "arrays_")
+        network = FFFNetwork.from_arrays(self._arrays_in_output_units())
+        network.region_leak = self.region_leak
+        return network.train()
+
+    @classmethod
+    def _from_network(cls, network, X, params, target_attributes):
+        """A fitted estimator holding ``network`` (an FFFNetwork or FFFArrays).
+
+        ``target_attributes(arrays)`` returns the fitted target attributes that give the
+        network's outputs their meaning (or raises if they cannot); ``X`` sets the input
+        attributes and the leaf counts."""
+        if isinstance(network, FFFNetwork):
+            arrays = network.to_arrays()
+        elif isinstance(network, FFFArrays):
+            arrays = network
+        else:
+            raise TypeError(
+                "network must be an fffsklearn.nn.FFFNetwork or an FFFArrays, got "
+                f"{type(network).__name__}."
+            )
+        estimator = cls(**params).set_params(
+            depth=arrays.depth, leaf_width=arrays.leaf_width,
+            master_leaf_width=arrays.master_leaf_width, activation=arrays.activation,
+        )
+        estimator._validate_params()
+        X = validate_data(estimator, X, reset=True, dtype=np.float32)
+        if X.shape[1] != arrays.n_features:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the network takes {arrays.n_features}."
+            )
+        vars(estimator).update(target_attributes(arrays))
+        estimator.arrays_ = arrays
+        estimator._input_mean = estimator._input_scale = None  # the network takes raw rows
+        estimator.device_ = "cpu"
+        estimator.n_iter_ = 0
+        estimator.loss_curve_ = []
+        estimator.best_loss_ = estimator.validation_scores_ = None
+        estimator.best_validation_score_ = None
+        leaves = inference.apply(arrays, X, **prediction_options(estimator.device, estimator.n_jobs))
+        estimator.leaf_sample_counts_ = np.bincount(leaves, minlength=arrays.n_leaves).astype(
+            np.int64
+        )
+        return estimator
 
     # ----------------------------------------------------------------------------- inference
     def _validate_for_inference(self, X, options):

@@ -90,6 +90,53 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _n_network_outputs(self):
         return len(self.classes_)
 
+    def _arrays_in_output_units(self):
+        return self.arrays_
+
+    @classmethod
+    def from_network(cls, network, X, classes, **params):
+        """A fitted classifier that predicts with ``network``, trained outside fffsklearn.
+
+        The result predicts through the compiled kernel, pickles and exports to ONNX like
+        any fitted FFFClassifier; ``fit`` with ``warm_start=True`` continues from it.
+
+        Parameters
+        ----------
+        network : fffsklearn.nn.FFFNetwork or FFFArrays
+            A network that takes rows as ``X`` and returns one logit per class, for
+            example a module trained with skorch or returned by :meth:`to_module`.
+        X : array-like of shape (n_samples, n_features)
+            The rows it was trained on: they set ``n_features_in_`` (and
+            ``feature_names_in_``) and are routed to count ``leaf_sample_counts_``.
+        classes : array-like of shape (n_classes,)
+            Label of each output of the network, sorted as ``numpy.unique`` sorts them.
+        **params
+            Other parameters of the estimator; the network sets ``depth``, ``leaf_width``,
+            ``master_leaf_width`` and ``activation``.
+
+        Returns
+        -------
+        estimator : FFFClassifier
+        """
+        classes = np.asarray(classes)
+        if classes.ndim != 1 or len(classes) < 2 or not np.array_equal(
+            np.unique(classes), classes
+        ):
+            raise ValueError(
+                "classes must be at least 2 distinct labels, sorted as numpy.unique sorts "
+                f"them (the order of the network's outputs); got {classes.tolist()!r}."
+            )
+
+        def target_attributes(arrays):
+            if arrays.n_outputs != len(classes):
+                raise ValueError(
+                    f"The network has {arrays.n_outputs} outputs but {len(classes)} classes "
+                    "were given."
+                )
+            return {"classes_": classes}
+
+        return cls._from_network(network, X, params, target_attributes)
+
     def _expected_target_shapes(self, n_outputs):
         return {"classes_": (n_outputs,)}
 
@@ -255,6 +302,41 @@ class FFFRegressor(RegressorMixin, BaseFFF):
 
     def _n_network_outputs(self):
         return self.n_outputs_
+
+    def _arrays_in_output_units(self):
+        return self.arrays_.with_output_scaling(self._target_mean, self._target_scale)
+
+    @classmethod
+    def from_network(cls, network, X, **params):
+        """A fitted regressor that predicts with ``network``, trained outside fffsklearn.
+
+        The result predicts through the compiled kernel, pickles and exports to ONNX like
+        any fitted FFFRegressor; ``fit`` with ``warm_start=True`` continues from it (on the
+        targets as they are: no target standardisation).
+
+        Parameters
+        ----------
+        network : fffsklearn.nn.FFFNetwork or FFFArrays
+            A network that takes rows as ``X`` and returns the targets in their own units,
+            for example a module trained with skorch or returned by :meth:`to_module`.
+        X : array-like of shape (n_samples, n_features)
+            The rows it was trained on: they set ``n_features_in_`` (and
+            ``feature_names_in_``) and are routed to count ``leaf_sample_counts_``.
+        **params
+            Other parameters of the estimator; the network sets ``depth``, ``leaf_width``,
+            ``master_leaf_width`` and ``activation``.
+
+        Returns
+        -------
+        estimator : FFFRegressor
+            ``predict`` returns a 1-D array when the network has one output.
+        """
+        return cls._from_network(network, X, params, lambda arrays: {
+            "n_outputs_": arrays.n_outputs,
+            "_target_is_1d": arrays.n_outputs == 1,
+            "_target_mean": np.zeros(arrays.n_outputs),
+            "_target_scale": np.ones(arrays.n_outputs),
+        })
 
     def _expected_target_shapes(self, n_outputs):
         return {"_target_mean": (n_outputs,), "_target_scale": (n_outputs,)}

@@ -1,4 +1,4 @@
-"""The torch module of a fast feedforward network, used only while training.
+"""The torch module of a fast feedforward network: what trains, never what predicts.
 
 The soft forward mixes every leaf by the probability of the path that leads to it; it is
 vectorised over leaves (one GEMM for all leaf hidden layers, one for all leaf output layers)
@@ -16,9 +16,18 @@ from ._activations import torch_activation
 from ._arrays import FFFArrays
 
 class SoftForward:
-    """What one soft forward pass computed: outputs and the routing quantities of the losses.
+    """What one forward pass of :class:`FFFNetwork` computed.
 
-    ``hard_one_hot`` is the one-hot matrix (n_samples, n_leaves) of each row's hard leaf.
+    Attributes
+    ----------
+    outputs : tensor of shape (n_samples, n_outputs)
+        Raw outputs.
+    right_probabilities : tensor of shape (n_samples, 2**depth - 1)
+        Probability of going right at every node (no gradient).
+    leaf_probabilities : tensor of shape (n_samples, 2**depth)
+        Probability of each leaf's path (differentiable).
+    hard_one_hot : tensor of shape (n_samples, 2**depth)
+        One-hot matrix of each row's hard leaf (no gradient).
     """
 
     __slots__ = ("outputs", "right_probabilities", "leaf_probabilities", "hard_one_hot")
@@ -154,26 +163,56 @@ class _SoftForwardFunction(torch.autograd.Function):
 
 
 class FFFNetwork(nn.Module):
-    """A depth-``depth`` tree of routing neurons over ``2**depth`` leaf MLPs, plus a master MLP.
+    """A fast feedforward network as a torch module: a depth-``depth`` tree of routing neurons
+    over ``2**depth`` leaf MLPs, plus a master MLP that every row uses.
+
+    ``forward`` returns the raw outputs (logits of a classifier, targets of a regressor) as
+    any training loop expects, and keeps the routing of the same pass in :attr:`routing`, so
+    that :func:`load_balancing_loss` needs no second forward. In evaluation mode, and in
+    training mode with ``straight_through=True``, the outputs are those of the hard-routed
+    model that fffsklearn's estimators predict with.
 
     Parameters
     ----------
-    n_features, n_outputs, depth, leaf_width, master_leaf_width : int
-        Sizes of the network; ``master_leaf_width=0`` turns the master leaf off.
-    activation : str
-        One of ``fffsklearn._arrays.ACTIVATIONS``.
-    generator : torch.Generator
-        Source of the initial weights.
+    n_features, n_outputs : int
+        Sizes of the input rows and of the outputs.
+    depth : int, default=4
+        Depth of the routing tree.
+    leaf_width : int, default=16
+        Hidden units of each leaf MLP.
+    master_leaf_width : int, default=16
+        Hidden units of the master leaf; 0 turns it off.
+    activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
+        Activation of the hidden layers.
+    straight_through : bool, default=True
+        In training mode, whether the outputs are each row's hard leaf's (the balancing
+        phase: gradients reach the routing neurons through the soft path probabilities) or
+        the mixture of all leaves by path probability (the hardening phase, see
+        :class:`~fffsklearn.nn.Hardening`).
+    region_leak : float, default=0.0
+        In training mode, probability per node and row of swapping the node's two branches.
+    random_state : int or None, default=None
+        Seeds the initial weights; None draws them from torch's global generator.
+
+    Attributes
+    ----------
+    routing : SoftForward or None
+        What the last forward pass computed besides the outputs.
     """
 
     def __init__(
-        self, n_features, n_outputs, depth, leaf_width, master_leaf_width, activation, generator
+        self, n_features, n_outputs, depth=4, leaf_width=16, master_leaf_width=16,
+        activation="relu", *, straight_through=True, region_leak=0.0, random_state=None,
     ):
         super().__init__()
         self.depth = depth
         self.activation = activation
+        self.straight_through = straight_through
+        self.region_leak = region_leak
+        self.routing = None
         n_nodes, n_leaves = 2**depth - 1, 2**depth
         d, l, m, o = n_features, leaf_width, master_leaf_width, n_outputs
+        generator = None if random_state is None else torch.Generator().manual_seed(random_state)
 
         def uniform(fan_in, *shape):
             # PyTorch's nn.Linear initialisation, drawn from our own generator.
@@ -200,15 +239,16 @@ class FFFNetwork(nn.Module):
 
     @classmethod
     def from_arrays(cls, arrays):
-        """A module holding the weights of a fitted model's :class:`FFFArrays`.
+        """A module holding the weights of ``arrays`` (an :class:`FFFArrays`), in evaluation
+        mode: its ``forward`` computes what the estimators predict.
 
-        Its soft forward (``straight_through=False``) is the path-probability mixture that
+        ``soft_forward(X, straight_through=False)`` gives the path-probability mixture that
         the published FFF code reports; comparing it with hard routing measures how
         decisive the trained routing is.
         """
         network = cls(
             arrays.n_features, arrays.n_outputs, arrays.depth, arrays.leaf_width,
-            arrays.master_leaf_width, arrays.activation, torch.Generator().manual_seed(0),
+            arrays.master_leaf_width, arrays.activation, random_state=0,
         )
         network.load_arrays(arrays)
         return network.eval()
@@ -216,6 +256,13 @@ class FFFNetwork(nn.Module):
     @property
     def n_leaves(self):
         return 2**self.depth
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        # The last pass's tensors (and their graph, which cannot be pickled) are not part of
+        # the model.
+        state["routing"] = None
+        return state
 
     def parameters_in_forward_order(self):
         """Every parameter, in the order :class:`_SoftForwardFunction` takes them."""
@@ -237,20 +284,42 @@ class FFFNetwork(nn.Module):
             self.master_output_weights,
         )
 
-    def forward(self, X, region_leak=0.0, generator=None, straight_through=False):
-        """Soft forward pass.
+    def forward(self, X, generator=None):
+        """The raw outputs of the rows ``X``; their routing is kept in :attr:`routing`.
 
         Parameters
         ----------
         X : tensor of shape (n_samples, n_features)
+        generator : torch.Generator or None
+            Source of the region-leak draws; None uses torch's global generator.
+
+        Returns
+        -------
+        outputs : tensor of shape (n_samples, n_outputs)
+        """
+        self.routing = self.soft_forward(
+            X,
+            straight_through=self.straight_through or not self.training,
+            region_leak=self.region_leak,
+            generator=generator,
+        )
+        return self.routing.outputs
+
+    def soft_forward(self, X, *, straight_through, region_leak=0.0, generator=None):
+        """One forward pass, with every routing quantity the losses need.
+
+        Parameters
+        ----------
+        X : tensor of shape (n_samples, n_features)
+        straight_through : bool
+            If True, the outputs are those of each row's hard leaf, while gradients reach the
+            routing neurons through the soft path probabilities; if False, the mixture of
+            every leaf weighted by the probability of its path.
         region_leak : float
             Probability, per node and sample, of swapping the node's left and right
             probabilities. Only applied when the module is in training mode.
         generator : torch.Generator or None
             Source of the region-leak draws.
-        straight_through : bool
-            If True, the outputs are those of each row's hard leaf, while gradients reach the
-            routing neurons through the soft path probabilities.
 
         Returns
         -------
@@ -314,12 +383,24 @@ class FFFNetwork(nn.Module):
         copy(self.master_output_biases, arrays.master_output_biases)
 
 
-def load_balancing_loss(leaf_probabilities, hard_one_hot):
+def load_balancing_loss(routing):
     """Switch-Transformer balance loss ``n_leaves * sum_j f_j * P_j``; 1 when leaves are even.
 
-    ``f_j`` is the fraction of the batch whose hard leaf is ``j`` (no gradient; ``hard_one_hot``
-    is the one-hot matrix of :class:`SoftForward`), ``P_j`` the batch mean of the soft
-    probability of reaching leaf ``j``.
+    ``f_j`` is the fraction of the batch whose hard leaf is ``j`` (no gradient), ``P_j`` the
+    batch mean of the soft probability of reaching leaf ``j``. Its minimum, 1, is reached
+    when every leaf receives as many rows as it is expected to.
+
+    Parameters
+    ----------
+    routing : SoftForward
+        The routing of a forward pass, such as :attr:`FFFNetwork.routing`.
+
+    Returns
+    -------
+    loss : 0-d tensor
     """
+    leaf_probabilities = routing.leaf_probabilities
     n_leaves = leaf_probabilities.shape[1]
-    return n_leaves * torch.dot(hard_one_hot.mean(dim=0), leaf_probabilities.mean(dim=0))
+    return n_leaves * torch.dot(
+        routing.hard_one_hot.mean(dim=0), leaf_probabilities.mean(dim=0)
+    )

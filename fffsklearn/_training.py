@@ -149,6 +149,107 @@ class FitResult:
     stop_reason: str
 
 
+class Hardening:
+    """The hardening phase that ends FFF training, as an object any training loop can drive.
+
+    Started, it freezes the routing neurons, switches the network to the soft mixture of
+    every leaf by path probability (``straight_through=False``) and scales the learning rate
+    by ``learning_rate_factor``; then, at the start of every ``sharpen_every``-th epoch of
+    the phase (the first included), it doubles every routing logit and forgets the
+    optimizer's moments. Frozen, the routing cannot drift while the mixture sharpens, so the
+    leaves learn the partition that hard routing, and therefore ``predict``, will use.
+
+    Parameters
+    ----------
+    sharpen_every : int, default=2
+        Epochs between two sharpenings.
+    learning_rate_factor : float, default=0.1
+        Factor on the learning rate of every parameter group during the phase.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fffsklearn.nn import FFFNetwork, Hardening
+    >>> network = FFFNetwork(n_features=4, n_outputs=2, depth=2, random_state=0)
+    >>> optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    >>> hardening, n_epochs, hardening_epochs = Hardening(), 10, 4
+    >>> for epoch in range(n_epochs):
+    ...     if epoch == n_epochs - hardening_epochs:
+    ...         hardening.start(network, optimizer)
+    ...     hardening.begin_epoch(network, optimizer)
+    ...     # ... one epoch of mini-batch steps ...
+    >>> hardening.active, network.straight_through, network.node_weights.requires_grad
+    (True, False, False)
+    """
+
+    def __init__(self, sharpen_every=2, learning_rate_factor=0.1):
+        self.sharpen_every = sharpen_every
+        self.learning_rate_factor = learning_rate_factor
+        self.epochs_done = None
+
+    @property
+    def active(self):
+        """Whether the phase has started (and not been stopped)."""
+        return self.epochs_done is not None
+
+    def start(self, network, optimizer):
+        """Enter the phase: freeze the routing, train the soft mixture at the lower rate."""
+        if self.active:
+            return
+        _set_routing_trainable(network, False)
+        network.straight_through = False
+        _scale_learning_rate(optimizer, self.learning_rate_factor)
+        self.epochs_done = 0
+
+    def begin_epoch(self, network, optimizer):
+        """Call at the start of every epoch; sharpens the routing when one is due."""
+        if not self.active:
+            return
+        if self.epochs_done % self.sharpen_every == 0:
+            sharpen_routing(network)
+            # The loss the moment estimates were taken on has changed.
+            optimizer.state.clear()
+        self.epochs_done += 1
+
+    def stop(self, network, optimizer):
+        """Leave the phase (to balance again): everything trains, straight-through."""
+        if not self.active:
+            return
+        _set_routing_trainable(network, True)
+        network.straight_through = True
+        _scale_learning_rate(optimizer, 1.0 / self.learning_rate_factor)
+        self.epochs_done = None
+
+
+def _set_routing_trainable(network, trainable):
+    for parameter in (network.node_weights, network.node_biases):
+        parameter.requires_grad_(trainable)
+        parameter.grad = None  # an optimizer skips a parameter without a gradient
+
+
+def _scale_learning_rate(optimizer, factor):
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    optimizer.state.clear()
+
+
+# Each sharpening doubles every routing logit; the cap keeps repeated warm-started fits far
+# from float32 overflow (hard routing only reads the logits' signs).
+_SHARPEN_CAP = 1e4
+
+
+@torch.no_grad()
+def sharpen_routing(network):
+    """Halve the routing temperature of ``network``: double every node's weights and bias.
+
+    Hard routing is unchanged; the soft path probabilities move towards 0 and 1. Does nothing
+    once the largest routing weight has reached 10,000.
+    """
+    if network.depth and network.node_weights.abs().max() < _SHARPEN_CAP:
+        network.node_weights.mul_(2.0)
+        network.node_biases.mul_(2.0)
+
+
 class Trainer:
     """A network, its optimizer and the random streams of one training run.
 
@@ -175,6 +276,9 @@ class Trainer:
         self.device = network.node_biases.device
         self.learning_rate = learning_rate
         self.optimizer = self._new_optimizer()
+        self.hardening_phase = Hardening(
+            sharpen_every=2, learning_rate_factor=self._HARDENING_LEARNING_RATE_FACTOR
+        )
         self.batch_order = np.random.RandomState(seed)
         self.last_leaf_counts = None
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -182,7 +286,6 @@ class Trainer:
     @classmethod
     def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None):
         """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``."""
-        init_generator = torch.Generator().manual_seed(seed)
         network = FFFNetwork(
             n_features,
             n_outputs,
@@ -190,7 +293,7 @@ class Trainer:
             params["leaf_width"],
             params["master_leaf_width"],
             params["activation"],
-            init_generator,
+            random_state=seed,
         ).to(device)
         return cls(
             network,
@@ -220,53 +323,26 @@ class Trainer:
     _HARDENING_LEARNING_RATE_FACTOR = 0.1
 
     def _new_optimizer(self):
-        factor = self._HARDENING_LEARNING_RATE_FACTOR if self.hardening else 1.0
-        trainable = [p for p in self.network.parameters() if p.requires_grad]
-        weights = [w for w in self.network.weight_matrices() if w.requires_grad]
-        biases = [p for p in trainable if all(p is not w for w in weights)]
-        return new_optimizer(weights, biases, self.learning_rate * factor, 0.0)
-
-    # Each sharpening doubles every routing logit; the cap keeps repeated warm-started fits
-    # far from float32 overflow (hard routing only reads the logits' signs).
-    _SHARPEN_CAP = 1e4
+        weights = list(self.network.weight_matrices())
+        biases = [p for p in self.network.parameters() if all(p is not w for w in weights)]
+        return new_optimizer(weights, biases, self.learning_rate, 0.0)
 
     @property
     def hardening(self):
         """Whether the hardening phase is on, i.e. the routing neurons are frozen."""
-        return not self.network.node_weights.requires_grad
-
-    def _set_routing_trainable(self, trainable):
-        self.network.node_weights.requires_grad_(trainable)
-        self.network.node_biases.requires_grad_(trainable)
-        self.optimizer = self._new_optimizer()
+        return self.hardening_phase.active
 
     def start_hardening(self):
-        """Enter the hardening phase: freeze the routing neurons, fine-tune the leaves softly.
+        """Enter the hardening phase (see :class:`Hardening`).
 
-        Frozen, the routing cannot drift while the soft mixture is sharpened, so the leaves
-        learn the partition that ``predict`` will use and the load balance reached by the
-        balancing phase is kept. Letting the routing train on the soft loss instead left a
+        Letting the routing train on the soft loss instead of freezing it left a
         soft-minus-hard gap of up to 4 points on friedman1 (see docs/model_quality.rst).
         """
-        self._set_routing_trainable(False)
+        self.hardening_phase.start(self.network, self.optimizer)
 
     def start_balancing(self):
         """Return to the balancing phase (``partial_fit`` after ``fit``): everything trains."""
-        if self.hardening:
-            self._set_routing_trainable(True)
-
-    @torch.no_grad()
-    def sharpen_routing(self):
-        """Halve the routing temperature: double every node's weights and bias.
-
-        Hard routing is unchanged; the soft path probabilities move towards 0 and 1. The
-        optimizer restarts, since the loss its moment estimates were taken on has changed.
-        """
-        network = self.network
-        if network.depth and network.node_weights.abs().max() < self._SHARPEN_CAP:
-            network.node_weights.mul_(2.0)
-            network.node_biases.mul_(2.0)
-        self.optimizer = self._new_optimizer()
+        self.hardening_phase.stop(self.network, self.optimizer)
 
     def _step(self, X, y, weight, n_samples_total, leaf_counts):
         """One optimizer step on a mini-batch.
@@ -284,8 +360,9 @@ class Trainer:
         # gradients still reach the routing neurons through the soft path probabilities.
         # The soft mixture (hardening phase) lets neighbouring leaves share rows near a
         # boundary, which the sharpening then makes rare.
-        result = self.network(
-            X, self.region_leak, self.generator, straight_through=not self.hardening
+        result = self.network.soft_forward(
+            X, straight_through=not self.hardening, region_leak=self.region_leak,
+            generator=self.generator,
         )
         leaf_counts += result.hard_one_hot.sum(dim=0)
         if self.task == "classification":
@@ -297,9 +374,7 @@ class Trainer:
         loss = data_loss
         # With the routing frozen the load-balancing loss has no gradient.
         if self.network.depth and self.load_balancing and not self.hardening:
-            loss = loss + regulariser_weight * self.load_balancing * load_balancing_loss(
-                result.leaf_probabilities, result.hard_one_hot
-            )
+            loss = loss + regulariser_weight * self.load_balancing * load_balancing_loss(result)
         weights = self.optimizer.param_groups[0]
         # The L2 penalty 0.5 * alpha * ||W||^2 / n_samples is applied as Adam's (coupled)
         # weight decay, whose gradient it is; frozen routing weights (hardening) are left out.
@@ -361,15 +436,13 @@ class Trainer:
         best_score, best_arrays, best_epoch = -np.inf, None, None
         no_improvement, plateau = 0, False
         hardening_epochs = schedule.hardening_epochs if self.network.depth else 0
-        hardening_done = None  # epochs of the hardening phase run so far; None while balancing
         stop_reason = "max_iter"
         # The state after the last completed epoch, stored in one assignment so that an
         # interrupt never sees half of it.
         completed = None
         try:
             for epoch in range(schedule.max_epochs):
-                if hardening_done is not None and hardening_done % 2 == 0:
-                    self.sharpen_routing()
+                self.hardening_phase.begin_epoch(self.network, self.optimizer)
                 loss = self.run_epoch(X, y, weight, schedule.batch_size)
                 losses.append(loss)
                 arrays = self.network.to_arrays()
@@ -377,7 +450,7 @@ class Trainer:
                 if validation_score is not None:
                     score = validation_score(self.deployed(arrays))
                     scores.append(score)
-                if hardening_done is None:
+                if not self.hardening:
                     if validation_score is not None:
                         improved = score > best_score + schedule.tol
                         # A score that is NaN never improves, but the first epoch is kept.
@@ -392,12 +465,11 @@ class Trainer:
                     plateau = no_improvement > schedule.n_iter_no_change
                     kept = best_arrays if validation_score is not None else arrays
                 else:
-                    hardening_done += 1
                     kept = arrays
                 completed = (epoch + 1, kept, best_loss, best_score, best_epoch)
                 if report is not None:
                     report(epoch + 1, loss, score, self.last_leaf_counts)
-                if hardening_done is None and (
+                if not self.hardening and (
                     plateau or epoch + 1 >= schedule.max_epochs - hardening_epochs
                 ):
                     stop_reason = "plateau" if plateau else "max_iter"
@@ -406,8 +478,7 @@ class Trainer:
                     if validation_score is not None:  # otherwise the network holds kept
                         self.network.load_arrays(kept)
                     self.start_hardening()
-                    hardening_done = 0
-                elif hardening_done == hardening_epochs:
+                elif self.hardening_phase.epochs_done == hardening_epochs:
                     break
         except KeyboardInterrupt:
             if completed is None:
@@ -486,7 +557,7 @@ class Trainer:
         Taken on the weights at the end of an epoch: the norms of every weight once per
         epoch rather than once per step, which cost as much as a tenth of a step.
         """
-        weights = self.optimizer.param_groups[0]["params"]
+        weights = [w for w in self.optimizer.param_groups[0]["params"] if w.requires_grad]
         if not (self.alpha and weights):
             return 0.0
         squared = torch.stack(torch._foreach_norm(weights)).square().sum().item()

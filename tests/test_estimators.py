@@ -126,7 +126,7 @@ def test_digits_accuracy_and_leaf_usage(fitted_classifier, digits):
 
 
 def _confident_network(rng, depth=3, n_features=5):
-    network = FFFNetwork(n_features, 2, depth, 4, 3, "tanh", torch.Generator().manual_seed(0))
+    network = FFFNetwork(n_features, 2, depth, 4, 3, "tanh", random_state=0)
     arrays = network.to_arrays()
     state = arrays.__getstate__()
     # Large node weights and rows far from every hyperplane: every decision has p near 0 or 1.
@@ -140,7 +140,7 @@ def test_soft_and_hard_outputs_agree_when_decisions_are_confident(rng):
     X = rng.standard_normal((500, 5)).astype(np.float32)
     network.eval()
     with torch.no_grad():
-        soft = network(torch.from_numpy(X))
+        soft = network.soft_forward(torch.from_numpy(X), straight_through=False)
     hard_outputs, leaves = inference.hard_forward(arrays, X)
     right = soft.right_probabilities.numpy()
     confident = np.minimum(right, 1 - right).max(axis=1) < 1e-6
@@ -311,7 +311,9 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     disagreement = {}
     for epochs, model in models.items():
         with torch.no_grad():
-            soft = FFFNetwork.from_arrays(model.arrays_)(torch.from_numpy(X_test)).outputs
+            soft = FFFNetwork.from_arrays(model.arrays_).soft_forward(
+                torch.from_numpy(X_test), straight_through=False
+            ).outputs
         disagreement[epochs] = np.mean(soft.numpy().argmax(1) != model.predict(X_test))
         assert model.n_iter_ == 64
     # 8 doublings of the routing logits: the soft mixture then routes like predict.
@@ -374,23 +376,23 @@ def test_warm_started_fit_uses_changed_hyper_parameters(digits):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
-    from fffsklearn._training import Trainer
+    from fffsklearn._training import _SHARPEN_CAP, sharpen_routing
 
     X_train, X_test, y_train, _ = digits
     model = FFFClassifier(depth=3, max_iter=2, hardening_epochs=0, random_state=0)
     model.fit(X_train, y_train)
     trainer = model._trainer
     before = trainer.network.node_weights.detach().clone()
-    trainer.sharpen_routing()
+    sharpen_routing(trainer.network)
     after = trainer.network.to_arrays()
     np.testing.assert_array_equal(after.node_weights, 2 * before.numpy())
     np.testing.assert_array_equal(
         inference.apply(trainer.deployed(after), X_test), model.apply(X_test)
     )
     with torch.no_grad():
-        trainer.network.node_weights.fill_(Trainer._SHARPEN_CAP)
-    trainer.sharpen_routing()  # at the cap: no further growth, so no float32 overflow
-    assert trainer.network.node_weights.max().item() == Trainer._SHARPEN_CAP
+        trainer.network.node_weights.fill_(_SHARPEN_CAP)
+    sharpen_routing(trainer.network)  # at the cap: no further growth, so no float32 overflow
+    assert trainer.network.node_weights.max().item() == _SHARPEN_CAP
 
 
 def test_convergence_warning_when_max_iter_is_reached(digits):

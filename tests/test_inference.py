@@ -228,18 +228,19 @@ def test_every_backend_covers_every_activation(activation):
     reference, leaves = inference.hard_forward(arrays, X, backend="reference")
     assert_backends_agree(arrays, X)
 
-    network = FFFNetwork.from_arrays(arrays).train()
-    with torch.no_grad():
-        trained = network(torch.from_numpy(X), straight_through=True).outputs.numpy()
-    np.testing.assert_allclose(trained, reference, rtol=1e-5, atol=1e-5)
+    network = FFFNetwork.from_arrays(arrays)
+    for training in (True, False):  # straight-through in training, hard in evaluation
+        with torch.no_grad():
+            outputs = network.train(training)(torch.from_numpy(X)).numpy()
+        np.testing.assert_allclose(outputs, reference, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(network.routing.hard_one_hot.argmax(1).numpy(), leaves)
 
     pytest.importorskip("onnxruntime")
     import onnxruntime
 
     from fffsklearn import to_onnx
 
-    model = FFFClassifier(depth=3, activation=activation)
-    model.arrays_, model.classes_, model.n_features_in_ = arrays, np.arange(3), 9
+    model = FFFClassifier.from_network(arrays, X, classes=np.arange(3))
     session = onnxruntime.InferenceSession(
         to_onnx(model).SerializeToString(), providers=["CPUExecutionProvider"]
     )

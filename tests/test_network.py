@@ -50,8 +50,7 @@ def _plain_soft_forward(network, X, swap, straight_through):
 
 
 def _random_network(depth, activation, master_leaf_width, seed=0):
-    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation,
-                         torch.Generator().manual_seed(seed)).double()
+    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation, random_state=seed).double()
     with torch.no_grad():  # routing logits of all sizes, and some rows on a boundary
         network.node_weights.mul_(3.0)
     return network
@@ -111,7 +110,7 @@ def test_every_row_has_one_hard_leaf_and_a_tie_goes_left():
         network.node_weights[:, 0] = 0.0
         network.node_biases.zero_()
     X[0] = 0.0  # every logit is exactly 0
-    hard = network(X).hard_one_hot
+    hard = network.soft_forward(X, straight_through=False).hard_one_hot
     assert torch.all(hard.sum(1) == 1) and hard[0, 0] == 1
     expected = _plain_path_products(
         (X @ network.node_weights.T + network.node_biases > 0).double(), 3
@@ -126,7 +125,7 @@ def test_saturated_routing_gives_finite_gradients():
         network.node_biases[0] = -800.0
         network.node_biases[1:] = 800.0
     X = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    result = network(X, straight_through=True)
+    result = network.soft_forward(X, straight_through=True)
     (result.outputs.sum() + result.leaf_probabilities.sum()).backward()
     for parameter in network.parameters_in_forward_order():
         if parameter.grad is not None:
@@ -135,20 +134,21 @@ def test_saturated_routing_gives_finite_gradients():
 
 
 def test_straight_through_forward_is_the_hard_model_and_trains_the_routing():
-    network = FFFNetwork(7, 3, 3, 4, 2, "tanh", torch.Generator().manual_seed(0)).double()
+    network = FFFNetwork(7, 3, 3, 4, 2, "tanh", random_state=0).double()
     X = torch.randn(50, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     network.eval()
-    soft = network(X)
+    soft = network.soft_forward(X, straight_through=False)
     network.train()
-    hard = network(X, straight_through=True)
+    hard = network.soft_forward(X, straight_through=True)
     # The hard model: each row's own leaf, and its routing gets gradients through the soft
     # path probabilities.
     one_hot = hard.hard_one_hot
-    sharp = FFFNetwork(7, 3, 3, 4, 2, "tanh", torch.Generator().manual_seed(0)).double()
+    sharp = FFFNetwork(7, 3, 3, 4, 2, "tanh", random_state=0).double()
     with torch.no_grad():
         sharp.node_weights.mul_(1e6)
         sharp.node_biases.mul_(1e6)
-    torch.testing.assert_close(hard.outputs, sharp(X).outputs)
+    sharp_soft = sharp.soft_forward(X, straight_through=False)
+    torch.testing.assert_close(hard.outputs, sharp_soft.outputs)
     assert torch.equal(one_hot, soft.hard_one_hot)
     hard.outputs.sum().backward()
     assert network.node_weights.grad.abs().sum() > 0

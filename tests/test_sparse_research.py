@@ -21,16 +21,18 @@ def _path_sparse_network_class():
 @pytest.mark.parametrize("depth", [1, 3, 5])
 def test_path_sparse_training_forward_is_the_hard_model(depth):
     PathSparseNetwork = _path_sparse_network_class()
-    full = FFFNetwork(6, 3, depth, 4, 2, "tanh", torch.Generator().manual_seed(0)).double()
-    sparse = PathSparseNetwork(6, 3, depth, 4, 2, "tanh", torch.Generator().manual_seed(0))
+    full = FFFNetwork(6, 3, depth, 4, 2, "tanh", random_state=0).double()
+    sparse = PathSparseNetwork(6, 3, depth, 4, 2, "tanh", random_state=0)
     sparse = sparse.double()
     X = torch.randn(50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     full.train(), sparse.train()
-    expected, got = full(X, straight_through=True), sparse(X, straight_through=True)
+    expected = full.soft_forward(X, straight_through=True)
+    got = sparse.soft_forward(X, straight_through=True)
     torch.testing.assert_close(got.outputs, expected.outputs)
     assert torch.equal(got.hard_one_hot, expected.hard_one_hot)
     # While hardening (routing frozen) each row trains its hard leaf only.
-    torch.testing.assert_close(sparse(X, straight_through=False).outputs, expected.outputs)
+    hardening = sparse.soft_forward(X, straight_through=False)
+    torch.testing.assert_close(hardening.outputs, expected.outputs)
     expected.outputs.sum().backward()
     got.outputs.sum().backward()
     # The leaves get the gradients of full training: only the hard leaf is in the output.
