@@ -12,7 +12,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_consistent_length,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from . import inference
 from ._arrays import ACTIVATIONS, FFFArrays
@@ -20,7 +26,7 @@ from ._device import prediction_options, training_device
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._network import FFFNetwork
 from ._persistence import FittedStatePersistence
-from ._progress import EpochReporter
+from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._training import Schedule, Trainer, input_statistics, training_memory_bytes
 
 _PARAMETERS_DOC = """
@@ -88,7 +94,8 @@ _PARAMETERS_DOC = """
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
-        score them with hard routing after each epoch, end the balancing phase when the
+        or take the ``X_val`` and ``y_val`` passed to ``fit``, score them with hard routing
+        after each epoch, end the balancing phase when the
         score has not improved by ``tol`` for ``n_iter_no_change`` epochs, and harden the
         weights of the best epoch.
 
@@ -169,7 +176,7 @@ class FitInterrupted(KeyboardInterrupt):
     """The KeyboardInterrupt that fit re-raises after keeping its last completed epoch."""
 
 
-class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
+class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared implementation of the FFF estimators; use FFFClassifier or FFFRegressor."""
 
     _parameter_constraints = {
@@ -259,12 +266,40 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         """Number of raw outputs of the network (classes or targets)."""
 
     @abstractmethod
-    def _score_outputs(self, outputs, y_encoded):
+    def _score_outputs(self, outputs, y_encoded, sample_weight=None):
         """Validation score of raw hard-routed ``outputs`` against encoded targets."""
+
+    def _weigh_targets(self, y_encoded, sample_weight, incremental):
+        """The row weights of training, from the user's: the classifier's class weights."""
+        return sample_weight
+
+    def _check_validation_data(self, X_val, y_val, sample_weight_val):
+        """Validate the validation rows passed to ``fit``: (X_val, encoded y_val, weights),
+        or Nones when there are none."""
+        if X_val is None and y_val is None:
+            if sample_weight_val is not None:
+                raise ValueError("sample_weight_val is provided, but X_val and y_val are not.")
+            return None, None, None
+        if X_val is None or y_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} is provided, but {missing} was not provided.")
+        if not self.early_stopping:
+            raise ValueError(
+                "X_val and y_val are passed to fit while early_stopping=False: they are only "
+                "used for early stopping. Set early_stopping=True."
+            )
+        X_val = validate_data(self, X_val, reset=False, dtype=np.float32)
+        y_val = self._encode_targets(
+            column_or_1d(y_val) if self._task == "classification" else y_val, False
+        )
+        check_consistent_length(X_val, y_val)
+        if sample_weight_val is not None:
+            sample_weight_val = _check_sample_weight(sample_weight_val, X_val, dtype=np.float64)
+        return X_val, y_val, sample_weight_val
 
     # ----------------------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
         """Fit the network to ``X`` and ``y``.
 
         Parameters
@@ -278,6 +313,14 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
             in proportion to its weight over the mean weight of all rows, so a mini-batch
             whose weights are all zero (bootstrap counts from bagging) adds only the
             regularisers, and an epoch weighs each row by its weight.
+        X_val : array-like of shape (n_val, n_features), default=None
+            Validation rows of your own for early stopping, used instead of holding out
+            ``validation_fraction`` of ``X``; needs ``early_stopping=True``. In a Pipeline,
+            ``Pipeline(..., transform_input=["X_val"])`` transforms them as ``X``.
+        y_val : array-like of shape (n_val,) or (n_val, n_targets), default=None
+            Their labels or targets.
+        sample_weight_val : array-like of shape (n_val,), default=None
+            Weights of the validation rows in the score.
 
         Returns
         -------
@@ -285,8 +328,14 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
             The fitted estimator.
         """
         first_call = not (self.warm_start and hasattr(self, "arrays_"))
+        # Set up before the state is saved, so that a failed fit keeps the context that
+        # scikit-learn's teardown of the callbacks needs.
+        context = self._init_callback_context(max_subtasks=self.max_iter)
         with self._restore_state_on_error():
-            self._fit(X, y, sample_weight, first_call=first_call, incremental=False)
+            self._fit(
+                X, y, sample_weight, first_call=first_call, incremental=False,
+                validation=(X_val, y_val, sample_weight_val), callback_context=context,
+            )
         return self
 
     def _partial_fit(self, X, y, sample_weight, classes):
@@ -296,8 +345,10 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
                 "on the rows it is given. Hold out rows yourself and score them instead."
             )
         first_call = not hasattr(self, "arrays_")
+        context = self._init_callback_context(max_subtasks=1)
         with self._restore_state_on_error():
-            self._fit(X, y, sample_weight, first_call=first_call, incremental=True, classes=classes)
+            self._fit(X, y, sample_weight, first_call=first_call, incremental=True,
+                      classes=classes, callback_context=context)
         return self
 
     @contextmanager
@@ -315,7 +366,8 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
             self.__dict__.pop("_trainer", None)
             raise
 
-    def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None):
+    def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None,
+             validation=(None, None, None), callback_context=None):
         device = training_device(self.device)
         X, y = validate_data(
             self,
@@ -328,22 +380,26 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         )
         y_encoded = self._encode_targets(y, first_call, classes)
         sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+        sample_weight = self._weigh_targets(y_encoded, sample_weight, incremental)
         if not np.any(sample_weight):
             raise ValueError("Sample weights must contain at least one non-zero weight.")
         if np.any(sample_weight < 0):
             raise ValueError("Sample weights must be non-negative.")
+        callback_data = {"X": X, "y": y, "metadata": {"sample_weight": sample_weight}}
 
         rng = check_random_state(self.random_state)
+        X_val, y_val, weight_val = self._check_validation_data(*validation)
         validation_score = None
         if self.early_stopping:  # partial_fit has refused it already
-            X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
-                X, y_encoded, sample_weight, rng
-            )
+            if X_val is None:
+                X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
+                    X, y_encoded, sample_weight, rng
+                )
             inference_options = prediction_options(self.device, self.n_jobs)
 
             def validation_score(arrays):
                 outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
-                return self._score_outputs(outputs, y_val)
+                return self._score_outputs(outputs, y_val, weight_val)
 
         if first_call:
             self._input_mean, self._input_scale = (
@@ -382,12 +438,14 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         )
         n_iter = 0 if first_call else self.n_iter_
         reporter = EpochReporter(self.verbose, max_epochs, type(self).__name__)
+        if callback_context is not None:
+            callback_context.call_on_fit_task_begin(estimator=self, **callback_data)
         try:
             result = trainer.fit(
                 X, y_encoded, sample_weight, schedule,
                 validation_score=validation_score,
                 best_loss=np.inf if first_call or self.best_loss_ is None else self.best_loss_,
-                report=lambda epoch, *figures: reporter.epoch(n_iter + epoch, *figures),
+                report=EpochHooks(reporter, callback_context, self, n_iter, **callback_data),
             )
         finally:
             reporter.close()
@@ -406,8 +464,11 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
             self.best_validation_score_ = float(result.best_validation_score)
         else:
             self.validation_scores_ = self.best_validation_score_ = None
-        leaves = inference.apply(arrays, X, **prediction_options(self.device, self.n_jobs))
-        self.leaf_sample_counts_ = np.bincount(leaves, minlength=arrays.n_leaves).astype(np.int64)
+        self.leaf_sample_counts_ = self._count_leaves(X)
+        if callback_context is not None:
+            callback_context.call_on_fit_task_end(
+                estimator=self, **callback_data, reconstruction_attributes={}
+            )
 
         if result.stop_reason == "interrupted":
             warnings.warn(
@@ -528,11 +589,13 @@ class BaseFFF(FittedStatePersistence, BaseEstimator, metaclass=ABCMeta):
         estimator.loss_curve_ = []
         estimator.best_loss_ = estimator.validation_scores_ = None
         estimator.best_validation_score_ = None
-        leaves = inference.apply(arrays, X, **prediction_options(estimator.device, estimator.n_jobs))
-        estimator.leaf_sample_counts_ = np.bincount(leaves, minlength=arrays.n_leaves).astype(
-            np.int64
-        )
+        estimator.leaf_sample_counts_ = estimator._count_leaves(X)
         return estimator
+
+    def _count_leaves(self, X):
+        """Rows of ``X`` that hard routing sends to each leaf of ``arrays_``."""
+        leaves = inference.apply(self.arrays_, X, **prediction_options(self.device, self.n_jobs))
+        return np.bincount(leaves, minlength=self.arrays_.n_leaves).astype(np.int64)
 
     # ----------------------------------------------------------------------------- inference
     def _validate_for_inference(self, X, options):

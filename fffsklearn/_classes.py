@@ -4,6 +4,8 @@ import numpy as np
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
+from sklearn.utils._param_validation import StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
 from ._base import _ATTRIBUTES_DOC, _PARAMETERS_DOC, BaseFFF
@@ -21,6 +23,13 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
 
     Parameters
     ----------{_PARAMETERS_DOC}
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss, multiplied into ``sample_weight``: a dict
+        ``{{label: weight}}`` (classes not in it weigh 1), or "balanced", which weighs each
+        class by ``n_samples / (n_classes * its count in y)``, so that every class counts as
+        much in total. The input statistics of ``standardize`` are weighted by them too.
+        ``partial_fit`` accepts a dict only.
+
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -44,6 +53,61 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     """
 
     _task = "classification"
+
+    _parameter_constraints = {
+        **BaseFFF._parameter_constraints,
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+    }
+
+    def __init__(
+        self,
+        depth=4,
+        leaf_width=16,
+        master_leaf_width=16,
+        load_balancing=1.0,
+        hardening_epochs=16,
+        region_leak=0.0,
+        activation="relu",
+        standardize=True,
+        max_iter=200,
+        batch_size="auto",
+        learning_rate_init=3e-3,
+        alpha=3.0,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        warm_start=False,
+        random_state=None,
+        verbose=0,
+        device="auto",
+        n_jobs=None,
+        class_weight=None,
+    ):
+        super().__init__(
+            depth=depth,
+            leaf_width=leaf_width,
+            master_leaf_width=master_leaf_width,
+            load_balancing=load_balancing,
+            hardening_epochs=hardening_epochs,
+            region_leak=region_leak,
+            activation=activation,
+            standardize=standardize,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            alpha=alpha,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            warm_start=warm_start,
+            random_state=random_state,
+            verbose=verbose,
+            device=device,
+            n_jobs=n_jobs,
+        )
+        self.class_weight = class_weight
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -89,6 +153,21 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
 
     def _n_network_outputs(self):
         return len(self.classes_)
+
+    def _weigh_targets(self, y_encoded, sample_weight, incremental):
+        if self.class_weight is None:
+            return sample_weight
+        if self.class_weight == "balanced" and incremental:
+            raise ValueError(
+                "class_weight='balanced' is not supported by partial_fit: the class frequencies "
+                "of one batch are not those of the data. Compute them with "
+                "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, "
+                "y=y) on enough of the labels and pass the result as a dict."
+            )
+        weights = compute_class_weight(
+            self.class_weight, classes=self.classes_, y=self.classes_[y_encoded]
+        )
+        return (sample_weight * weights[y_encoded]).astype(np.float32)
 
     def _arrays_in_output_units(self):
         return self.arrays_
@@ -153,8 +232,8 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 "labels (no NaN)."
             )
 
-    def _score_outputs(self, outputs, y_encoded):
-        return float(np.mean(np.argmax(outputs, axis=1) == y_encoded))
+    def _score_outputs(self, outputs, y_encoded, sample_weight=None):
+        return float(np.average(np.argmax(outputs, axis=1) == y_encoded, weights=sample_weight))
 
     def predict_proba(self, X):
         """Class probabilities of each row under hard routing.
@@ -367,8 +446,8 @@ class FFFRegressor(RegressorMixin, BaseFFF):
                 "_target_scale finite and positive."
             )
 
-    def _score_outputs(self, outputs, y_encoded):
-        return float(r2_score(y_encoded, outputs))
+    def _score_outputs(self, outputs, y_encoded, sample_weight=None):
+        return float(r2_score(y_encoded, outputs, sample_weight=sample_weight))
 
     def predict(self, X):
         """Predicted targets of each row under hard routing.

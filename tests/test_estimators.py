@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_blobs, make_regression
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, cross_val_score, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -551,3 +552,169 @@ def test_input_statistics_are_weighted_and_streamed(monkeypatch):
     np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
     np.testing.assert_allclose(scale[[0, 1, 3]], expected_scale[[0, 1, 3]], rtol=1e-9)
     assert scale[2] == 1.0  # constant: only centred
+
+
+# ----------------------------------------------------------------------- class weights
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_class_weight_multiplies_the_sample_weights(digits):
+    X_train, X_test, y_train, _ = digits
+    class_weight = {0: 3.0, 1: 0.5, 7: 2.0}
+    row_weight = np.array([class_weight.get(label, 1.0) for label in y_train])
+    params = dict(depth=2, max_iter=4, random_state=0)
+    weighted = FFFClassifier(class_weight=class_weight, **params).fit(
+        X_train, y_train, sample_weight=np.full(len(y_train), 2.0)
+    )
+    by_rows = FFFClassifier(**params).fit(X_train, y_train, sample_weight=2.0 * row_weight)
+    np.testing.assert_allclose(weighted.predict_proba(X_test), by_rows.predict_proba(X_test))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_balanced_class_weight_finds_more_of_a_rare_class():
+    from sklearn.datasets import make_classification
+    from sklearn.metrics import recall_score
+
+    X, y = make_classification(n_samples=3000, n_features=10, weights=[0.95], class_sep=0.5,
+                               random_state=0)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0, stratify=y)
+    recall = {
+        class_weight: recall_score(y_test, FFFClassifier(
+            depth=2, max_iter=20, class_weight=class_weight, random_state=0
+        ).fit(X_train, y_train).predict(X_test))
+        for class_weight in (None, "balanced")
+    }
+    assert recall["balanced"] > recall[None] + 0.1
+
+
+def test_partial_fit_takes_class_weights_as_a_dict_only(digits):
+    X_train, _, y_train, _ = digits
+    classes = np.unique(y_train)
+    model = FFFClassifier(depth=1, class_weight="balanced", random_state=0)
+    with pytest.raises(ValueError, match="'balanced' is not supported by partial_fit"):
+        model.partial_fit(X_train, y_train, classes=classes)
+    model.set_params(class_weight={0: 2.0}).partial_fit(X_train, y_train, classes=classes)
+    assert model.n_iter_ == 1
+
+
+# ---------------------------------------------------------------- validation data of one's own
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_early_stopping_scores_the_validation_rows_passed_to_fit(digits):
+    X_train, X_test, y_train, y_test = digits
+    weight_val = np.linspace(0.5, 2.0, len(y_test))
+    model = FFFClassifier(depth=2, max_iter=8, early_stopping=True, random_state=0).fit(
+        X_train, y_train, X_val=X_test, y_val=y_test, sample_weight_val=weight_val
+    )
+    # Every training row trains (nothing is held out of X), and the score of the last epoch
+    # is the final model's weighted accuracy on the rows passed.
+    assert model.leaf_sample_counts_.sum() == len(X_train)
+    assert model.validation_scores_[-1] == pytest.approx(
+        model.score(X_test, y_test, sample_weight=weight_val)
+    )
+    regressor = FFFRegressor(depth=1, max_iter=4, early_stopping=True, random_state=0)
+    X, y = make_regression(n_samples=200, n_features=4, noise=1.0, random_state=0)
+    regressor.fit(X[:150], y[:150], X_val=X[150:], y_val=y[150:])
+    assert regressor.leaf_sample_counts_.sum() == 150
+    assert regressor.validation_scores_[-1] == pytest.approx(
+        regressor.score(X[150:], y[150:]), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"X_val": "X"}, "X_val is provided, but y_val"),
+        ({"y_val": "y"}, "y_val is provided, but X_val"),
+        ({"sample_weight_val": "w"}, "sample_weight_val is provided"),
+        ({"X_val": "X", "y_val": "y", "early_stopping": False}, "early_stopping=False"),
+        ({"X_val": "X_narrow", "y_val": "y"}, "features"),
+        ({"X_val": "X", "y_val": "y_unseen"}, "not in classes_"),
+    ],
+)
+def test_bad_validation_data_raises_and_keeps_the_fitted_model(fitted_classifier, digits,
+                                                                kwargs, message):
+    X_train, X_test, y_train, _ = digits
+    model = clone(fitted_classifier).set_params(early_stopping=True, warm_start=True)
+    model.fit(X_train, y_train, X_val=X_test[:50], y_val=y_train[:50])
+    before = model.predict_proba(X_test)
+    values = {"X": X_test[:20], "X_narrow": X_test[:20, :5], "y": y_train[:20],
+              "y_unseen": np.full(20, 99), "w": np.ones(20)}
+    early_stopping = kwargs.pop("early_stopping", True)
+    model.set_params(early_stopping=early_stopping)
+    with pytest.raises(ValueError, match=message):
+        model.fit(X_train, y_train, **{k: values[v] for k, v in kwargs.items()})
+    np.testing.assert_array_equal(model.predict_proba(X_test), before)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_validation_rows_reach_the_estimator_through_metadata_routing(digits):
+    import sklearn
+    from sklearn.pipeline import Pipeline
+
+    X_train, X_test, y_train, y_test = digits
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = FFFClassifier(depth=1, max_iter=3, early_stopping=True, random_state=0)
+        pipeline = Pipeline(
+            [("scale", StandardScaler()),
+             ("fff", model.set_fit_request(X_val=True, y_val=True))],
+            transform_input=["X_val"],
+        )
+        pipeline.fit(X_train * 5.0, y_train, X_val=X_test * 5.0, y_val=y_test)
+    fitted = pipeline.named_steps["fff"]
+    assert fitted.leaf_sample_counts_.sum() == len(X_train)
+    assert fitted.validation_scores_[-1] == pytest.approx(pipeline.score(X_test * 5.0, y_test))
+
+
+# ------------------------------------------------------------------- scikit-learn callbacks
+class _StopAfter:
+    """A scikit-learn fit callback that asks to stop after epoch ``n`` and records its calls."""
+
+    def __init__(self, n):
+        self.n, self.calls = n, []
+
+    def setup(self, estimator, context):
+        self.calls.append("setup")
+
+    def teardown(self, estimator, context):
+        self.calls.append("teardown")
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
+        if context.task_name == "epoch":
+            self.calls.append(fitted_estimator.n_features_in_)
+            return context.task_id + 1 == self.n
+        return False
+
+
+def test_a_scoring_monitor_scores_every_epoch(digits):
+    callback = pytest.importorskip("sklearn.callback")
+    X_train, _, y_train, _ = digits
+    monitor = callback.ScoringMonitor(scoring="accuracy")
+    model = FFFClassifier(depth=2, max_iter=6, hardening_epochs=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.set_callbacks(monitor).fit(X_train, y_train)
+    log = monitor.get_logs().data_as_pandas
+    epochs = log[log["task_name"] == "epoch"]
+    assert len(epochs) == 6
+    # The last epoch's model is the fitted one; the first scored its own, worse, weights.
+    assert epochs["accuracy"].iloc[-1] == pytest.approx(model.score(X_train, y_train))
+    assert epochs["accuracy"].iloc[0] < epochs["accuracy"].iloc[-1]
+
+
+def test_a_callback_can_stop_training_after_an_epoch(digits):
+    pytest.importorskip("sklearn.callback")
+    X_train, X_test, y_train, _ = digits
+    stop = _StopAfter(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a requested stop is no warning
+        model = FFFClassifier(depth=2, max_iter=20, random_state=0).set_callbacks(stop)
+        model.fit(X_train, y_train)
+    assert model.n_iter_ == 3 and len(model.loss_curve_) == 3
+    assert stop.calls == ["setup", 64, 64, 64, "teardown"]
+    # A fit that fails still tears the callbacks down, and keeps the fitted model.
+    before = model.predict_proba(X_test)
+    with pytest.raises(ValueError):
+        model.fit(X_train[:, :5], y_train)
+    assert stop.calls[-1] == "teardown" and stop.calls.count("setup") == 2
+    np.testing.assert_array_equal(model.predict_proba(X_test), before)
