@@ -1,4 +1,5 @@
-"""Per-epoch reports of a verbose fit, with a progress bar when tqdm is installed."""
+"""Per-epoch reports of a fit: verbose lines (with a progress bar when tqdm is installed) and
+scikit-learn's callbacks (``sklearn.callback``, scikit-learn 1.9 and later)."""
 
 import numpy as np
 
@@ -6,6 +7,16 @@ try:
     from tqdm.auto import tqdm
 except ImportError:  # tqdm is the optional extra fffsklearn[progress]
     tqdm = None
+
+try:
+    from sklearn.callback import CallbackSupportMixin
+except ImportError:  # scikit-learn before 1.9: no callback API, set_callbacks is absent
+
+    class CallbackSupportMixin:
+        """Stands in for scikit-learn's callback support where the installed version lacks it."""
+
+        def _init_callback_context(self, **kwargs):
+            return None
 
 
 class EpochReporter:
@@ -45,3 +56,48 @@ class EpochReporter:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class EpochHooks:
+    """What a fit calls around each epoch: the verbose reporter and scikit-learn's callbacks.
+
+    Each epoch is a subtask ("epoch") of the fit's callback context; at its end the callbacks
+    get a copy of the estimator fitted with that epoch's weights (built only if a callback
+    asks for it), and a callback that returns True ends training after that epoch.
+
+    Parameters
+    ----------
+    reporter : EpochReporter
+    context : sklearn.callback.CallbackContext or None
+        The fit's callback context; None where callbacks are not supported.
+    estimator : estimator
+    first_epoch : int
+        Epochs run before this call (``n_iter_`` of a warm start).
+    X, y, metadata
+        What the callbacks receive: the training rows, their targets and
+        ``{"sample_weight": ...}`` or None.
+    """
+
+    def __init__(self, reporter, context, estimator, first_epoch, X, y, metadata):
+        self.reporter = reporter
+        self.context = context
+        self.estimator = estimator
+        self.first_epoch = first_epoch
+        self.data = {"X": X, "y": y, "metadata": metadata}
+        self.task = None
+
+    def epoch_begin(self):
+        if self.context is not None:
+            self.task = self.context.subcontext(task_name="epoch")
+            self.task.call_on_fit_task_begin(estimator=self.estimator, **self.data)
+
+    def epoch_end(self, epoch, loss, score, leaf_counts, arrays):
+        """Report epoch ``epoch`` (from 1 in this call); ``arrays()`` gives its fitted
+        weights. Returns whether a callback asked to stop."""
+        self.reporter.epoch(self.first_epoch + epoch, loss, score, leaf_counts)
+        if self.task is None:
+            return False
+        return self.task.call_on_fit_task_end(
+            estimator=self.estimator, **self.data,
+            reconstruction_attributes=lambda: {"arrays_": arrays()},
+        )

@@ -135,8 +135,9 @@ class FitResult:
     best_epoch : int or None
         Index in this call of the balancing epoch that scored best (None if no epoch of
         this call improved on an earlier call's best loss).
-    stop_reason : {"plateau", "max_iter", "interrupted"}
-        Why balancing ended: no improvement, the epoch budget, or a KeyboardInterrupt.
+    stop_reason : {"plateau", "max_iter", "interrupted", "callback"}
+        Why balancing ended: no improvement, the epoch budget, a KeyboardInterrupt, or (at
+        any epoch) a callback of ``report`` that asked to stop.
     """
 
     arrays: FFFArrays
@@ -424,9 +425,11 @@ class Trainer:
             that take raw rows), higher is better. None selects on the training objective.
         best_loss : float
             Lowest objective of earlier calls (a warm start continues their plateau count).
-        report : callable or None
-            ``report(epoch, loss, score, leaf_counts)`` after each epoch, ``epoch`` counted
-            from 1 within this call.
+        report : object or None
+            ``report.epoch_begin()`` is called before each epoch and
+            ``report.epoch_end(epoch, loss, score, leaf_counts, arrays)`` after it, ``epoch``
+            counted from 1 within this call and ``arrays()`` giving that epoch's model for raw
+            rows; a true return of ``epoch_end`` ends training after that epoch.
 
         Returns
         -------
@@ -443,6 +446,8 @@ class Trainer:
         try:
             for epoch in range(schedule.max_epochs):
                 self.hardening_phase.begin_epoch(self.network, self.optimizer)
+                if report is not None:
+                    report.epoch_begin()
                 loss = self.run_epoch(X, y, weight, schedule.batch_size)
                 losses.append(loss)
                 arrays = self.network.to_arrays()
@@ -467,8 +472,12 @@ class Trainer:
                 else:
                     kept = arrays
                 completed = (epoch + 1, kept, best_loss, best_score, best_epoch)
-                if report is not None:
-                    report(epoch + 1, loss, score, self.last_leaf_counts)
+                if report is not None and report.epoch_end(
+                    epoch + 1, loss, score, self.last_leaf_counts,
+                    lambda arrays=arrays: self.deployed(arrays),
+                ):
+                    stop_reason = "callback"
+                    break
                 if not self.hardening and (
                     plateau or epoch + 1 >= schedule.max_epochs - hardening_epochs
                 ):
