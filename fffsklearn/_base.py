@@ -52,7 +52,7 @@ _PARAMETERS_DOC = """
         the loss stops improving or only the hardening phase is left of ``max_iter``. Then it
         hardens: it freezes the routing neurons, trains the leaves at a tenth of
         ``learning_rate_init`` under the soft mixture weighted by path probability, and
-        doubles every routing logit each 2 epochs, so that the soft mixture converges to the
+        doubles every routing logit each epoch, so that the soft mixture converges to the
         hard routing that ``predict`` uses. The phase takes at most a quarter of
         ``max_iter``; 0 skips it. ``partial_fit`` only balances.
 

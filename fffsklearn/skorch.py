@@ -145,13 +145,13 @@ class Hardening(Callback):
     ----------
     epochs : int, default=16
         Length of the phase; at most ``max_epochs``.
-    sharpen_every : int, default=2
+    sharpen_every : int, default=1
         Epochs between two sharpenings.
     learning_rate_factor : float, default=0.1
         Factor on the learning rate during the phase.
     """
 
-    def __init__(self, epochs=16, sharpen_every=2, learning_rate_factor=0.1):
+    def __init__(self, epochs=16, sharpen_every=1, learning_rate_factor=0.1):
         self.epochs = epochs
         self.sharpen_every = sharpen_every
         self.learning_rate_factor = learning_rate_factor

@@ -317,7 +317,7 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
             ).outputs
         disagreement[epochs] = np.mean(soft.numpy().argmax(1) != model.predict(X_test))
         assert model.n_iter_ == 64
-    # 8 doublings of the routing logits: the soft mixture then routes like predict.
+    # 16 doublings of the routing logits: the soft mixture then routes like predict.
     assert disagreement[16] <= 0.01 < disagreement[0]
 
 
