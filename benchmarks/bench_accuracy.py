@@ -14,11 +14,14 @@ Models, at depth 4 and 6 with ``leaf_width=16``:
   of the same training width (``2**depth * leaf_width``), with scikit-learn's defaults;
 - HistGradientBoosting with its defaults.
 
-Inputs are standardised on the training split, except for ``digits_raw`` (digits as
-scikit-learn returns them, 0 to 16) and ``digits_unit`` (divided by 16), which every model gets
-as they are; MLPRegressor gets standardised targets too (FFFRegressor standardises them
-itself). The data sets need no download. The split is fixed;
-the seeds vary the models' initialisation and batch order. Usage::
+``mnist1d_40k`` (MNIST-1D at 50,000 samples), ``mnist1d_40k_unit`` (the same mapped to [0, 1])
+and ``make_classification_400`` (50,000 rows of 400 features) give a depth-6 tree hundreds of
+rows per leaf; they run only when ``--datasets`` names them. Inputs are standardised on the
+training split, except for ``digits_raw`` (digits as scikit-learn returns them, 0 to 16),
+``digits_unit`` (divided by 16) and ``mnist1d_40k_unit``, which every model gets as they are;
+MLPRegressor gets standardised targets too (FFFRegressor standardises them itself). The data
+sets need no download. The split is fixed; the seeds vary the models' initialisation and
+batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
 
@@ -60,7 +63,7 @@ FFF_VARIANTS = {
 }
 
 
-def _mnist1d():
+def _mnist1d(num_samples=10_000):
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -68,7 +71,7 @@ def _mnist1d():
             "The mnist1d data set needs the mnist1d package: pip install fffsklearn[benchmark]"
         ) from exc
     args = get_dataset_args()
-    args.num_samples = 10_000
+    args.num_samples = num_samples
     data = make_dataset(args)  # generated offline from the package's templates; 80/20 split
     return data["x"], data["x_test"], data["y"], data["y_test"]
 
@@ -77,6 +80,12 @@ def _split(X, y, test_size, stratify):
     return train_test_split(
         X, y, test_size=test_size, random_state=0, stratify=y if stratify else None
     )
+
+
+def _unit_range(X_train, X_test, y_train, y_test):
+    """Both splits mapped to [0, 1] by the training split's smallest and largest value."""
+    low, high = X_train.min(), X_train.max()
+    return (X_train - low) / (high - low), (X_test - low) / (high - low), y_train, y_test
 
 
 def _digits(divisor=1.0):
@@ -91,11 +100,26 @@ DATASETS = {
     "digits_raw": ("classification", _digits),
     "digits_unit": ("classification", lambda: _digits(16.0)),
     "mnist1d": ("classification", _mnist1d),
+    # 40,000 training rows: enough for about 600 rows per leaf of a depth-6 tree, where
+    # depth 6 should not lose to depth 4; also mapped to [0, 1] as images are, no scaler.
+    "mnist1d_40k": ("classification", lambda: _mnist1d(50_000)),
+    "mnist1d_40k_unit": ("classification", lambda: _unit_range(*_mnist1d(50_000))),
     "make_classification": (
         "classification",
         lambda: _split(
             *make_classification(
                 n_samples=50_000, n_features=40, n_informative=20, n_classes=10, random_state=0
+            ),
+            0.2,
+            True,
+        ),
+    ),
+    "make_classification_400": (
+        "classification",
+        lambda: _split(
+            *make_classification(
+                n_samples=50_000, n_features=400, n_informative=40, n_classes=10,
+                random_state=0,
             ),
             0.2,
             True,
@@ -111,7 +135,10 @@ DATASETS = {
 }
 
 
-UNSCALED = {"digits_raw", "digits_unit"}
+UNSCALED = {"digits_raw", "digits_unit", "mnist1d_40k_unit"}
+# Tens of thousands of rows on which depth 6 must not lose to depth 4: about 20 minutes each
+# for every model and seed, so they run only when --datasets names them.
+LARGE = {"mnist1d_40k", "mnist1d_40k_unit", "make_classification_400"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,8 +293,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="one seed, depth 4, at most 5,000 training rows per data set")
-    parser.add_argument("--datasets", default=",".join(DATASETS),
-                        help="comma-separated subset of: " + ", ".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join(ds for ds in DATASETS if ds not in LARGE),
+                        help="comma-separated subset of: " + ", ".join(DATASETS) + " (default: "
+                        "all but " + ", ".join(sorted(LARGE)) + ")")
     parser.add_argument("--n-jobs", type=int, default=2, help="fits run in parallel, one thread each")
     parser.add_argument("--models", help="only the models whose name contains one of these "
                         "comma-separated strings, for example '+LB,+both'")
