@@ -328,11 +328,11 @@ def test_hardening_freezes_the_routing_and_partial_fit_releases_it(digits):
     hardened = clone(balanced).set_params(max_iter=16, hardening_epochs=4)
     balanced.fit(X_train, y_train)
     hardened.fit(X_train, y_train)
-    # The same 12 balancing epochs, then 4 hardening epochs that only sharpen (twice) the
+    # The same 12 balancing epochs, then 4 hardening epochs that only sharpen (once each) the
     # routing while the leaves keep training.
     after, before = hardened.arrays_, balanced.arrays_
-    np.testing.assert_array_equal(after.node_weights, 4 * before.node_weights)
-    np.testing.assert_array_equal(after.node_biases, 4 * before.node_biases)
+    np.testing.assert_array_equal(after.node_weights, 16 * before.node_weights)
+    np.testing.assert_array_equal(after.node_biases, 16 * before.node_biases)
     assert not np.array_equal(after.leaf_hidden_weights, before.leaf_hidden_weights)
 
     routing = hardened.arrays_.node_weights.copy()
