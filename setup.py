@@ -1,9 +1,10 @@
-"""Build of the compiled inference kernel; the package metadata lives in pyproject.toml.
+"""Build of the compiled extensions; the package metadata lives in pyproject.toml.
 
-The kernel is built with OpenMP where the compiler has it and without where it does not. If it
-cannot be compiled at all, the package still installs and predicts through the NumPy
-reference path (with a warning at import); set FFFSKLEARN_REQUIRE_KERNEL=1 to make that an
-error instead, as CI does.
+Two extensions: the inference kernel, and the soft routing of CPU training. They are built
+with OpenMP where the compiler has it and without where it does not. If they cannot be
+compiled at all, the package still installs: it predicts through the NumPy reference path
+(with a warning at import) and trains with torch operations alone. Set
+FFFSKLEARN_REQUIRE_KERNEL=1 to make that an error instead, as CI does.
 """
 
 import ast
@@ -91,7 +92,9 @@ setup(
             "fffsklearn.inference._kernel",
             ["fffsklearn/inference/_kernel.c"],
             define_macros=kernel_macros(),
-        )
+        ),
+        # Training's soft routing on the CPU; without it training runs the same in torch.
+        Extension("fffsklearn._routing", ["fffsklearn/_routing.c"]),
     ],
     cmdclass={"build_ext": OptionalOpenMPBuildExt},
 )

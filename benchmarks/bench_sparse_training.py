@@ -103,6 +103,28 @@ class PathSparseNetwork(FFFNetwork):
             leaf_probabilities = X.new_zeros(n, n_leaves).scatter(1, leaves, probabilities)
         return SoftForward(outputs, None, leaf_probabilities, hard_one_hot)
 
+    def training_pass(self, X, *, straight_through, region_leak=0.0, generator=None):
+        """The trainer's forward and backward, by autograd of :meth:`soft_forward`."""
+        routing = self.soft_forward(
+            X, straight_through=straight_through, region_leak=region_leak, generator=generator
+        )
+
+        def backward(grad_outputs, grad_leaf_probabilities):
+            for parameter in self.parameters():
+                parameter.grad = None
+            tensors, grads = [routing.outputs], [grad_outputs]
+            if grad_leaf_probabilities is not None:
+                tensors.append(routing.leaf_probabilities)
+                grads.append(grad_leaf_probabilities.expand_as(routing.leaf_probabilities))
+            torch.autograd.backward(tensors, grads)
+
+        probabilities = routing.leaf_probabilities
+        detached = SoftForward(
+            routing.outputs.detach(), None,
+            None if probabilities is None else probabilities.detach(), routing.hard_one_hot,
+        )
+        return detached, backward
+
     def _leaf_outputs(self, X, leaves):
         """Outputs (rows, k, outputs) of the ``k`` leaves ``leaves[i]`` on each row ``i``."""
         n, k = leaves.shape

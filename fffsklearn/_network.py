@@ -15,6 +15,11 @@ from torch import nn
 from ._activations import torch_activation
 from ._arrays import FFFArrays
 
+try:
+    from . import _routing
+except ImportError:  # pragma: no cover - the build failed; torch computes the same
+    _routing = None
+
 class SoftForward:
     """What one forward pass of :class:`FFFNetwork` computed.
 
@@ -39,23 +44,208 @@ class SoftForward:
         self.hard_one_hot = hard_one_hot
 
 
+def _soft_forward(X, parameters, swap, straight_through, activation):
+    """The soft forward of :class:`FFFNetwork`, with what :func:`_soft_backward` needs.
+
+    The routing (path probabilities, hard leaves) is computed by the C extension
+    :mod:`fffsklearn._routing` for float32 tensors on the CPU, and by torch operations
+    (:func:`_torch_path_probabilities`) otherwise.
+
+    Parameters
+    ----------
+    X : tensor of shape (n_samples, n_features)
+    parameters : tuple of tensors
+        The ten parameters, in the order of :meth:`FFFNetwork.parameters_in_forward_order`.
+    swap : bool tensor of shape (n_samples, n_nodes) or None
+        Region-leak swaps.
+    straight_through : bool
+        Whether the outputs are the hard leaf's rather than the mixture's.
+    activation : str
+
+    Returns
+    -------
+    outputs, leaf_probabilities, right, hard_one_hot : tensors
+        The outputs, the probability of every leaf's path, the probability of going right at
+        every node and the one-hot matrix of the hard leaves.
+    saved : tuple
+        What the backward reads.
+    """
+    (node_weights, node_biases, leaf_hidden_weights, leaf_hidden_biases, leaf_output_weights,
+     leaf_output_biases, master_hidden_weights, master_hidden_biases, master_output_weights,
+     master_output_biases) = parameters
+    n, n_leaves = X.shape[0], leaf_output_biases.shape[0]
+    # Computed transposed, (nodes, rows): a product with few output columns ran at half the
+    # speed in the (rows, nodes) orientation with OpenBLAS.
+    logits = torch.addmm(node_biases.unsqueeze(1), node_weights, X.T).T
+    if _compiled_routing(logits):
+        leaf_probabilities, hard_one_hot, right = _compiled_path_probabilities(logits, swap)
+    else:
+        leaf_probabilities, hard_one_hot, right = _torch_path_probabilities(logits, swap)
+    mixture = hard_one_hot if straight_through else leaf_probabilities
+
+    _, activate_in_place, _ = torch_activation(activation)
+    hidden = activate_in_place(torch.addmm(leaf_hidden_biases, X, leaf_hidden_weights))
+    weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
+    outputs = torch.addmm(mixture @ leaf_output_biases, weighted, leaf_output_weights.T)
+    master_hidden = None
+    if master_hidden_weights.shape[1]:
+        master_hidden = activate_in_place(
+            torch.addmm(master_hidden_biases, X, master_hidden_weights)
+        )
+        outputs.addmm_(master_hidden, master_output_weights)
+    outputs += master_output_biases
+    saved = (
+        X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+        leaf_output_weights, leaf_output_biases, master_output_weights,
+    )
+    return outputs, leaf_probabilities, right, hard_one_hot, saved
+
+
+def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, routing_trains):
+    """Gradients of the ten parameters from those of the outputs and leaf probabilities.
+
+    The routing's part is computed, as in the forward, by the C extension or by torch
+    operations (:func:`_torch_path_gradients`).
+
+    Parameters
+    ----------
+    saved : tuple
+        What :func:`_soft_forward` returned as ``saved``.
+    swap, activation
+        As given to :func:`_soft_forward`.
+    grad_outputs : tensor of shape (n_samples, n_outputs) or None
+    grad_probabilities : tensor broadcastable to (n_samples, n_leaves), or None
+    routing_trains : bool
+        Whether to compute the routing neurons' gradients.
+
+    Returns
+    -------
+    list of 10 tensors or None
+        In the order of :meth:`FFFNetwork.parameters_in_forward_order`; None where there is
+        no gradient.
+    """
+    (X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+     leaf_output_weights, leaf_output_biases, master_output_weights) = saved
+    n, n_leaves = mixture.shape
+    _, _, activation_backward = torch_activation(activation)
+    grads = [None] * 10
+    grad_mixture = grad_probabilities
+    if grad_outputs is not None:
+        if master_hidden is not None:
+            grads[8] = master_hidden.T @ grad_outputs
+            grad_master = activation_backward(
+                grad_outputs @ master_output_weights.T, master_hidden
+            )
+            grads[6], grads[7] = X.T @ grad_master, grad_master.sum(dim=0)
+        grads[9] = grad_outputs.sum(dim=0)
+        grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
+        if routing_trains:
+            # Straight-through: the hard mixture's gradient is given to the soft one.
+            leaf_grad = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
+            leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
+            grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
+        grad_hidden = activation_backward(
+            grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
+        )
+        grads[2], grads[3] = X.T @ grad_hidden, grad_hidden.sum(dim=0)
+        grads[4] = grad_outputs.T @ weighted
+        grads[5] = mixture.T @ grad_outputs
+    if routing_trains and grad_mixture is not None and right.shape[1]:
+        path_gradients = (
+            _compiled_path_gradients if _compiled_routing(right) else _torch_path_gradients
+        )
+        grad_logits = path_gradients(grad_mixture, leaf_probabilities, right, swap)
+        grads[0], grads[1] = grad_logits.T @ X, grad_logits.sum(dim=0)
+    return grads
+
+
+def _compiled_routing(tensor):
+    """Whether the C routing (:mod:`fffsklearn._routing`) computes this tensor's routing."""
+    return _routing is not None and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
+def _compiled_path_probabilities(logits, swap):
+    n, n_nodes = logits.shape
+    leaf_probabilities = logits.new_empty(n, n_nodes + 1)
+    hard_one_hot = logits.new_empty(n, n_nodes + 1)
+    right = logits.new_empty(n, n_nodes)
+    _routing.path_probabilities(
+        logits.numpy(), None if swap is None else swap.numpy(), leaf_probabilities.numpy(),
+        hard_one_hot.numpy(), right.numpy(),
+    )
+    return leaf_probabilities, hard_one_hot, right
+
+
+def _torch_path_probabilities(logits, swap):
+    """Leaf path probabilities, hard one-hot and right probabilities from the logits.
+
+    A leaf's log-probability is the sum over its path of ``log sigmoid(z)`` where the path
+    goes right at a node of logit ``z`` and ``log sigmoid(-z)`` where it goes left, built
+    level by level from the root, one addition per level. The same sums over the 0/1
+    agreements of each step with the sign of its logit count, for each path, the decisions
+    it shares with hard routing; the hard leaf is the one path where all ``depth`` agree.
+    """
+    n, n_nodes = logits.shape
+    depth = n_nodes.bit_length()
+    went_right = (logits > 0).to(logits.dtype)
+    if swap is not None:
+        # A swap exchanges the two probabilities of a node: sigmoid(-z) = 1 - sigmoid(z).
+        logits = torch.where(swap, -logits, logits)
+    log_right = F.logsigmoid(logits)
+    # (2, rows, nodes, 2): log-probabilities and 0/1 decisions of the (left, right) steps;
+    # log sigmoid(-z) = log sigmoid(z) - z.
+    steps = torch.stack((
+        torch.stack((log_right - logits, log_right), dim=2),
+        torch.stack((1 - went_right, went_right), dim=2),
+    ))
+    sums = steps.new_zeros(2, n, 1)
+    for level in range(depth):
+        first = 2**level - 1
+        # Children of local node j at the next level are 2j (left) and 2j + 1 (right).
+        sums = (sums.unsqueeze(3) + steps[:, :, first : 2 * first + 1]).flatten(2)
+    return sums[0].exp_(), (sums[1] == depth).to(logits.dtype), log_right.exp_()
+
+
+def _compiled_path_gradients(grad_probabilities, leaf_probabilities, right, swap):
+    grad_logits = right.new_empty(right.shape)
+    _routing.path_gradients(
+        grad_probabilities.expand_as(leaf_probabilities).numpy(), leaf_probabilities.numpy(),
+        right.numpy(), None if swap is None else swap.numpy(), grad_logits.numpy(),
+    )
+    return grad_logits
+
+
+def _torch_path_gradients(grad_probabilities, leaf_probabilities, right, swap):
+    """The gradient of the routing logits from that of the leaf path probabilities.
+
+    From the leaves up: the gradient of a step's log-probability is the sum of
+    grad * probability over the leaves below that step, summed pairwise. Nothing is
+    divided by a probability. (Gathering every path's steps at once instead took 6 times
+    longer at depth 8, see docs/model_quality.rst.)
+    """
+    n, n_leaves = leaf_probabilities.shape
+    below = grad_probabilities * leaf_probabilities
+    grad_steps = below.new_empty(n, n_leaves - 1, 2)
+    for level in reversed(range((n_leaves - 1).bit_length())):
+        first = 2**level - 1
+        pairs = below.view(n, -1, 2)
+        grad_steps[:, first : 2 * first + 1] = pairs
+        below = pairs.sum(dim=2)
+    grad_left, grad_right = grad_steps.unbind(2)
+    # d log sigmoid(z)/dz = 1 - sigmoid(z) and d log sigmoid(-z)/dz = -sigmoid(z).
+    grad_logits = grad_right - right * (grad_left + grad_right)
+    if swap is not None:
+        grad_logits = torch.where(swap, -grad_logits, grad_logits)
+    return grad_logits
+
+
 class _SoftForwardFunction(torch.autograd.Function):
-    """The whole soft forward of :class:`FFFNetwork` as one autograd node, with its backward.
+    """:func:`_soft_forward` as one autograd node, with :func:`_soft_backward` as its backward.
 
     Autograd of the plain expression records about fifty small operations per training step
     and allocates seven (rows x training width) temporaries; on a CPU their bookkeeping cost
     more than the matrix products themselves. Here the forward keeps three such temporaries
     and the backward reuses them.
-
-    Routing works on log-probabilities: a leaf's log-probability is the sum over its path of
-    ``log sigmoid(z)`` where the path goes right at a node of logit ``z`` and
-    ``log sigmoid(-z)`` where it goes left, built level by level from the root, one addition
-    per level. The same sums over the 0/1 agreements of each step with the sign of its logit
-    count, for each path, the decisions it shares with hard routing; the hard leaf is the one
-    path where all ``depth`` agree. The backward never divides by a probability: the gradient
-    of a step's log-probability is the sum of ``grad * probability`` over the leaves below
-    the step, summed pairwise from the leaves up. (Gathering every path's steps at once
-    instead took 6 times longer at depth 8, see docs/model_quality.rst.)
 
     Inputs are the rows, the ten parameters in the order of
     :meth:`FFFNetwork.parameters_in_forward_order`, ``swap`` (a boolean (rows, nodes) mask of
@@ -66,100 +256,24 @@ class _SoftForwardFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, X, node_weights, node_biases, leaf_hidden_weights, leaf_hidden_biases,
-                leaf_output_weights, leaf_output_biases, master_hidden_weights,
-                master_hidden_biases, master_output_weights, master_output_biases, swap,
-                straight_through, activation):
+    def forward(ctx, X, *inputs):
         ctx.set_materialize_grads(False)
-        n, n_leaves = X.shape[0], leaf_output_biases.shape[0]
-        logits = torch.addmm(node_biases, X, node_weights.T)
-        went_right = (logits > 0).to(X.dtype)
-        if swap is not None:
-            # A swap exchanges the two probabilities of a node: sigmoid(-z) = 1 - sigmoid(z).
-            logits = torch.where(swap, -logits, logits)
-        log_right = F.logsigmoid(logits)
-        # (2, rows, nodes, 2): log-probabilities and 0/1 decisions of the (left, right) steps;
-        # log sigmoid(-z) = log sigmoid(z) - z.
-        steps = torch.stack((
-            torch.stack((log_right - logits, log_right), dim=2),
-            torch.stack((1 - went_right, went_right), dim=2),
-        ))
-        sums = steps.new_zeros(2, n, 1)
-        for level in range(n_leaves.bit_length() - 1):
-            first = 2**level - 1
-            # Children of local node j at the next level are 2j (left) and 2j + 1 (right).
-            sums = (sums.unsqueeze(3) + steps[:, :, first : 2 * first + 1]).flatten(2)
-        leaf_probabilities = sums[0].exp_()
-        hard_one_hot = (sums[1] == n_leaves.bit_length() - 1).to(X.dtype)
-        right = log_right.exp_()
-        mixture = hard_one_hot if straight_through else leaf_probabilities
-
-        _, activate_in_place, _ = torch_activation(activation)
-        hidden = activate_in_place(torch.addmm(leaf_hidden_biases, X, leaf_hidden_weights))
-        weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
-        outputs = torch.addmm(mixture @ leaf_output_biases, weighted, leaf_output_weights.T)
-        master_hidden = None
-        if master_hidden_weights.shape[1]:
-            master_hidden = activate_in_place(
-                torch.addmm(master_hidden_biases, X, master_hidden_weights)
-            )
-            outputs.addmm_(master_hidden, master_output_weights)
-        outputs += master_output_biases
-
-        ctx.save_for_backward(
-            X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
-            leaf_output_weights, leaf_output_biases, master_output_weights,
+        *parameters, swap, straight_through, activation = inputs
+        outputs, leaf_probabilities, right, hard_one_hot, saved = _soft_forward(
+            X, parameters, swap, straight_through, activation
         )
+        ctx.save_for_backward(*saved)
         ctx.swap, ctx.activation = swap, activation
         ctx.mark_non_differentiable(right, hard_one_hot)
         return outputs, leaf_probabilities, right, hard_one_hot
 
     @staticmethod
     def backward(ctx, grad_outputs, grad_probabilities, _right, _hard):
-        (X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
-         leaf_output_weights, leaf_output_biases, master_output_weights) = ctx.saved_tensors
-        n, n_leaves = mixture.shape
-        _, _, activation_backward = torch_activation(ctx.activation)
-        grads = [None] * 14
         routing_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grad_mixture = grad_probabilities
-        if grad_outputs is not None:
-            if master_hidden is not None:
-                grads[9] = master_hidden.T @ grad_outputs
-                grad_master = activation_backward(
-                    grad_outputs @ master_output_weights.T, master_hidden
-                )
-                grads[7], grads[8] = X.T @ grad_master, grad_master.sum(dim=0)
-            grads[10] = grad_outputs.sum(dim=0)
-            grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
-            if routing_trains:
-                # Straight-through: the hard mixture's gradient is given to the soft one.
-                leaf_grad = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
-                leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
-                grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
-            grad_hidden = activation_backward(
-                grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
-            )
-            grads[3], grads[4] = X.T @ grad_hidden, grad_hidden.sum(dim=0)
-            grads[5] = grad_outputs.T @ weighted
-            grads[6] = mixture.T @ grad_outputs
-        if routing_trains and grad_mixture is not None and right.shape[1]:
-            # From the leaves up: the gradient of a step's log-probability is the sum of
-            # grad * probability over the leaves below that step.
-            below = grad_mixture * leaf_probabilities
-            grad_steps = below.new_empty(n, right.shape[1], 2)
-            for level in reversed(range(n_leaves.bit_length() - 1)):
-                first = 2**level - 1
-                pairs = below.view(n, -1, 2)
-                grad_steps[:, first : 2 * first + 1] = pairs
-                below = pairs.sum(dim=2)
-            grad_left, grad_right = grad_steps.unbind(2)
-            # d log sigmoid(z)/dz = 1 - sigmoid(z) and d log sigmoid(-z)/dz = -sigmoid(z).
-            grad_logits = grad_right - right * (grad_left + grad_right)
-            if ctx.swap is not None:
-                grad_logits = torch.where(ctx.swap, -grad_logits, grad_logits)
-            grads[1], grads[2] = grad_logits.T @ X, grad_logits.sum(dim=0)
-        return tuple(grads)
+        grads = _soft_backward(
+            ctx.saved_tensors, ctx.swap, ctx.activation, grad_outputs, grad_probabilities, routing_trains
+        )
+        return (None, *grads, None, None, None)
 
 
 class FFFNetwork(nn.Module):
@@ -325,15 +439,60 @@ class FFFNetwork(nn.Module):
         -------
         SoftForward
         """
-        swap = None
-        if self.training and region_leak > 0 and self.depth > 0:
-            swap = torch.rand(
-                (X.shape[0], self.n_leaves - 1), generator=generator, device=X.device
-            ) < region_leak
+        swap = self._region_leak_swaps(X, region_leak, generator)
         outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
             X, *self.parameters_in_forward_order(), swap, straight_through, self.activation
         )
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot)
+
+    def training_pass(self, X, *, straight_through, region_leak=0.0, generator=None):
+        """What :meth:`soft_forward` computes, outside autograd, and the backward of it.
+
+        A training step that differentiates its own loss by hand skips autograd's
+        bookkeeping, which on a CPU costs more than the small operations it records
+        (the estimators' trainer does so; see docs/model_quality.rst, "Training speed").
+
+        Parameters
+        ----------
+        X, straight_through, region_leak, generator
+            As for :meth:`soft_forward`.
+
+        Returns
+        -------
+        routing : SoftForward
+            Its tensors carry no autograd graph.
+        backward : callable
+            ``backward(grad_outputs, grad_leaf_probabilities)`` sets (not accumulates) the
+            ``.grad`` of every parameter that requires one, from the gradients of a loss with
+            respect to ``routing.outputs`` and ``routing.leaf_probabilities``; either may be
+            None, and the second may be any tensor broadcastable to (n_samples, n_leaves).
+        """
+        swap = self._region_leak_swaps(X, region_leak, generator)
+        parameters = self.parameters_in_forward_order()
+        with torch.no_grad():
+            outputs, leaf_probabilities, right, hard_one_hot, saved = _soft_forward(
+                X, parameters, swap, straight_through, self.activation
+            )
+
+        def backward(grad_outputs, grad_leaf_probabilities):
+            with torch.no_grad():
+                grads = _soft_backward(
+                    saved, swap, self.activation, grad_outputs, grad_leaf_probabilities,
+                    routing_trains=self.node_weights.requires_grad,
+                )
+            for parameter, grad in zip(parameters, grads):
+                if parameter.requires_grad:
+                    parameter.grad = grad
+
+        return SoftForward(outputs, right, leaf_probabilities, hard_one_hot), backward
+
+    def _region_leak_swaps(self, X, region_leak, generator):
+        """Where each row swaps a node's two branches (region leak), or None."""
+        if not (self.training and region_leak > 0 and self.depth > 0):
+            return None
+        return torch.rand(
+            (X.shape[0], self.n_leaves - 1), generator=generator, device=X.device
+        ) < region_leak
 
     def to_arrays(self):
         """Export the weights as the validated NumPy arrays that every inference backend reads."""

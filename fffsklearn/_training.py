@@ -16,27 +16,74 @@ import torch.nn.functional as F
 from ._arrays import FFFArrays
 from ._network import FFFNetwork, load_balancing_loss
 
-def new_optimizer(weights, biases, learning_rate, weight_decay):
-    """The optimizer of FFF training: Adam, with L2 weight decay on ``weights`` only.
+class FusedAdam:
+    """Adam with L2 weight decay per parameter group: one fused kernel per group and step.
 
-    Adam's (coupled) weight decay adds ``weight_decay * w`` to the gradient, which is the
-    gradient of the penalty ``0.5 * weight_decay * ||w||^2``: the L2 penalty of scikit-learn's
-    MLP without its cost in the autograd graph. Fused: one kernel updates every tensor.
+    The update is that of ``torch.optim.Adam(fused=True)``, whose kernel it calls. The weight
+    decay is Adam's (coupled) one, which adds ``weight_decay * w`` to the gradient: the
+    gradient of the penalty ``0.5 * weight_decay * ||w||^2``, as in scikit-learn's MLP.
+    What it leaves out is torch.optim's per-step machinery (hooks, grouping tensors by device
+    and dtype, capturable and differentiable modes), which took about 70 us per step on a
+    CPU, a tenth of a training step (docs/model_quality.rst, "Training speed").
+
+    As torch's optimizers, it has ``param_groups`` (dicts with ``params``, ``lr`` and
+    ``weight_decay``) and ``state`` (cleared, it restarts the moment estimates), which is
+    all :class:`Hardening` reads. A parameter whose ``grad`` is None is skipped.
+
+    Parameters
+    ----------
+    param_groups : list of dict
+        Each with ``params`` (tensors) and ``weight_decay``.
+    lr : float
+    betas : (float, float), default=(0.9, 0.999)
+    eps : float, default=1e-8
     """
-    groups = [{"params": list(weights), "weight_decay": weight_decay},
-              {"params": list(biases), "weight_decay": 0.0}]
-    return torch.optim.Adam(groups, lr=learning_rate, fused=True)
+
+    def __init__(self, param_groups, lr, betas=(0.9, 0.999), eps=1e-8):
+        self.param_groups = [
+            {"lr": lr, **group, "params": list(group["params"])} for group in param_groups
+        ]
+        self.betas, self.eps = betas, eps
+        self.state = {}
+
+    @torch.no_grad()
+    def step(self):
+        """Update every parameter that has a gradient."""
+        beta1, beta2 = self.betas
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            fresh = [p for p in params if p not in self.state]
+            if fresh:
+                # Parameters whose moments start together share one step count, so that a
+                # step increments one tensor, not one per parameter.
+                count = torch.zeros((), device=fresh[0].device)
+                for p in fresh:
+                    self.state[p] = {
+                        "step": count, "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
+            states = [self.state[p] for p in params]
+            for count in {id(state["step"]): state["step"] for state in states}.values():
+                count += 1
+            torch._fused_adam_(
+                params, [p.grad for p in params], [state["exp_avg"] for state in states],
+                [state["exp_avg_sq"] for state in states], [],
+                [state["step"] for state in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=self.eps, amsgrad=False, maximize=False,
+            )
 
 
-# Values of X read at a time while computing input statistics (8 MiB in float64): bounds the
-# memory of the pass over a memmap whatever its size.
-_STATISTICS_CHUNK_VALUES = 2**20
+# Values of X read at a time (the statistics' passes, an epoch's batches; 4 MiB in float32):
+# bounds the memory of a pass over a memmap whatever its size.
+_CHUNK_VALUES = 2**20
 
 
 def input_statistics(X, sample_weight):
     """Weighted mean and standard deviation of every column of ``X``, in float64.
 
-    Read in chunks of about ``_STATISTICS_CHUNK_VALUES`` values (twice: the mean, then the
+    Read in chunks of about ``_CHUNK_VALUES`` values (twice: the mean, then the
     squared deviations from it), so a memmap larger than memory is never loaded whole. A
     column whose variance is zero, or too small against its mean to be told from rounding,
     gets scale 1, as in scikit-learn's ``StandardScaler``: it is then only centred.
@@ -47,7 +94,7 @@ def input_statistics(X, sample_weight):
     """
     weight = np.asarray(sample_weight, dtype=np.float64)
     n, n_features = X.shape
-    step = max(1, _STATISTICS_CHUNK_VALUES // max(1, n_features))
+    step = max(1, _CHUNK_VALUES // max(1, n_features))
     chunks = [slice(start, start + step) for start in range(0, n, step)]
     mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
     variance = np.zeros(n_features)
@@ -328,7 +375,11 @@ class Trainer:
     def _new_optimizer(self):
         weights = list(self.network.weight_matrices())
         biases = [p for p in self.network.parameters() if all(p is not w for w in weights)]
-        return new_optimizer(weights, biases, self.learning_rate, 0.0)
+        # The weights' decay is set at every step (see _step).
+        return FusedAdam(
+            [{"params": weights, "weight_decay": 0.0}, {"params": biases, "weight_decay": 0.0}],
+            lr=self.learning_rate,
+        )
 
     @property
     def hardening(self):
@@ -358,34 +409,58 @@ class Trainer:
         so that a batch's data loss is its weighted sum over its number of rows: every batch,
         even one whose weights are all zero, has a well-defined loss, and an epoch weighs each
         row by its weight.
+
+        The losses are differentiated here by hand, and the network's backward takes their
+        gradients (:meth:`FFFNetwork.training_pass`): autograd's bookkeeping of the dozen
+        small operations of the losses cost more than computing them.
         """
         # Straight-through routing trains the loss of the hard-routed model that predict runs;
         # gradients still reach the routing neurons through the soft path probabilities.
         # The soft mixture (hardening phase) lets neighbouring leaves share rows near a
         # boundary, which the sharpening then makes rare.
-        result = self.network.soft_forward(
+        routing, backward = self.network.training_pass(
             X, straight_through=not self.hardening, region_leak=self.region_leak,
             generator=self.generator,
         )
-        leaf_counts += result.hard_one_hot.sum(dim=0)
-        if self.task == "classification":
-            per_sample = F.cross_entropy(result.outputs, y, reduction="none")
-        else:
-            per_sample = 0.5 * (result.outputs - y).square().sum(dim=1)
-        data_loss = torch.dot(per_sample, weight) / X.shape[0]
-        regulariser_weight = self._regulariser_weight(data_loss, y)
-        loss = data_loss
+        n = X.shape[0]
+        counts = routing.hard_one_hot.sum(dim=0)
+        leaf_counts += counts
+        loss, grad_outputs = self._data_loss(routing.outputs, y, weight / n)
+        regulariser_weight = self._regulariser_weight(loss, y)
+        grad_probabilities = None
         # With the routing frozen the load-balancing loss has no gradient.
         if self.network.depth and self.load_balancing and not self.hardening:
-            loss = loss + regulariser_weight * self.load_balancing * load_balancing_loss(result)
-        weights = self.optimizer.param_groups[0]
+            # n_leaves * sum_j f_j * P_j with f_j = counts_j / n (constant) and P_j the batch
+            # mean of the leaf probabilities: its gradient is the same for every row.
+            factor = regulariser_weight * self.load_balancing * self.network.n_leaves / n**2
+            grad_probabilities = counts.mul_(factor)
+            loss = loss + torch.dot(grad_probabilities, routing.leaf_probabilities.sum(dim=0))
         # The L2 penalty 0.5 * alpha * ||W||^2 / n_samples is applied as Adam's (coupled)
         # weight decay, whose gradient it is; frozen routing weights (hardening) are left out.
-        weights["weight_decay"] = regulariser_weight * self.alpha / n_samples_total
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.optimizer.param_groups[0]["weight_decay"] = (
+            regulariser_weight * self.alpha / n_samples_total
+        )
+        backward(grad_outputs, grad_probabilities)
         self.optimizer.step()
-        return loss.detach(), regulariser_weight
+        return loss, regulariser_weight
+
+    def _data_loss(self, outputs, y, row_weight):
+        """The weighted data loss ``sum_i row_weight_i * loss_i`` and its gradient.
+
+        Cross-entropy of the logits for classification, half the squared error summed over
+        the outputs for regression.
+        """
+        if self.task == "classification":
+            log_probabilities = torch.log_softmax(outputs, dim=1)
+            targets = y.unsqueeze(1)
+            loss = -torch.dot(log_probabilities.gather(1, targets).squeeze(1), row_weight)
+            # d/d logits of -log softmax_y = softmax - one_hot(y), for each row.
+            grad = log_probabilities.exp_().mul_(row_weight.unsqueeze(1))
+            grad.scatter_add_(1, targets, row_weight.neg().unsqueeze(1))
+            return loss, grad
+        residual = outputs.sub_(y)
+        loss = 0.5 * torch.dot(residual.square().sum(dim=1), row_weight)
+        return loss, residual.mul_(row_weight.unsqueeze(1))
 
     # Regression regularisers fade once the mean squared residual of the standardised
     # targets falls below this (a training R^2 above 0.8). See _regulariser_weight.
@@ -515,8 +590,8 @@ class Trainer:
         The phase (see ``start_hardening``) chooses the forward and the loss.
 
         ``X``, ``y`` and ``weight`` are NumPy arrays (``X`` float32, possibly a read-only
-        memmap): only one mini-batch of ``X`` at a time is copied and moved to the device, so
-        a memmap larger than memory trains without being loaded whole. Also records in
+        memmap): ``X`` is copied and moved to the device some 4 MiB at a time, so a memmap
+        larger than memory trains without being loaded whole. Also records in
         ``last_leaf_counts`` how many rows each leaf received under hard routing during the
         epoch.
 
@@ -543,17 +618,22 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         regulariser_total = 0.0
         leaf_counts = torch.zeros(self.network.n_leaves, device=self.device)
-        for start in range(0, n, batch_size):
-            batch = slice(start, start + batch_size)
-            # Only one batch of X is copied at a time, so a memmap is never loaded whole.
-            X_batch = torch.from_numpy(X[order[batch]]).to(self.device)
+        # X is copied a chunk of whole batches at a time: one gather and one transfer per
+        # chunk rather than per batch, and a memmap is never loaded whole.
+        chunk_rows = batch_size * max(1, _CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
+        for chunk_start in range(0, n, chunk_rows):
+            X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
+            X_chunk = X_chunk.to(self.device)
             if scaling is not None:
-                X_batch = X_batch.sub_(scaling[0]).div_(scaling[1])
-            objective, regulariser_weight = self._step(
-                X_batch, y[batch], weight[batch], n, leaf_counts
-            )
-            total += objective * X_batch.shape[0]
-            regulariser_total += regulariser_weight * X_batch.shape[0]
+                X_chunk.sub_(scaling[0]).div_(scaling[1])
+            for start in range(0, X_chunk.shape[0], batch_size):
+                X_batch = X_chunk[start : start + batch_size]
+                batch = slice(chunk_start + start, chunk_start + start + X_batch.shape[0])
+                objective, regulariser_weight = self._step(
+                    X_batch, y[batch], weight[batch], n, leaf_counts
+                )
+                total.add_(objective, alpha=X_batch.shape[0])
+                regulariser_total += regulariser_weight * X_batch.shape[0]
         self.network.eval()
         self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
         mean = total.item() / n + self._l2_penalty(regulariser_total / n, n)

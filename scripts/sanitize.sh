@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the kernel's tests with the C extension built under AddressSanitizer and
-# UndefinedBehaviorSanitizer (out-of-bounds reads and writes, use after free, misaligned or
+# Runs the tests of the compiled code (the inference kernel, the training routing) with the C
+# extensions built under AddressSanitizer and UndefinedBehaviorSanitizer (out-of-bounds reads and writes, use after free, misaligned or
 # overflowing arithmetic abort the run). Works on a copy of the checkout; the installed
 # package is left alone. Usage: bash scripts/sanitize.sh [pytest args]
 set -euo pipefail
@@ -16,4 +16,5 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 # CPython and torch keep memory until exit by design: leaks are not what this run looks for.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-PYTHONPATH="$work" python -m pytest -p no:cacheprovider -q tests/test_inference.py "$@"
+PYTHONPATH="$work" python -m pytest -p no:cacheprovider -q tests/test_inference.py tests/test_network.py \
+  tests/test_training.py "$@"

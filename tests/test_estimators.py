@@ -545,7 +545,7 @@ def test_input_statistics_are_weighted_and_streamed(monkeypatch):
         np.float32
     )
     weight = rng.integers(0, 3, 1000).astype(np.float64)
-    monkeypatch.setattr(_training, "_STATISTICS_CHUNK_VALUES", 28)  # chunks of 7 rows
+    monkeypatch.setattr(_training, "_CHUNK_VALUES", 28)  # chunks of 7 rows
     mean, scale = _training.input_statistics(X, weight)
     expected_mean = np.average(X.astype(np.float64), axis=0, weights=weight)
     expected_scale = np.sqrt(np.average((X - expected_mean) ** 2, axis=0, weights=weight))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fffsklearn._arrays import ACTIVATIONS
+from fffsklearn import _network
 from fffsklearn._network import FFFNetwork, _SoftForwardFunction
 
 _PLAIN_ACTIVATIONS = {
@@ -152,3 +153,53 @@ def test_straight_through_forward_is_the_hard_model_and_trains_the_routing():
     assert torch.equal(one_hot, soft.hard_one_hot)
     hard.outputs.sum().backward()
     assert network.node_weights.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(_network._routing is None, reason="the C routing extension is not built")
+@pytest.mark.parametrize("depth", [0, 1, 3, 6, 9])
+@pytest.mark.parametrize("leak", [False, True])
+def test_compiled_routing_matches_the_torch_routing(depth, leak):
+    generator = torch.Generator().manual_seed(depth)
+    n, n_nodes = 300, 2**depth - 1
+    # Logits of every size, saturated ones (+-60, +-800) and exact ties (0 goes left).
+    logits = torch.randn(n_nodes, n, generator=generator) * 4  # (rows, nodes) as a strided view
+    logits = logits.T
+    logits[:20] *= 200.0
+    logits[20:30] = 0.0
+    swap = torch.rand(n, n_nodes, generator=generator) < 0.3 if leak else None
+    compiled = _network._compiled_path_probabilities(logits, swap)
+    expected = _network._torch_path_probabilities(logits, swap)
+    for got, want, name in zip(compiled, expected, ("leaf", "hard", "right")):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(compiled[1], expected[1])
+    probabilities, _, right = expected
+    for grad in (torch.randn(n, 2**depth, generator=generator), torch.randn(2**depth)):
+        torch.testing.assert_close(
+            _network._compiled_path_gradients(grad, probabilities, right, swap),
+            _network._torch_path_gradients(grad, probabilities, right, swap),
+            rtol=1e-4, atol=1e-5,
+        )
+
+
+@pytest.mark.skipif(_network._routing is None, reason="the C routing extension is not built")
+def test_compiled_routing_refuses_inconsistent_buffers():
+    logits = torch.zeros(4, 3)
+    outputs = (torch.empty(4, 4), torch.empty(4, 4), torch.empty(4, 3))
+    with pytest.raises(ValueError, match="2\\*\\*depth - 1"):
+        _network._routing.path_probabilities(
+            torch.zeros(4, 5).numpy(), None, *(o.numpy() for o in outputs)
+        )
+    with pytest.raises(ValueError, match="right_out"):
+        _network._routing.path_probabilities(
+            logits.numpy(), None, outputs[0].numpy(), outputs[1].numpy(),
+            torch.empty(4, 2).numpy(),
+        )
+    with pytest.raises(ValueError, match="swap"):
+        _network._routing.path_probabilities(
+            logits.numpy(), torch.zeros(4, 3).numpy(), *(o.numpy() for o in outputs)
+        )
+    with pytest.raises(ValueError, match="grad_probabilities"):
+        _network._routing.path_gradients(
+            torch.zeros(4, 4, dtype=torch.float64).numpy(), outputs[0].numpy(),
+            outputs[2].numpy(), None, torch.empty(4, 3).numpy(),
+        )

@@ -1,0 +1,111 @@
+"""The trainer's hand-written training step against autograd and torch's Adam."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fffsklearn import FFFClassifier
+from fffsklearn._network import load_balancing_loss
+from fffsklearn._training import FusedAdam, Trainer
+
+
+def _trainer(task, depth, n_outputs, region_leak=0.0):
+    params = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3).get_params()
+    params["region_leak"] = region_leak
+    return Trainer.create(6, n_outputs, params, task, "cpu", seed=3)
+
+
+def _batch(task, n_outputs, n=40):
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 6, generator=generator)
+    weight = torch.rand(n, generator=generator) * 2
+    if task == "classification":
+        return X, torch.randint(0, n_outputs, (n,), generator=generator), weight
+    return X, torch.randn(n, n_outputs, generator=generator) * 0.3, weight
+
+
+def _objective(trainer, X, y, weight):
+    """The training objective written with torch's losses, for autograd (no L2 term)."""
+    network = trainer.network
+    routing = network.soft_forward(X, straight_through=not trainer.hardening)
+    if trainer.task == "classification":
+        per_row = F.cross_entropy(routing.outputs, y, reduction="none")
+    else:
+        per_row = 0.5 * (routing.outputs - y).square().sum(dim=1)
+    data_loss = torch.dot(per_row, weight) / X.shape[0]
+    regulariser_weight = trainer._regulariser_weight(data_loss, y)
+    if trainer.hardening or network.depth == 0:  # no routing to balance
+        return data_loss
+    return data_loss + regulariser_weight * trainer.load_balancing * load_balancing_loss(routing)
+
+
+@pytest.mark.parametrize("task, n_outputs", [("classification", 4), ("regression", 2)])
+@pytest.mark.parametrize("depth", [0, 3])
+@pytest.mark.parametrize("hardening", [False, True])
+def test_training_step_gradients_are_those_of_the_objective(
+    task, n_outputs, depth, hardening, monkeypatch
+):
+    trainer = _trainer(task, depth, n_outputs)
+    if hardening:
+        trainer.start_hardening()
+    X, y, weight = _batch(task, n_outputs)
+    expected_loss = _objective(trainer, X, y, weight)
+    parameters = [p for p in trainer.network.parameters() if p.requires_grad]
+    expected = torch.autograd.grad(expected_loss, parameters, allow_unused=True,
+                                   materialize_grads=True)
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: None)
+    leaf_counts = torch.zeros(trainer.network.n_leaves)
+    loss, _ = trainer._step(X, y, weight, 1000, leaf_counts)
+    torch.testing.assert_close(loss, expected_loss.detach())
+    for index, (parameter, want) in enumerate(zip(parameters, expected)):
+        # Without routing (depth 0) the routing parameters are empty and get no gradient.
+        got = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
+        torch.testing.assert_close(got, want, msg=f"gradient of parameter {index}",
+                                   rtol=1e-4, atol=1e-6)
+    routing = trainer.network.soft_forward(X, straight_through=True)
+    assert torch.equal(leaf_counts, routing.hard_one_hot.sum(dim=0))
+
+
+def test_training_step_with_region_leak_matches_autograd_under_the_same_draws(monkeypatch):
+    trainer = _trainer("classification", 3, 3, region_leak=0.2)
+    X, y, weight = _batch("classification", 3)
+    trainer.generator.manual_seed(7)
+    trainer.network.train()
+    swaps = trainer.network._region_leak_swaps(X, 0.2, trainer.generator)
+    monkeypatch.setattr(trainer.network, "_region_leak_swaps", lambda *args: swaps)
+    parameters = list(trainer.network.parameters_in_forward_order())[:-1]
+    expected = torch.autograd.grad(_objective(trainer, X, y, weight), parameters)
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: None)
+    trainer._step(X, y, weight, 1000, torch.zeros(8))
+    for parameter, want in zip(parameters, expected):
+        torch.testing.assert_close(parameter.grad, want, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_adam_updates_as_torch_adam():
+    torch.manual_seed(0)
+    shapes = [(5, 3), (3,), (4, 2)]
+    ours = [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+
+    def groups(params):
+        return [{"params": params[::2], "weight_decay": 0.01},
+                {"params": params[1::2], "weight_decay": 0.0}]
+
+    fused = FusedAdam(groups(ours), lr=0.01)
+    reference = torch.optim.Adam(groups(theirs), lr=0.01)
+    for step in range(12):
+        if step == 5:  # as Hardening does: a new learning rate and fresh moments
+            for optimizer in (fused, reference):
+                optimizer.param_groups[0]["lr"] *= 0.1
+                optimizer.state.clear()
+        for a, b in zip(ours, theirs):
+            grad = torch.randn(a.shape)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        if step >= 8:  # a frozen parameter has no gradient and does not move
+            ours[2].grad = theirs[2].grad = None
+        fused.step()
+        reference.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert np.isclose(float(fused.state[ours[0]]["step"]), 7)
