@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ._arrays import FFFArrays
-from ._network import FFFNetwork, load_balancing_loss
+from ._network import FFFNetwork
 
 class FusedAdam:
     """Adam with L2 weight decay per parameter group: one fused kernel per group and step.
