@@ -79,7 +79,7 @@ _PARAMETERS_DOC = """
     batch_size : int or "auto", default="auto"
         Rows per mini-batch; "auto" means ``min(200, n_samples)``.
 
-    learning_rate_init : float, default=3e-3
+    learning_rate_init : float, default=1e-2 (FFFClassifier) or 3e-3 (FFFRegressor)
         Learning rate of the Adam optimizer.
 
     alpha : float, default=3.0

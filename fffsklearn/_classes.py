@@ -71,7 +71,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         standardize=True,
         max_iter=200,
         batch_size="auto",
-        learning_rate_init=3e-3,
+        learning_rate_init=1e-2,
         alpha=3.0,
         early_stopping=False,
         validation_fraction=0.1,

@@ -305,8 +305,9 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     X_train, X_test, y_train, _ = digits
     X_test = X_test.astype(np.float32)
     models = {
-        epochs: FFFClassifier(depth=3, hardening_epochs=epochs, max_iter=64, random_state=0)
-        .fit(X_train, y_train)
+        epochs: FFFClassifier(
+            depth=3, hardening_epochs=epochs, max_iter=64, n_iter_no_change=64, random_state=0
+        ).fit(X_train, y_train)
         for epochs in (0, 16)
     }
     disagreement = {}
