@@ -65,11 +65,14 @@ def fff_epoch_seconds(X, y, depth):
     return (time.perf_counter() - start) / model.n_iter_
 
 
-def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2):
-    """A plain torch training loop of the dense MLP an FFF of this depth replaces."""
+def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2, device="cpu"):
+    """A plain torch training loop of the dense MLP an FFF of this depth replaces, its data
+    held on ``device`` as one tensor."""
     width = 2**depth * LEAF_WIDTH
-    generator = torch.Generator().manual_seed(0)
-    net = nn.Sequential(nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, N_CLASSES))
+    generator = torch.Generator(device=device).manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, N_CLASSES)
+    ).to(device)
     defaults = FFFClassifier().get_params()
     weight_decay = defaults["alpha"] / len(X)  # the FFF's L2 penalty per row, as Adam's decay
     groups = [{"params": [net[0].weight, net[2].weight], "weight_decay": weight_decay},
@@ -78,10 +81,12 @@ def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2)
         optimizer = FusedAdam(groups, lr=defaults["learning_rate_init"])
     else:
         optimizer = torch.optim.Adam(groups, lr=defaults["learning_rate_init"], fused=True)
-    X_tensor, y_tensor = torch.from_numpy(X), torch.from_numpy(y)
+    X_tensor, y_tensor = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    synchronize()
     start = time.perf_counter()
     for _ in range(epochs):
-        order = torch.randperm(len(X), generator=generator)
+        order = torch.randperm(len(X), generator=generator, device=device)
         for first in range(0, len(X), batch_size):
             rows = order[first : first + batch_size]
             loss = nn.functional.cross_entropy(net(X_tensor[rows]), y_tensor[rows])
@@ -89,6 +94,7 @@ def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2)
                 parameter.grad = None
             loss.backward()
             optimizer.step()
+    synchronize()
     return (time.perf_counter() - start) / epochs
 
 

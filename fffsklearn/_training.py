@@ -7,6 +7,7 @@ epochs, so that the soft model the network is trained as converges to the hard o
 predicts.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,54 @@ class FusedAdam:
                 [state["step"] for state in states], lr=group["lr"], beta1=beta1, beta2=beta2,
                 weight_decay=group["weight_decay"], eps=self.eps, amsgrad=False, maximize=False,
             )
+
+
+def _optimizer_ready(optimizer, network):
+    """Whether every parameter that trains has its moments in ``optimizer.state``."""
+    return all(p in optimizer.state for p in network.parameters() if p.requires_grad)
+
+
+class _CapturedStep:
+    """A training step captured once as a CUDA graph, replayed on every next batch.
+
+    Parameters
+    ----------
+    key : tuple
+        What the step baked in besides the optimizer's moments; :meth:`replays` compares it.
+    optimizer : FusedAdam
+        Its moments must exist: a capture records kernels without running them, so moments
+        created during it would be zeros created anew at every replay.
+    batch : tuple of tensors
+        The first batch's rows, targets and weights; the graph reads copies of them that
+        every replay overwrites.
+    step : callable
+        ``step(X, y, weight)``: the operations to capture.
+    """
+
+    def __init__(self, key, optimizer, batch, step):
+        self.key = key
+        self.moments = _moment_tensors(optimizer)
+        self.inputs = [tensor.clone() for tensor in batch]
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            step(*self.inputs)
+
+    def replays(self, key, optimizer):
+        """Whether this graph runs the step that ``key`` and the optimizer's moments ask for."""
+        moments = _moment_tensors(optimizer)
+        return key == self.key and len(moments) == len(self.moments) and all(
+            a is b for a, b in zip(moments, self.moments)
+        )
+
+    def run(self, *batch):
+        """The captured step on ``batch`` (tensors of the captured shapes)."""
+        for tensor, value in zip(self.inputs, batch):
+            tensor.copy_(value)
+        self.graph.replay()
+
+
+def _moment_tensors(optimizer):
+    return [tensor for state in optimizer.state.values() for tensor in state.values()]
 
 
 # Values of X read at a time (the statistics' passes, an epoch's batches; 4 MiB in float32):
@@ -331,6 +380,9 @@ class Trainer:
         self.batch_order = np.random.RandomState(seed)
         self.last_leaf_counts = None
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._sums = None
+        self._resident_rows = None
+        self._captured_step = None
 
     @classmethod
     def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None):
@@ -519,56 +571,57 @@ class Trainer:
         # The state after the last completed epoch, stored in one assignment so that an
         # interrupt never sees half of it.
         completed = None
-        try:
-            for epoch in range(schedule.max_epochs):
-                self.hardening_phase.begin_epoch(self.network, self.optimizer)
-                if report is not None:
-                    report.epoch_begin()
-                loss = self.run_epoch(X, y, weight, schedule.batch_size)
-                losses.append(loss)
-                arrays = self.network.to_arrays()
-                score = None
-                if validation_score is not None:
-                    score = validation_score(self.deployed(arrays))
-                    scores.append(score)
-                if not self.hardening:
+        with self.rows_on_device(X):
+            try:
+                for epoch in range(schedule.max_epochs):
+                    self.hardening_phase.begin_epoch(self.network, self.optimizer)
+                    if report is not None:
+                        report.epoch_begin()
+                    loss = self.run_epoch(X, y, weight, schedule.batch_size)
+                    losses.append(loss)
+                    arrays = self.network.to_arrays()
+                    score = None
                     if validation_score is not None:
-                        improved = score > best_score + schedule.tol
-                        # A score that is NaN never improves, but the first epoch is kept.
-                        if best_arrays is None or score > best_score:
-                            best_score, best_arrays, best_epoch = score, arrays, epoch
+                        score = validation_score(self.deployed(arrays))
+                        scores.append(score)
+                    if not self.hardening:
+                        if validation_score is not None:
+                            improved = score > best_score + schedule.tol
+                            # A score that is NaN never improves, but the first epoch is kept.
+                            if best_arrays is None or score > best_score:
+                                best_score, best_arrays, best_epoch = score, arrays, epoch
+                        else:
+                            improved = loss < best_loss - schedule.tol
+                            if loss < best_loss:
+                                best_epoch = epoch
+                            best_loss = min(best_loss, loss)
+                        no_improvement = 0 if improved else no_improvement + 1
+                        plateau = no_improvement > schedule.n_iter_no_change
+                        kept = best_arrays if validation_score is not None else arrays
                     else:
-                        improved = loss < best_loss - schedule.tol
-                        if loss < best_loss:
-                            best_epoch = epoch
-                        best_loss = min(best_loss, loss)
-                    no_improvement = 0 if improved else no_improvement + 1
-                    plateau = no_improvement > schedule.n_iter_no_change
-                    kept = best_arrays if validation_score is not None else arrays
-                else:
-                    kept = arrays
-                completed = (epoch + 1, kept, best_loss, best_score, best_epoch)
-                if report is not None and report.epoch_end(
-                    epoch + 1, loss, score, self.last_leaf_counts,
-                    lambda arrays=arrays: self.deployed(arrays),
-                ):
-                    stop_reason = "callback"
-                    break
-                if not self.hardening and (
-                    plateau or epoch + 1 >= schedule.max_epochs - hardening_epochs
-                ):
-                    stop_reason = "plateau" if plateau else "max_iter"
-                    if not hardening_epochs:
+                        kept = arrays
+                    completed = (epoch + 1, kept, best_loss, best_score, best_epoch)
+                    if report is not None and report.epoch_end(
+                        epoch + 1, loss, score, self.last_leaf_counts,
+                        lambda arrays=arrays: self.deployed(arrays),
+                    ):
+                        stop_reason = "callback"
                         break
-                    if validation_score is not None:  # otherwise the network holds kept
-                        self.network.load_arrays(kept)
-                    self.start_hardening()
-                elif self.hardening_phase.epochs_done == hardening_epochs:
-                    break
-        except KeyboardInterrupt:
-            if completed is None:
-                raise  # nothing completed: the caller keeps what it had
-            stop_reason = "interrupted"
+                    if not self.hardening and (
+                        plateau or epoch + 1 >= schedule.max_epochs - hardening_epochs
+                    ):
+                        stop_reason = "plateau" if plateau else "max_iter"
+                        if not hardening_epochs:
+                            break
+                        if validation_score is not None:  # otherwise the network holds kept
+                            self.network.load_arrays(kept)
+                        self.start_hardening()
+                    elif self.hardening_phase.epochs_done == hardening_epochs:
+                        break
+            except KeyboardInterrupt:
+                if completed is None:
+                    raise  # nothing completed: the caller keeps what it had
+                stop_reason = "interrupted"
         n_epochs, arrays, best_loss, best_score, best_epoch = completed
         self.network.load_arrays(arrays)
         return FitResult(
@@ -590,7 +643,8 @@ class Trainer:
 
         ``X``, ``y`` and ``weight`` are NumPy arrays (``X`` float32, possibly a read-only
         memmap): ``X`` is copied and moved to the device some 4 MiB at a time, so a memmap
-        larger than memory trains without being loaded whole. Also records in
+        larger than memory trains without being loaded whole; within :meth:`rows_on_device`
+        the batches are gathered from a copy of ``X`` on the device. Also records in
         ``last_leaf_counts`` how many rows each leaf received under hard routing during the
         epoch.
 
@@ -610,13 +664,43 @@ class Trainer:
         weight = torch.from_numpy(weight[order] / weight.mean(dtype=np.float64)).to(
             self.device, torch.float32
         )
+        total, leaf_counts = self._epoch_sums()
+        regulariser_total = 0.0
+        for start, X_batch in self._batches(X, order, batch_size):
+            batch = slice(start, start + X_batch.shape[0])
+            regulariser_total += X_batch.shape[0] * self._accumulated_step(
+                X_batch, y[batch], weight[batch], n, batch_size
+            )
+        self.network.eval()
+        self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
+        mean = total.item() / n + self._l2_penalty(regulariser_total / n, n)
+        if not np.isfinite(mean):
+            raise FloatingPointError(self._divergence_message(n))
+        return mean
+
+    def _epoch_sums(self):
+        """The epoch's objective total and hard leaf counts, zeroed: the same two tensors
+        every epoch, which a captured step (``_accumulated_step``) adds to."""
+        if self._sums is None:
+            self._sums = (torch.zeros((), device=self.device),
+                          torch.zeros(self.network.n_leaves, device=self.device))
+        for tensor in self._sums:
+            tensor.zero_()
+        return self._sums
+
+    def _batches(self, X, order, batch_size):
+        """``(start, rows)`` of each mini-batch of the epoch, in ``order``, on the device."""
+        n = X.shape[0]
+        resident = self._resident_rows
+        if resident is not None and resident[0] is X:
+            order = torch.from_numpy(order).to(self.device)
+            for start in range(0, n, batch_size):
+                yield start, resident[1].index_select(0, order[start : start + batch_size])
+            return
         scaling = None
         if self.input_scaling is not None:
             scaling = [torch.as_tensor(s, dtype=torch.float32, device=self.device)
                        for s in self.input_scaling]
-        total = torch.zeros((), device=self.device)
-        regulariser_total = 0.0
-        leaf_counts = torch.zeros(self.network.n_leaves, device=self.device)
         # X is copied a chunk of whole batches at a time: one gather and one transfer per
         # chunk rather than per batch, and a memmap is never loaded whole.
         chunk_rows = batch_size * max(1, _CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
@@ -626,19 +710,82 @@ class Trainer:
             if scaling is not None:
                 X_chunk.sub_(scaling[0]).div_(scaling[1])
             for start in range(0, X_chunk.shape[0], batch_size):
-                X_batch = X_chunk[start : start + batch_size]
-                batch = slice(chunk_start + start, chunk_start + start + X_batch.shape[0])
-                objective, regulariser_weight = self._step(
-                    X_batch, y[batch], weight[batch], n, leaf_counts
-                )
-                total.add_(objective, alpha=X_batch.shape[0])
-                regulariser_total += regulariser_weight * X_batch.shape[0]
-        self.network.eval()
-        self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
-        mean = total.item() / n + self._l2_penalty(regulariser_total / n, n)
-        if not np.isfinite(mean):
-            raise FloatingPointError(self._divergence_message(n))
-        return mean
+                yield chunk_start + start, X_chunk[start : start + batch_size]
+
+    @contextmanager
+    def rows_on_device(self, X):
+        """Within this context, epochs on ``X`` gather their batches from a copy of it on
+        the CUDA device, scaled once, instead of copying every batch from the host.
+
+        The copy is made when ``X`` takes at most a quarter of the device's free memory
+        (else batches come from the host as outside the context), some 4 MiB at a time, so
+        a memmap is never loaded whole into host memory. It is freed on exit, with the
+        step that ``_accumulated_step`` captured: both are worth their memory only within
+        a fit.
+        """
+        if self.device.type == "cuda" and X.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
+            rows = torch.empty(X.shape, dtype=torch.float32, device=self.device)
+            step = max(1, _CHUNK_VALUES // max(1, X.shape[1]))
+            for start in range(0, X.shape[0], step):
+                rows[start : start + step] = torch.tensor(X[start : start + step])
+            if self.input_scaling is not None:
+                mean, scale = (torch.as_tensor(s, dtype=torch.float32, device=self.device)
+                               for s in self.input_scaling)
+                rows.sub_(mean).div_(scale)
+            self._resident_rows = (X, rows)
+        try:
+            yield
+        finally:
+            self._resident_rows = self._captured_step = None
+
+    # CUDA graphs replay the steps of full batches (see _accumulated_step); a test turns
+    # them off to compare with the steps run one operation at a time.
+    use_cuda_graphs = True
+
+    def _accumulated_step(self, X, y, weight, n_samples_total, batch_size):
+        """``_step`` on a batch, its objective added to the epoch's total; returns the
+        factor that weighted the regularisers.
+
+        On a CUDA device, a full batch of a classifier without region leak replays the
+        step captured as a CUDA graph: the step is some seventy small kernels, and launching
+        them one by one from Python took longer than running them. The graph is captured
+        again whenever what it baked in changes: the phase, the learning rates, the rows
+        per epoch, or the optimizer's moments (cleared by the hardening phase).
+        """
+        total, leaf_counts = self._sums
+        rows = X.shape[0]
+        if not self._can_capture(rows, batch_size):
+            loss, regulariser_weight = self._step(X, y, weight, n_samples_total, leaf_counts)
+            total.add_(loss, alpha=rows)
+            return regulariser_weight
+        key = (n_samples_total, self.hardening,
+               tuple(group["lr"] for group in self.optimizer.param_groups))
+        captured = self._captured_step
+        if captured is None or not captured.replays(key, self.optimizer):
+            if not _optimizer_ready(self.optimizer, self.network):
+                # The moments are created by a first step, which a capture would not run.
+                loss, regulariser_weight = self._step(X, y, weight, n_samples_total,
+                                                      leaf_counts)
+                total.add_(loss, alpha=rows)
+                return regulariser_weight
+            self._captured_step = None  # frees the old graph's memory first
+            captured = self._captured_step = _CapturedStep(
+                key, self.optimizer, (X, y, weight),
+                lambda X, y, weight: total.add_(
+                    self._step(X, y, weight, n_samples_total, leaf_counts)[0], alpha=rows
+                ),
+            )
+        captured.run(X, y, weight)
+        return 1.0
+
+    def _can_capture(self, rows, batch_size):
+        return (
+            self.use_cuda_graphs and self.device.type == "cuda" and rows == batch_size
+            # The regression regularisers' weight is read from each step's loss on the host,
+            # and region leak draws random numbers: neither is captured.
+            and self.task == "classification"
+            and not (self.region_leak > 0 and self.network.depth)
+        )
 
     @torch.no_grad()
     def _l2_penalty(self, regulariser_weight, n_samples):

@@ -1,7 +1,11 @@
 """CUDA: training and hard-routed inference on a GPU. Skipped, with the reason shown, where
 torch sees no CUDA device (as on the project's CPU CI)."""
 
+import contextlib
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +13,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 
-from fffsklearn import FFFClassifier, inference
+from fffsklearn import FFFClassifier, FFFRegressor, inference
+from fffsklearn._training import Trainer
 from fffsklearn._testing import random_arrays
 
 pytestmark = pytest.mark.skipif(
@@ -60,3 +65,84 @@ def test_same_random_state_same_gpu_same_model(digits):
     a = FFFClassifier(depth=3, max_iter=5, device="cuda", random_state=0).fit(X, y)
     b = FFFClassifier(depth=3, max_iter=5, device="cuda", random_state=0).fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def _fit(estimator, X, y, **trainer_options):
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in trainer_options.items():
+            patch.setattr(Trainer, name, value)
+        return estimator.fit(X, y)
+
+
+@pytest.mark.parametrize("hardening_epochs", [0, 3])
+def test_graph_replayed_steps_train_the_model_that_single_kernels_train(digits,
+                                                                        hardening_epochs):
+    # Captured once per phase, learning rate and set of moments, then replayed: the graph
+    # must run the same arithmetic as the step launched kernel by kernel, every phase.
+    X, y = digits
+    params = dict(depth=3, max_iter=6, hardening_epochs=hardening_epochs, batch_size=64,
+                  device="cuda", random_state=0)
+    graphed = _fit(FFFClassifier(**params), X, y)
+    eager = _fit(FFFClassifier(**params), X, y, use_cuda_graphs=False)
+    for name in graphed.arrays_.ARRAY_NAMES:
+        np.testing.assert_allclose(getattr(graphed.arrays_, name), getattr(eager.arrays_, name),
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(graphed.loss_curve_, eager.loss_curve_, rtol=1e-5)
+
+
+def test_rows_on_the_device_give_the_batches_the_host_gives(digits):
+    X, y = digits
+    params = dict(depth=3, max_iter=4, batch_size=50, device="cuda", random_state=0)
+    on_device = _fit(FFFClassifier(**params), X, y, use_cuda_graphs=False)
+    no_room = contextlib.nullcontext  # as when X does not fit in the device's memory
+    from_host = _fit(FFFClassifier(**params), X, y, use_cuda_graphs=False,
+                     rows_on_device=lambda self, X: no_room())
+    for name in on_device.arrays_.ARRAY_NAMES:
+        np.testing.assert_array_equal(getattr(on_device.arrays_, name),
+                                      getattr(from_host.arrays_, name), err_msg=name)
+
+
+def test_cuda_training_from_a_memmap_with_early_stopping_and_partial_fit(digits, tmp_path):
+    X, y = digits
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    X_map = np.load(path, mmap_mode="r")
+    model = FFFClassifier(depth=3, max_iter=8, early_stopping=True, device="cuda",
+                          random_state=0).fit(X_map, y)
+    assert model.score(X, y) > 0.85
+    model.set_params(early_stopping=False)
+    for _ in range(3):
+        model.partial_fit(X_map, y)
+    assert model.n_iter_ > 3 and np.isfinite(model.loss_curve_).all()
+    assert model.score(X, y) > 0.85
+
+
+def test_cuda_regression_matches_its_cpu_predictions(digits):
+    X, _ = digits
+    y = X[:, :5] @ np.arange(1, 6) + np.sin(X[:, 10])
+    model = FFFRegressor(depth=3, max_iter=20, device="cuda", random_state=0).fit(X, y)
+    assert model.score(X, y) > 0.9
+    on_gpu = model.predict(X)
+    np.testing.assert_allclose(model.set_params(device="cpu").predict(X), on_gpu,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_cuda_trained_model_predicts_in_a_process_that_sees_no_gpu(digits, tmp_path):
+    X, y = digits
+    model = FFFClassifier(depth=4, max_iter=10, device="cuda", random_state=0).fit(X, y)
+    np.save(tmp_path / "X.npy", X)
+    with open(tmp_path / "model.pkl", "wb") as f:
+        pickle.dump(model, f)
+    script = (
+        "import pickle, sys, numpy as np, torch\n"
+        "assert not torch.cuda.is_available()\n"
+        "model = pickle.load(open(sys.argv[1] + '/model.pkl', 'rb'))\n"
+        "X = np.load(sys.argv[1] + '/X.npy')\n"
+        "np.save(sys.argv[1] + '/leaves.npy', model.apply(X))\n"
+        "np.save(sys.argv[1] + '/proba.npy', model.predict_proba(X))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    np.testing.assert_array_equal(np.load(tmp_path / "leaves.npy"), model.apply(X))
+    np.testing.assert_allclose(np.load(tmp_path / "proba.npy"), model.predict_proba(X),
+                               rtol=1e-4, atol=1e-6)

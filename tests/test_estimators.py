@@ -387,7 +387,7 @@ def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
     before = trainer.network.node_weights.detach().clone()
     sharpen_routing(trainer.network)
     after = trainer.network.to_arrays()
-    np.testing.assert_array_equal(after.node_weights, 2 * before.numpy())
+    np.testing.assert_array_equal(after.node_weights, 2 * before.cpu().numpy())
     np.testing.assert_array_equal(
         inference.apply(trainer.deployed(after), X_test), model.apply(X_test)
     )
