@@ -776,7 +776,8 @@ class Trainer:
                 ),
             )
         captured.run(X, y, weight)
-        return 1.0
+        # Only classifiers are captured: their regularisers' weight needs no loss.
+        return self._regulariser_weight(None, y)
 
     def _can_capture(self, rows, batch_size):
         return (
