@@ -1,9 +1,10 @@
 """Build of the compiled extensions; the package metadata lives in pyproject.toml.
 
-Two extensions: the inference kernel, and the soft routing of CPU training. They are built
-with OpenMP where the compiler has it and without where it does not. If they cannot be
-compiled at all, the package still installs: it predicts through the NumPy reference path
-(with a warning at import) and trains with torch operations alone. Set
+Two extensions: the inference kernel, and the kernel of the CPU training step (routing and
+the hard leaf's layers). They are built with OpenMP where the compiler has it and without
+where it does not. If they cannot be compiled at all, the package still installs: it
+predicts through the NumPy reference path (with a warning at import) and trains with torch
+operations alone. Set
 FFFSKLEARN_REQUIRE_KERNEL=1 to make that an error instead, as CI does.
 """
 
@@ -30,7 +31,7 @@ def _package_constant(module, name):
 
 
 def kernel_macros():
-    """The kernel's depth limit and activation codes, from the Python modules that define
+    """The kernels' depth limit and activation codes, from the Python modules that define
     them: ``MAX_DEPTH`` of ``_limits.py``, and ``FFF_ACT_<NAME>`` = the position of each name in
     ``ACTIVATIONS`` of ``_activations.py``, with the names themselves as ``FFF_ACTIVATIONS``."""
     activations = _package_constant("_activations", "ACTIVATIONS")
@@ -93,8 +94,13 @@ setup(
             ["fffsklearn/inference/_kernel.c"],
             define_macros=kernel_macros(),
         ),
-        # Training's soft routing on the CPU; without it training runs the same in torch.
-        Extension("fffsklearn._routing", ["fffsklearn/_routing.c"]),
+        # The CPU training step's routing and hard-leaf layers; without it training computes
+        # the same with torch operations. It reads the same activation codes as the kernel.
+        Extension(
+            "fffsklearn._training_kernel",
+            ["fffsklearn/_training_kernel.c"],
+            define_macros=kernel_macros(),
+        ),
     ],
     cmdclass={"build_ext": OptionalOpenMPBuildExt},
 )

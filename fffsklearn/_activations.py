@@ -1,10 +1,12 @@
 """The activations of the hidden layers: one registry read by the training network, every
 inference backend and the ONNX exporter.
 
-Adding one means one entry in each table here, and its case in the compiled kernel's
-``activate`` (``inference/_kernel.c``); the kernel's build reads ``ACTIVATIONS`` from this
-file for its codes (``setup.py``), and refuses a name it has no case for;
-``tests/test_inference.py::test_every_backend_covers_every_activation`` checks them all.
+Adding one means one entry in each table here, its case in the compiled kernel's
+``activate`` (``inference/_kernel.c``) and in the training kernel's ``activation_slope``
+(``_training_kernel.c``); both builds read ``ACTIVATIONS`` from this file for their codes
+(``setup.py``), and refuse a code they have no case for;
+``tests/test_inference.py::test_every_backend_covers_every_activation`` and
+``tests/test_network.py`` (float32 against the formulas) check them all.
 This module imports no torch, so that NumPy inference does not need it loaded.
 """
 

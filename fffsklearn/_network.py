@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._activations import torch_activation
+from ._activations import ACTIVATIONS, torch_activation
 from ._arrays import FFFArrays
 
 try:
-    from . import _routing
+    from . import _training_kernel
 except ImportError:  # pragma: no cover - the build failed; torch computes the same
-    _routing = None
+    _training_kernel = None
 
 class SoftForward:
     """What one forward pass of :class:`FFFNetwork` computed.
@@ -47,9 +47,11 @@ class SoftForward:
 def _soft_forward(X, parameters, swap, straight_through, activation):
     """The soft forward of :class:`FFFNetwork`, with what :func:`_soft_backward` needs.
 
-    The routing (path probabilities, hard leaves) is computed by the C extension
-    :mod:`fffsklearn._routing` for float32 tensors on the CPU, and by torch operations
-    (:func:`_torch_path_probabilities`) otherwise.
+    For float32 tensors on the CPU the C extension :mod:`fffsklearn._training_kernel`
+    computes the routing (path probabilities, hard leaves) and, under straight-through
+    routing, each row's outputs from its hard leaf's output layer alone; elsewhere torch
+    operations compute the same (:func:`_torch_path_probabilities`, dense products over all
+    leaves).
 
     Parameters
     ----------
@@ -77,16 +79,26 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
     # Computed transposed, (nodes, rows): a product with few output columns ran at half the
     # speed in the (rows, nodes) orientation with OpenBLAS.
     logits = torch.addmm(node_biases.unsqueeze(1), node_weights, X.T).T
-    if _compiled_routing(logits):
-        leaf_probabilities, hard_one_hot, right = _compiled_path_probabilities(logits, swap)
+    hard_leaves = None
+    if _compiled(logits):
+        leaf_probabilities, hard_one_hot, right, hard_leaves = _compiled_path_probabilities(
+            logits, swap
+        )
     else:
         leaf_probabilities, hard_one_hot, right = _torch_path_probabilities(logits, swap)
-    mixture = hard_one_hot if straight_through else leaf_probabilities
 
     _, activate_in_place, _ = torch_activation(activation)
     hidden = activate_in_place(torch.addmm(leaf_hidden_biases, X, leaf_hidden_weights))
-    weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
-    outputs = torch.addmm(mixture @ leaf_output_biases, weighted, leaf_output_weights.T)
+    if straight_through and hard_leaves is not None:
+        # Every leaf's hidden layer is still computed: the routing's straight-through
+        # gradient needs each leaf's outputs (see _soft_backward).
+        mixture = weighted = None
+        outputs = _compiled_hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights,
+                                              leaf_output_biases)
+    else:
+        mixture = hard_one_hot if straight_through else leaf_probabilities
+        weighted = (hidden.view(n, n_leaves, -1) * mixture.unsqueeze(2)).view(n, -1)
+        outputs = torch.addmm(mixture @ leaf_output_biases, weighted, leaf_output_weights.T)
     master_hidden = None
     if master_hidden_weights.shape[1]:
         master_hidden = activate_in_place(
@@ -95,7 +107,7 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
         outputs.addmm_(master_hidden, master_output_weights)
     outputs += master_output_biases
     saved = (
-        X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+        X, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves, master_hidden,
         leaf_output_weights, leaf_output_biases, master_output_weights,
     )
     return outputs, leaf_probabilities, right, hard_one_hot, saved
@@ -104,8 +116,10 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
 def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, routing_trains):
     """Gradients of the ten parameters from those of the outputs and leaf probabilities.
 
-    The routing's part is computed, as in the forward, by the C extension or by torch
-    operations (:func:`_torch_path_gradients`).
+    As in the forward, the C extension computes the routing's part and, under
+    straight-through routing on the CPU, the leaves' gradients from each row's hard leaf
+    alone; torch operations compute the same elsewhere (:func:`_torch_path_gradients`,
+    dense products over all leaves).
 
     Parameters
     ----------
@@ -124,9 +138,8 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
         In the order of :meth:`FFFNetwork.parameters_in_forward_order`; None where there is
         no gradient.
     """
-    (X, right, leaf_probabilities, hidden, weighted, mixture, master_hidden,
+    (X, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves, master_hidden,
      leaf_output_weights, leaf_output_biases, master_output_weights) = saved
-    n, n_leaves = mixture.shape
     _, _, activation_backward = torch_activation(activation)
     grads = [None] * 10
     grad_mixture = grad_probabilities
@@ -138,30 +151,49 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
             )
             grads[6], grads[7] = X.T @ grad_master, grad_master.sum(dim=0)
         grads[9] = grad_outputs.sum(dim=0)
-        grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
+        if weighted is None:  # the outputs were each row's hard leaf's, in C
+            *leaf_grads, leaf_grad = _compiled_hard_leaf_gradients(
+                X, hidden, hard_leaves, grad_outputs, leaf_output_weights, leaf_output_biases,
+                activation, routing_trains,
+            )
+        else:
+            *leaf_grads, leaf_grad = _mixture_leaf_gradients(
+                X, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
+                leaf_output_biases, activation_backward, routing_trains,
+            )
+        grads[2:6] = leaf_grads
         if routing_trains:
-            # Straight-through: the hard mixture's gradient is given to the soft one.
-            leaf_grad = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
-            leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
             grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
-        grad_hidden = activation_backward(
-            grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
-        )
-        grads[2], grads[3] = X.T @ grad_hidden, grad_hidden.sum(dim=0)
-        grads[4] = grad_outputs.T @ weighted
-        grads[5] = mixture.T @ grad_outputs
     if routing_trains and grad_mixture is not None and right.shape[1]:
-        path_gradients = (
-            _compiled_path_gradients if _compiled_routing(right) else _torch_path_gradients
-        )
+        path_gradients = _compiled_path_gradients if _compiled(right) else _torch_path_gradients
         grad_logits = path_gradients(grad_mixture, leaf_probabilities, right, swap)
         grads[0], grads[1] = grad_logits.T @ X, grad_logits.sum(dim=0)
     return grads
 
 
-def _compiled_routing(tensor):
-    """Whether the C routing (:mod:`fffsklearn._routing`) computes this tensor's routing."""
-    return _routing is not None and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+def _mixture_leaf_gradients(X, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
+                            leaf_output_biases, activation_backward, routing_trains):
+    """The gradients of the leaf hidden and output weights and biases when the outputs are
+    the ``mixture`` of every leaf's, and, if ``routing_trains``, every leaf's gradient per
+    row as a weight of the mixture (else None)."""
+    n, n_leaves = mixture.shape
+    grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
+    leaf_grad = None
+    if routing_trains:
+        # Straight-through: the hard mixture's gradient is given to the soft one.
+        leaf_grad = (grad_weighted * hidden.view(n, n_leaves, -1)).sum(dim=2)
+        leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
+    grad_hidden = activation_backward(
+        grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
+    )
+    return (X.T @ grad_hidden, grad_hidden.sum(dim=0), grad_outputs.T @ weighted,
+            mixture.T @ grad_outputs, leaf_grad)
+
+
+def _compiled(tensor):
+    """Whether the C extension (:mod:`fffsklearn._training_kernel`) computes with this tensor."""
+    return (_training_kernel is not None and tensor.device.type == "cpu"
+            and tensor.dtype == torch.float32)
 
 
 def _compiled_path_probabilities(logits, swap):
@@ -169,11 +201,49 @@ def _compiled_path_probabilities(logits, swap):
     leaf_probabilities = logits.new_empty(n, n_nodes + 1)
     hard_one_hot = logits.new_empty(n, n_nodes + 1)
     right = logits.new_empty(n, n_nodes)
-    _routing.path_probabilities(
+    hard_leaves = torch.empty(n, dtype=torch.int64)
+    _training_kernel.path_probabilities(
         logits.numpy(), None if swap is None else swap.numpy(), leaf_probabilities.numpy(),
-        hard_one_hot.numpy(), right.numpy(),
+        hard_one_hot.numpy(), right.numpy(), hard_leaves.numpy(),
     )
-    return leaf_probabilities, hard_one_hot, right
+    return leaf_probabilities, hard_one_hot, right, hard_leaves
+
+
+def _compiled_hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases):
+    """Each row's outputs from its hard leaf's output layer (without the master leaf)."""
+    outputs = hidden.new_empty(hidden.shape[0], leaf_output_biases.shape[1])
+    _training_kernel.hard_leaf_outputs(
+        hidden.numpy(), hard_leaves.numpy(), leaf_output_weights.detach().numpy(),
+        leaf_output_biases.detach().numpy(), outputs.numpy(),
+    )
+    return outputs
+
+
+def _compiled_hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights,
+                                  leaf_output_biases, activation, routing_trains):
+    """The gradients of the leaf hidden and output weights and biases when each row's
+    outputs are its hard leaf's, and, if ``routing_trains``, every leaf's straight-through
+    gradient per row (else None).
+
+    Only the hard leaf's columns of a row's hidden layer get a gradient, so the weights'
+    gradients sum one leaf's block per row; the dense products of the soft mixture would
+    multiply the other ``n_leaves - 1`` blocks' zeros. The leaves' straight-through
+    gradients need every leaf's outputs; they are computed row by row with them.
+    """
+    n, n_leaves = hidden.shape[0], leaf_output_biases.shape[0]
+    grads = (
+        hidden.new_empty(X.shape[1], hidden.shape[1]), hidden.new_empty(hidden.shape[1]),
+        torch.empty_like(leaf_output_weights), torch.empty_like(leaf_output_biases),
+    )
+    leaf_grad = hidden.new_empty(n, n_leaves) if routing_trains else None
+    _training_kernel.hard_leaf_gradients(
+        X.detach().numpy(), hidden.numpy(), hard_leaves.numpy(), grad_outputs.numpy(),
+        leaf_output_weights.detach().numpy(), ACTIVATIONS.index(activation),
+        *(g.numpy() for g in grads), None if leaf_grad is None else leaf_grad.numpy(),
+    )
+    if leaf_grad is not None:
+        leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
+    return (*grads, leaf_grad)
 
 
 def _torch_path_probabilities(logits, swap):
@@ -208,7 +278,7 @@ def _torch_path_probabilities(logits, swap):
 
 def _compiled_path_gradients(grad_probabilities, leaf_probabilities, right, swap):
     grad_logits = right.new_empty(right.shape)
-    _routing.path_gradients(
+    _training_kernel.path_gradients(
         grad_probabilities.expand_as(leaf_probabilities).numpy(), leaf_probabilities.numpy(),
         right.numpy(), None if swap is None else swap.numpy(), grad_logits.numpy(),
     )

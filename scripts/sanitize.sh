@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the tests of the compiled code (the inference kernel, the training routing) with the C
+# Runs the tests of the compiled code (the inference kernel, the training kernel) with the C
 # extensions built under AddressSanitizer and UndefinedBehaviorSanitizer (out-of-bounds reads and writes, use after free, misaligned or
 # overflowing arithmetic abort the run). Works on a copy of the checkout; the installed
 # package is left alone. Usage: bash scripts/sanitize.sh [pytest args]

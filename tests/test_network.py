@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fffsklearn._activations import torch_activation
 from fffsklearn._arrays import ACTIVATIONS
 from fffsklearn import _network
 from fffsklearn._network import FFFNetwork, _SoftForwardFunction
@@ -50,23 +51,29 @@ def _plain_soft_forward(network, X, swap, straight_through):
     return outputs, probabilities, hard
 
 
-def _random_network(depth, activation, master_leaf_width, seed=0):
-    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation, random_state=seed).double()
+def _random_network(depth, activation, master_leaf_width, seed=0, dtype=torch.float64):
+    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation, random_state=seed)
+    network = network.to(dtype)
     with torch.no_grad():  # routing logits of all sizes, and some rows on a boundary
         network.node_weights.mul_(3.0)
     return network
 
 
+# float64 runs the torch operations; float32 on the CPU the C extension (routing and, under
+# straight-through routing, the hard leaf's layers) where it is built.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("depth", [0, 1, 3])
 @pytest.mark.parametrize("straight_through", [True, False])
 @pytest.mark.parametrize("leak", [False, True])
 def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
-    activation, depth, straight_through, leak
+    activation, depth, straight_through, leak, dtype
 ):
-    network = _random_network(depth, activation, master_leaf_width=0 if leak else 2)
+    network = _random_network(depth, activation, master_leaf_width=0 if leak else 2,
+                              dtype=dtype)
+    tolerance = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     generator = torch.Generator().manual_seed(1)
-    X = torch.randn(7, 5, dtype=torch.float64, generator=generator)
+    X = torch.randn(7, 5, dtype=dtype, generator=generator)
     swap = torch.rand(7, 2**depth - 1, generator=generator) < 0.3 if leak else None
     parameters = network.parameters_in_forward_order()
     if not network.master_output_biases.requires_grad:
@@ -80,14 +87,14 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
 
     outputs, probabilities, hard = _plain_soft_forward(network, X, swap, straight_through)
     fused_outputs, fused_probabilities = fused()
-    torch.testing.assert_close(fused_outputs, outputs)
-    torch.testing.assert_close(fused_probabilities, probabilities)
+    torch.testing.assert_close(fused_outputs, outputs, **tolerance)
+    torch.testing.assert_close(fused_probabilities, probabilities, **tolerance)
     *_, fused_hard = _SoftForwardFunction.apply(
         X, *network.parameters_in_forward_order(), swap, straight_through, activation
     )
     torch.testing.assert_close(fused_hard, hard)
     # Both outputs carry gradient: the data loss and the load-balancing loss.
-    weights = torch.randn(2, generator=generator, dtype=torch.float64)
+    weights = torch.randn(2, generator=generator, dtype=dtype)
 
     def loss():
         outputs, probabilities = fused()
@@ -101,7 +108,7 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
     expected = torch.autograd.grad(plain_loss(), parameters, **options)
     got = torch.autograd.grad(loss(), parameters, **options)
     for index, (e, g) in enumerate(zip(expected, got)):
-        torch.testing.assert_close(g, e, msg=f"gradient of parameter {index}")
+        torch.testing.assert_close(g, e, msg=f"gradient of parameter {index}", **tolerance)
 
 
 def test_every_row_has_one_hard_leaf_and_a_tie_goes_left():
@@ -155,7 +162,7 @@ def test_straight_through_forward_is_the_hard_model_and_trains_the_routing():
     assert network.node_weights.grad.abs().sum() > 0
 
 
-@pytest.mark.skipif(_network._routing is None, reason="the C routing extension is not built")
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
 @pytest.mark.parametrize("depth", [0, 1, 3, 6, 9])
 @pytest.mark.parametrize("leak", [False, True])
 def test_compiled_routing_matches_the_torch_routing(depth, leak):
@@ -172,6 +179,7 @@ def test_compiled_routing_matches_the_torch_routing(depth, leak):
     for got, want, name in zip(compiled, expected, ("leaf", "hard", "right")):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
     assert torch.equal(compiled[1], expected[1])
+    assert torch.equal(compiled[3], expected[1].argmax(dim=1))
     probabilities, _, right = expected
     for grad in (torch.randn(n, 2**depth, generator=generator), torch.randn(2**depth)):
         torch.testing.assert_close(
@@ -181,25 +189,117 @@ def test_compiled_routing_matches_the_torch_routing(depth, leak):
         )
 
 
-@pytest.mark.skipif(_network._routing is None, reason="the C routing extension is not built")
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
 def test_compiled_routing_refuses_inconsistent_buffers():
     logits = torch.zeros(4, 3)
-    outputs = (torch.empty(4, 4), torch.empty(4, 4), torch.empty(4, 3))
+    outputs = (torch.empty(4, 4), torch.empty(4, 4), torch.empty(4, 3),
+               torch.empty(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="2\\*\\*depth - 1"):
-        _network._routing.path_probabilities(
+        _network._training_kernel.path_probabilities(
             torch.zeros(4, 5).numpy(), None, *(o.numpy() for o in outputs)
         )
     with pytest.raises(ValueError, match="right_out"):
-        _network._routing.path_probabilities(
+        _network._training_kernel.path_probabilities(
             logits.numpy(), None, outputs[0].numpy(), outputs[1].numpy(),
-            torch.empty(4, 2).numpy(),
+            torch.empty(4, 2).numpy(), outputs[3].numpy(),
+        )
+    with pytest.raises(ValueError, match="hard_leaves_out"):
+        _network._training_kernel.path_probabilities(
+            logits.numpy(), None, *(o.numpy() for o in outputs[:3]),
+            torch.empty(4, dtype=torch.int32).numpy(),
         )
     with pytest.raises(ValueError, match="swap"):
-        _network._routing.path_probabilities(
+        _network._training_kernel.path_probabilities(
             logits.numpy(), torch.zeros(4, 3).numpy(), *(o.numpy() for o in outputs)
         )
     with pytest.raises(ValueError, match="grad_probabilities"):
-        _network._routing.path_gradients(
+        _network._training_kernel.path_gradients(
             torch.zeros(4, 4, dtype=torch.float64).numpy(), outputs[0].numpy(),
             outputs[2].numpy(), None, torch.empty(4, 3).numpy(),
         )
+
+
+def _hard_leaf_case(n, n_features, depth, leaf_width, activation, seed):
+    """A network's tensors at one forward: rows (a strided view), hidden layer, hard leaves
+    (every leaf used, and many rows on one leaf) and the outputs' gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    network = FFFNetwork(n_features, 3, depth, leaf_width, 0, activation, random_state=seed)
+    parameters = [p.detach() for p in network.parameters_in_forward_order()]
+    X = torch.randn(n_features, n, generator=generator).T
+    _, activate_in_place, activation_backward = torch_activation(activation)
+    hidden = activate_in_place(torch.addmm(parameters[3], X, parameters[2]))
+    leaves = torch.randint(0, 2**depth, (n,), generator=generator)
+    leaves[: 2**depth] = torch.arange(2**depth)
+    leaves[n // 2 :] = 0
+    grad_outputs = torch.randn(n, 3, generator=generator)
+    return X, hidden, leaves, grad_outputs, parameters[4], parameters[5], activation_backward
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("leaf_width", [1, 3, 8, 16, 24, 32, 40])
+@pytest.mark.parametrize("depth, n_features", [(0, 1), (2, 7), (5, 13)])
+def test_compiled_hard_leaf_layers_match_the_dense_products(
+    activation, leaf_width, depth, n_features
+):
+    # The leaf widths cover the C kernel's cases: unrolled for 8, 16 and 32, vectors of a
+    # run-time width (24), and scalar loops (1, 3, 40); 7 and 13 features leave a remainder
+    # after the kernel's groups of four.
+    X, hidden, leaves, grad_outputs, weights, biases, activation_backward = _hard_leaf_case(
+        300, n_features, depth, leaf_width, activation, seed=leaf_width + depth
+    )
+    one_hot = torch.nn.functional.one_hot(leaves, 2**depth).float()
+    weighted = (hidden.view(300, 2**depth, -1) * one_hot.unsqueeze(2)).view(300, -1)
+    torch.testing.assert_close(
+        _network._compiled_hard_leaf_outputs(hidden, leaves, weights, biases),
+        torch.addmm(one_hot @ biases, weighted, weights.T), rtol=1e-5, atol=1e-5,
+    )
+    for routing_trains in (True, False):
+        got = _network._compiled_hard_leaf_gradients(
+            X, hidden, leaves, grad_outputs, weights, biases, activation, routing_trains
+        )
+        expected = _network._mixture_leaf_gradients(
+            X, hidden, weighted, one_hot, grad_outputs, weights, biases, activation_backward,
+            routing_trains,
+        )
+        for index, (g, e) in enumerate(zip(got, expected)):
+            if e is None:
+                assert g is None
+            else:
+                torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"gradient {index}")
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+def test_compiled_hard_leaf_layers_refuse_inconsistent_buffers():
+    X, hidden, leaves, grad_outputs, weights, biases, _ = _hard_leaf_case(
+        20, 4, 2, 3, "relu", seed=0
+    )
+    kernel = _network._training_kernel
+    outputs = torch.empty(20, 3)
+    grads = [torch.empty(4, 12), torch.empty(12), torch.empty(3, 12), torch.empty(4, 3)]
+
+    def gradients(leaves=leaves, hidden=hidden, activation=0, grads=grads):
+        kernel.hard_leaf_gradients(
+            X.numpy(), hidden.numpy(), leaves.numpy(), grad_outputs.numpy(), weights.numpy(),
+            activation, *(g.numpy() for g in grads), None,
+        )
+
+    for bad_leaf in (-1, 4):
+        bad = leaves.clone()
+        bad[5] = bad_leaf
+        with pytest.raises(ValueError, match="out of range"):
+            kernel.hard_leaf_outputs(hidden.numpy(), bad.numpy(), weights.numpy(),
+                                     biases.numpy(), outputs.numpy())
+        with pytest.raises(ValueError, match="out of range"):
+            gradients(leaves=bad)
+    with pytest.raises(ValueError, match="hidden must be C-contiguous"):
+        gradients(hidden=hidden.T.contiguous().T)
+    with pytest.raises(ValueError, match="multiple of the number of leaves"):
+        kernel.hard_leaf_outputs(torch.zeros(20, 13).numpy(), leaves.numpy(),
+                                 torch.zeros(3, 13).numpy(), biases.numpy(), outputs.numpy())
+    with pytest.raises(ValueError, match="activation code"):
+        gradients(activation=len(ACTIVATIONS))
+    with pytest.raises(ValueError, match="grad_output_weights_out"):
+        gradients(grads=[*grads[:2], torch.empty(3, 11), grads[3]])
+    with pytest.raises(ValueError, match="hard_leaves"):
+        gradients(leaves=leaves.int())

@@ -1,0 +1,591 @@
+/* The CPU training step's own arithmetic, for float32 tensors: the soft routing (the path
+ * probabilities of every leaf, each row's hard leaf, and their backward) and the layers of
+ * each row's hard leaf in the straight-through forward and its backward.
+ *
+ * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
+ * and the dense leaf products) take about thirty small tensor operations per training step,
+ * whose dispatch cost more than the arithmetic: 200 us of a 700 us step at depth 4. Here each
+ * direction is one call with one pass over every row. Routing arithmetic is in double,
+ * results in float32.
+ *
+ * A leaf's probability is the product over its path of sigmoid(z) where the path goes right
+ * at a node of logit z and sigmoid(-z) where it goes left, in double: one exp per node, where
+ * sums of log-probabilities took three per node and one per leaf.
+ * The gradient of a step's log-probability is the sum of grad * probability over the leaves
+ * below it; d log sigmoid(z)/dz = 1 - sigmoid(z), d log sigmoid(-z)/dz = -sigmoid(z).
+ * A region-leak swap exchanges a node's two probabilities (z becomes -z) but not its hard
+ * decision, which is always z > 0.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The hard leaf's loops are compiled twice, for AVX2+FMA machines and for the baseline, as
+ * in the inference kernel (inference/_kernel.c). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_CLONES)
+#define HOT_PATH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT_PATH
+#endif
+
+/* The activation codes come from fffsklearn/_activations.py, through setup.py. */
+#if !defined(FFF_ACT_RELU) || !defined(FFF_ACT_TANH) || !defined(FFF_ACT_LOGISTIC) || \
+    !defined(FFF_ACT_IDENTITY)
+#error "build the training kernel through setup.py, which defines the FFF_ACT_* codes"
+#endif
+
+typedef struct {
+    Py_buffer view;
+    int held;
+} buffer_t;
+
+static void release(buffer_t *b) {
+    if (b->held) PyBuffer_Release(&b->view);
+    b->held = 0;
+}
+
+static char item_format(const Py_buffer *view) {
+    const char *f = view->format ? view->format : "B";
+    while (*f == '<' || *f == '=' || *f == '@' || *f == '|') f++;
+    return (f[0] != '\0' && f[1] == '\0') ? f[0] : '?';
+}
+
+/* A 2-D buffer of `rows` x `cols` items of format `format` (and size `itemsize`), any strides
+ * for inputs, C-contiguous and writable for outputs. */
+static int get_matrix(PyObject *obj, buffer_t *b, const char *name, char format,
+                      Py_ssize_t itemsize, Py_ssize_t rows, Py_ssize_t cols, int output) {
+    int flags = output ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
+                       : (PyBUF_STRIDES | PyBUF_FORMAT);
+    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
+    b->held = 1;
+    const Py_buffer *v = &b->view;
+    if (v->ndim != 2 || item_format(v) != format || v->itemsize != itemsize ||
+        (rows >= 0 && v->shape[0] != rows) || (cols >= 0 && v->shape[1] != cols) ||
+        v->strides[0] % itemsize || v->strides[1] % itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s has the wrong type, shape or strides.", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A 1-D buffer of `length` items (or any length if negative), C-contiguous; writable if
+ * `output`. Integer indices are int64 ('l' or 'q'). */
+static int get_vector(PyObject *obj, buffer_t *b, const char *name, char format,
+                      Py_ssize_t itemsize, Py_ssize_t length, int output) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (output ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
+    b->held = 1;
+    const Py_buffer *v = &b->view;
+    char f = item_format(v);
+    int format_ok = format == 'q' ? (f == 'q' || f == 'l') : f == format;
+    if (v->ndim != 1 || !format_ok || v->itemsize != itemsize ||
+        (length >= 0 && v->shape[0] != length)) {
+        PyErr_Format(PyExc_ValueError, "%s has the wrong type or shape.", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* A C-contiguous 2-D float32 buffer (see get_matrix). */
+static int get_dense(PyObject *obj, buffer_t *b, const char *name, Py_ssize_t rows,
+                     Py_ssize_t cols, int output) {
+    if (get_matrix(obj, b, name, 'f', 4, rows, cols, output) < 0) return -1;
+    const Py_buffer *v = &b->view;
+    if (!output && (v->strides[1] != 4 || v->strides[0] != 4 * v->shape[1])) {
+        PyErr_Format(PyExc_ValueError, "%s must be C-contiguous.", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* The depth whose tree has `n_nodes` = 2**depth - 1 nodes, or -1. */
+static int depth_of(Py_ssize_t n_nodes) {
+    for (int depth = 0; depth < 31; depth++)
+        if (((Py_ssize_t)1 << depth) - 1 == n_nodes) return depth;
+    return -1;
+}
+
+/* path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,
+ *                    hard_leaves_out) */
+static PyObject *path_probabilities(PyObject *self, PyObject *args) {
+    PyObject *logits_obj, *swap_obj, *probabilities_obj, *hard_obj, *right_obj, *leaves_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &logits_obj, &swap_obj, &probabilities_obj, &hard_obj,
+                          &right_obj, &leaves_obj))
+        return NULL;
+    buffer_t logits = {0}, swap = {0}, probabilities = {0}, hard = {0}, right = {0},
+             leaves = {0};
+    PyObject *result = NULL;
+    double *products = NULL;
+    if (get_matrix(logits_obj, &logits, "logits", 'f', 4, -1, -1, 0) < 0) goto done;
+    Py_ssize_t n = logits.view.shape[0], n_nodes = logits.view.shape[1];
+    int depth = depth_of(n_nodes);
+    if (depth < 0) {
+        PyErr_SetString(PyExc_ValueError, "logits must have 2**depth - 1 columns.");
+        goto done;
+    }
+    Py_ssize_t n_leaves = n_nodes + 1;
+    if (swap_obj != Py_None &&
+        get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0)
+        goto done;
+    if (get_matrix(probabilities_obj, &probabilities, "leaf_probabilities_out", 'f', 4, n,
+                   n_leaves, 1) < 0 ||
+        get_matrix(hard_obj, &hard, "hard_one_hot_out", 'f', 4, n, n_leaves, 1) < 0 ||
+        get_matrix(right_obj, &right, "right_out", 'f', 4, n, n_nodes, 1) < 0 ||
+        get_vector(leaves_obj, &leaves, "hard_leaves_out", 'q', 8, n, 1) < 0)
+        goto done;
+    products = malloc(sizeof(double) * n_leaves);
+    if (products == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const char *z_base = logits.view.buf, *s_base = swap.held ? swap.view.buf : NULL;
+    Py_ssize_t z_row = logits.view.strides[0], z_col = logits.view.strides[1];
+    Py_ssize_t s_row = swap.held ? swap.view.strides[0] : 0;
+    Py_ssize_t s_col = swap.held ? swap.view.strides[1] : 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *z_row_base = z_base + i * z_row;
+        float *p = (float *)probabilities.view.buf + i * n_leaves;
+        float *h = (float *)hard.view.buf + i * n_leaves;
+        float *r = (float *)right.view.buf + i * n_nodes;
+        products[0] = 1.0;
+        for (int level = 0; level < depth; level++) {
+            Py_ssize_t first = ((Py_ssize_t)1 << level) - 1;
+            /* Descending, so that products[j] is read before 2j and 2j + 1 are written. */
+            for (Py_ssize_t j = first; j >= 0; j--) {
+                Py_ssize_t node = first + j;
+                double z = *(const float *)(z_row_base + node * z_col);
+                if (s_base && *(s_base + i * s_row + node * s_col)) z = -z;
+                /* sigmoid(z) and sigmoid(-z) from one exp(-|z|), which cannot overflow. */
+                double e = exp(-fabs(z)), denominator = 1.0 + e;
+                double go_right = (z >= 0.0 ? 1.0 : e) / denominator;
+                double go_left = (z >= 0.0 ? e : 1.0) / denominator;
+                double base = products[j];
+                r[node] = (float)go_right;
+                products[2 * j + 1] = base * go_right;
+                products[2 * j] = base * go_left;
+            }
+        }
+        Py_ssize_t node = 0;
+        for (int level = 0; level < depth; level++)
+            node = 2 * node + 1 + (*(const float *)(z_row_base + node * z_col) > 0.0f);
+        for (Py_ssize_t j = 0; j < n_leaves; j++) {
+            p[j] = (float)products[j];
+            h[j] = 0.0f;
+        }
+        h[node - n_nodes] = 1.0f;
+        ((int64_t *)leaves.view.buf)[i] = node - n_nodes;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(products);
+    release(&logits), release(&swap), release(&probabilities), release(&hard), release(&right);
+    release(&leaves);
+    return result;
+}
+
+/* path_gradients(grad_probabilities, leaf_probabilities, right, swap, grad_logits_out) */
+static PyObject *path_gradients(PyObject *self, PyObject *args) {
+    PyObject *grad_obj, *probabilities_obj, *right_obj, *swap_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOOO", &grad_obj, &probabilities_obj, &right_obj, &swap_obj,
+                          &out_obj))
+        return NULL;
+    buffer_t grad = {0}, probabilities = {0}, right = {0}, swap = {0}, out = {0};
+    PyObject *result = NULL;
+    double *below = NULL;
+    if (get_matrix(probabilities_obj, &probabilities, "leaf_probabilities", 'f', 4, -1, -1, 0) < 0)
+        goto done;
+    Py_ssize_t n = probabilities.view.shape[0], n_leaves = probabilities.view.shape[1];
+    Py_ssize_t n_nodes = n_leaves - 1;
+    int depth = depth_of(n_nodes);
+    if (depth < 0) {
+        PyErr_SetString(PyExc_ValueError, "leaf_probabilities must have 2**depth columns.");
+        goto done;
+    }
+    if (get_matrix(grad_obj, &grad, "grad_probabilities", 'f', 4, n, n_leaves, 0) < 0 ||
+        get_matrix(right_obj, &right, "right", 'f', 4, n, n_nodes, 0) < 0 ||
+        (swap_obj != Py_None && get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0) ||
+        get_matrix(out_obj, &out, "grad_logits_out", 'f', 4, n, n_nodes, 1) < 0)
+        goto done;
+    below = malloc(sizeof(double) * n_leaves);
+    if (below == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const Py_buffer *g = &grad.view, *p = &probabilities.view, *r = &right.view;
+    const char *s_base = swap.held ? swap.view.buf : NULL;
+    Py_ssize_t s_row = swap.held ? swap.view.strides[0] : 0;
+    Py_ssize_t s_col = swap.held ? swap.view.strides[1] : 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const char *g_row = (const char *)g->buf + i * g->strides[0];
+        const char *p_row = (const char *)p->buf + i * p->strides[0];
+        const char *r_row = (const char *)r->buf + i * r->strides[0];
+        float *o = (float *)out.view.buf + i * n_nodes;
+        for (Py_ssize_t j = 0; j < n_leaves; j++)
+            below[j] = (double)*(const float *)(g_row + j * g->strides[1]) *
+                       *(const float *)(p_row + j * p->strides[1]);
+        for (int level = depth - 1; level >= 0; level--) {
+            Py_ssize_t first = ((Py_ssize_t)1 << level) - 1;
+            /* Ascending, so that below[2j] and below[2j + 1] are read before j is written. */
+            for (Py_ssize_t j = 0; j <= first; j++) {
+                Py_ssize_t node = first + j;
+                double left = below[2 * j], right_ = below[2 * j + 1];
+                double probability = *(const float *)(r_row + node * r->strides[1]);
+                double dz = right_ - probability * (left + right_);
+                if (s_base && *(s_base + i * s_row + node * s_col)) dz = -dz;
+                o[node] = (float)dz;
+                below[j] = left + right_;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(below);
+    release(&grad), release(&probabilities), release(&right), release(&swap), release(&out);
+    return result;
+}
+
+/* The hard leaf's layers. Hidden and output weights of every leaf are stored side by side:
+ * leaf j owns columns j*L .. j*L + L - 1 of the (n, J*L) hidden activations, of the
+ * (d, J*L) hidden weights and of the (o, J*L) output weights. Under straight-through routing
+ * a row's outputs and its gradients involve its hard leaf alone, so these loops touch one
+ * block of L columns per row where the dense products of the soft mixture touch all J. */
+
+/* The leaf count J and width L of hidden activations with `width` = J*L columns and output
+ * biases of J rows, and each row's hard leaf checked against J. */
+static int leaf_layout(Py_ssize_t width, Py_ssize_t n_leaves, const int64_t *leaves,
+                       Py_ssize_t n, Py_ssize_t *leaf_width) {
+    if (n_leaves < 1 || width % n_leaves) {
+        PyErr_SetString(PyExc_ValueError,
+                        "the hidden width must be a multiple of the number of leaves.");
+        return -1;
+    }
+    *leaf_width = width / n_leaves;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (leaves[i] < 0 || leaves[i] >= n_leaves) {
+            PyErr_SetString(PyExc_ValueError, "hard_leaves holds a leaf out of range.");
+            return -1;
+        }
+    return 0;
+}
+
+HOT_PATH
+static void hard_outputs_loop(Py_ssize_t n, Py_ssize_t width, Py_ssize_t leaf_width,
+                              Py_ssize_t n_outputs, const float *restrict hidden,
+                              const int64_t *restrict leaves, const float *restrict weights,
+                              const float *restrict biases, float *restrict outputs) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t first = leaves[i] * leaf_width;
+        const float *h = hidden + i * width + first;
+        for (Py_ssize_t c = 0; c < n_outputs; c++) {
+            const float *w = weights + c * width + first;
+            float sum = 0.0f;
+            for (Py_ssize_t k = 0; k < leaf_width; k++) sum += h[k] * w[k];
+            outputs[i * n_outputs + c] = biases[leaves[i] * n_outputs + c] + sum;
+        }
+    }
+}
+
+/* hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases, outputs_out) */
+static PyObject *hard_leaf_outputs(PyObject *self, PyObject *args) {
+    PyObject *hidden_obj, *leaves_obj, *weights_obj, *biases_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOOO", &hidden_obj, &leaves_obj, &weights_obj, &biases_obj,
+                          &out_obj))
+        return NULL;
+    buffer_t hidden = {0}, leaves = {0}, weights = {0}, biases = {0}, out = {0};
+    PyObject *result = NULL;
+    Py_ssize_t leaf_width;
+    if (get_dense(hidden_obj, &hidden, "hidden", -1, -1, 0) < 0) goto done;
+    Py_ssize_t n = hidden.view.shape[0], width = hidden.view.shape[1];
+    if (get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+        get_dense(biases_obj, &biases, "leaf_output_biases", -1, -1, 0) < 0)
+        goto done;
+    Py_ssize_t n_leaves = biases.view.shape[0], n_outputs = biases.view.shape[1];
+    if (get_dense(weights_obj, &weights, "leaf_output_weights", n_outputs, width, 0) < 0 ||
+        get_dense(out_obj, &out, "outputs_out", n, n_outputs, 1) < 0 ||
+        leaf_layout(width, n_leaves, leaves.view.buf, n, &leaf_width) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    hard_outputs_loop(n, width, leaf_width, n_outputs, hidden.view.buf, leaves.view.buf,
+                      weights.view.buf, biases.view.buf, out.view.buf);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(&hidden), release(&leaves), release(&weights), release(&biases), release(&out);
+    return result;
+}
+
+/* The activation's derivative, from its output h, as torch's *_backward kernels compute it. */
+static inline float activation_slope(int activation, float h) {
+    switch (activation) {
+    case FFF_ACT_RELU: return h > 0.0f ? 1.0f : 0.0f;
+    case FFF_ACT_TANH: return 1.0f - h * h;
+    case FFF_ACT_LOGISTIC: return h * (1.0f - h);
+    default: return 1.0f;
+    }
+}
+
+typedef struct {
+    Py_ssize_t n, n_features, width, n_leaves, n_outputs;
+    const char *X;
+    Py_ssize_t x_row, x_col;
+    const char *grad_outputs;
+    Py_ssize_t g_row, g_col;
+    const float *hidden, *output_weights;
+    const int64_t *leaves;
+    int activation;
+    float *grad_hidden_weights, *grad_hidden_biases, *grad_output_weights, *grad_output_biases;
+    float *leaf_gradients; /* NULL when the routing does not train */
+    /* Scratch: rows sorted by leaf, each leaf's end in that order, the gradient of each row's
+     * hard-leaf hidden pre-activations, and one row's gradient of every leaf's hidden layer. */
+    Py_ssize_t *order, *ends;
+    float *grad_block, *grad_row;
+} hard_gradients_t;
+
+#define X_AT(a, i, f) (*(const float *)((a)->X + (i) * (a)->x_row + (f) * (a)->x_col))
+#define G_AT(a, i, c) (*(const float *)((a)->grad_outputs + (i) * (a)->g_row + (c) * (a)->g_col))
+#define INLINE static inline __attribute__((always_inline))
+
+/* GCC vector types: 8 float lanes, AVX registers in the AVX2 clone, pairs of SSE registers in
+ * the baseline one. A block of L floats is L / 8 vectors and L % 8 scalars; with L a
+ * constant (hard_gradients_loop) the loops over a block unroll into whole vector operations,
+ * where with L known only at run time their set-up cost more than their arithmetic. */
+typedef float v8f __attribute__((vector_size(32)));
+INLINE v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* Vectors of a block summed in registers: leaf widths up to this many floats. */
+#define MAX_BLOCK_VECTORS 4
+
+/* y[k] += a * x[k] over a block of L floats. */
+INLINE void block_axpy(float *y, float a, const float *x, Py_ssize_t L) {
+    Py_ssize_t k = 0;
+    for (; k + 8 <= L; k += 8) store8(y + k, load8(y + k) + a * load8(x + k));
+    for (; k < L; k++) y[k] += a * x[k];
+}
+
+INLINE float block_dot(const float *x, const float *y, Py_ssize_t L) {
+    v8f sum = {0};
+    Py_ssize_t k = 0;
+    for (; k + 8 <= L; k += 8) sum += load8(x + k) * load8(y + k);
+    float total = ((sum[0] + sum[1]) + (sum[2] + sum[3])) + ((sum[4] + sum[5]) + (sum[6] + sum[7]));
+    for (; k < L; k++) total += x[k] * y[k];
+    return total;
+}
+
+/* out = sum over the leaf's rows r of scale(r) * block(r), a block of L floats per row, summed
+ * in registers when L is a multiple of 8 of at most MAX_BLOCK_VECTORS vectors. */
+#define SUM_ROWS_INTO(out, L, first, last, scale, block)                                      \
+    do {                                                                                      \
+        if ((L) % 8 == 0 && (L) <= 8 * MAX_BLOCK_VECTORS) {                                   \
+            v8f sum_[MAX_BLOCK_VECTORS] = {{0}};                                              \
+            for (Py_ssize_t r = (first); r < (last); r++) {                                   \
+                float s_ = (scale);                                                           \
+                const float *b_ = (block);                                                    \
+                for (Py_ssize_t v = 0; v < (L) / 8; v++) sum_[v] += s_ * load8(b_ + 8 * v);   \
+            }                                                                                 \
+            for (Py_ssize_t v = 0; v < (L) / 8; v++) store8((out) + 8 * v, sum_[v]);          \
+        } else {                                                                              \
+            for (Py_ssize_t k = 0; k < (L); k++) (out)[k] = 0.0f;                             \
+            for (Py_ssize_t r = (first); r < (last); r++) block_axpy((out), (scale), (block), (L)); \
+        }                                                                                     \
+    } while (0)
+
+INLINE void hard_gradients_body(const hard_gradients_t *a, const Py_ssize_t L) {
+    Py_ssize_t n = a->n, width = a->width, J = a->n_leaves, o = a->n_outputs;
+    for (Py_ssize_t j = 0; j < J; j++) a->ends[j] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) a->ends[a->leaves[i]]++;
+    for (Py_ssize_t j = 1; j < J; j++) a->ends[j] += a->ends[j - 1];
+    for (Py_ssize_t i = n - 1; i >= 0; i--) a->order[--a->ends[a->leaves[i]]] = i;
+    for (Py_ssize_t j = 0; j < J; j++) a->ends[j] = j + 1 < J ? a->ends[j + 1] : n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *h = a->hidden + i * width;
+        float *gw = a->grad_row;
+        /* The gradient of every leaf's hidden layer for this row, grad_outputs @ W_out,
+         * 32 columns at a time in four registers: four independent chains of additions, where
+         * one waited on each addition's latency. */
+        Py_ssize_t k = 0;
+        for (; k + 32 <= width; k += 32) {
+            v8f sum0 = {0}, sum1 = {0}, sum2 = {0}, sum3 = {0};
+            for (Py_ssize_t c = 0; c < o; c++) {
+                float g = G_AT(a, i, c);
+                const float *w = a->output_weights + c * width + k;
+                sum0 += g * load8(w), sum1 += g * load8(w + 8);
+                sum2 += g * load8(w + 16), sum3 += g * load8(w + 24);
+            }
+            store8(gw + k, sum0), store8(gw + k + 8, sum1);
+            store8(gw + k + 16, sum2), store8(gw + k + 24, sum3);
+        }
+        for (; k + 8 <= width; k += 8) {
+            v8f sum = {0};
+            for (Py_ssize_t c = 0; c < o; c++)
+                sum += G_AT(a, i, c) * load8(a->output_weights + c * width + k);
+            store8(gw + k, sum);
+        }
+        for (; k < width; k++) {
+            float sum = 0.0f;
+            for (Py_ssize_t c = 0; c < o; c++)
+                sum += G_AT(a, i, c) * a->output_weights[c * width + k];
+            gw[k] = sum;
+        }
+        Py_ssize_t first = a->leaves[i] * L;
+        float *gh = a->grad_block + i * L;
+        for (Py_ssize_t k = 0; k < L; k++)
+            gh[k] = gw[first + k] * activation_slope(a->activation, h[first + k]);
+        if (a->leaf_gradients)
+            /* Straight-through: every leaf's weight in the mixture gets its hidden layer's
+             * gradient dotted with that layer (the output bias term is added by the caller). */
+            for (Py_ssize_t m = 0; m < J; m++)
+                a->leaf_gradients[i * J + m] = block_dot(gw + m * L, h + m * L, L);
+    }
+    for (Py_ssize_t j = 0; j < J; j++) {
+        Py_ssize_t first = j ? a->ends[j - 1] : 0, last = a->ends[j];
+        const Py_ssize_t *order = a->order;
+        Py_ssize_t f = 0;
+        if (L % 8 == 0 && L <= 16)
+            /* Four features at a time: independent chains of additions, as above. */
+            for (; f + 4 <= a->n_features; f += 4) {
+                v8f sum[4][2] = {{{0}}};
+                for (Py_ssize_t r = first; r < last; r++) {
+                    const float *gh = a->grad_block + order[r] * L;
+                    for (Py_ssize_t q = 0; q < 4; q++) {
+                        float x = X_AT(a, order[r], f + q);
+                        for (Py_ssize_t v = 0; v < L / 8; v++) sum[q][v] += x * load8(gh + 8 * v);
+                    }
+                }
+                for (Py_ssize_t q = 0; q < 4; q++)
+                    for (Py_ssize_t v = 0; v < L / 8; v++)
+                        store8(a->grad_hidden_weights + (f + q) * width + j * L + 8 * v, sum[q][v]);
+            }
+        for (; f < a->n_features; f++)
+            SUM_ROWS_INTO(a->grad_hidden_weights + f * width + j * L, L, first, last,
+                          X_AT(a, order[r], f), a->grad_block + order[r] * L);
+        SUM_ROWS_INTO(a->grad_hidden_biases + j * L, L, first, last, 1.0f,
+                      a->grad_block + order[r] * L);
+        for (Py_ssize_t c = 0; c < o; c++) {
+            SUM_ROWS_INTO(a->grad_output_weights + c * width + j * L, L, first, last,
+                          G_AT(a, order[r], c), a->hidden + order[r] * width + j * L);
+            float bias = 0.0f;
+            for (Py_ssize_t r = first; r < last; r++) bias += G_AT(a, order[r], c);
+            a->grad_output_biases[j * o + c] = bias;
+        }
+    }
+}
+
+HOT_PATH
+static void hard_gradients_loop(const hard_gradients_t *a, Py_ssize_t leaf_width) {
+    switch (leaf_width) {
+    case 8: hard_gradients_body(a, 8); break;
+    case 16: hard_gradients_body(a, 16); break;
+    case 32: hard_gradients_body(a, 32); break;
+    default: hard_gradients_body(a, leaf_width);
+    }
+}
+
+/* hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights, activation,
+ *                     grad_hidden_weights_out, grad_hidden_biases_out,
+ *                     grad_output_weights_out, grad_output_biases_out, leaf_gradients_out) */
+static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
+    PyObject *X_obj, *hidden_obj, *leaves_obj, *g_obj, *weights_obj, *ghw_obj, *ghb_obj,
+        *gow_obj, *gob_obj, *leaf_grad_obj;
+    int activation;
+    if (!PyArg_ParseTuple(args, "OOOOOiOOOOO", &X_obj, &hidden_obj, &leaves_obj, &g_obj,
+                          &weights_obj, &activation, &ghw_obj, &ghb_obj, &gow_obj, &gob_obj,
+                          &leaf_grad_obj))
+        return NULL;
+    buffer_t X = {0}, hidden = {0}, leaves = {0}, g = {0}, weights = {0}, ghw = {0}, ghb = {0},
+             gow = {0}, gob = {0}, leaf_grad = {0};
+    PyObject *result = NULL;
+    hard_gradients_t a = {0};
+    Py_ssize_t leaf_width;
+    if (activation != FFF_ACT_RELU && activation != FFF_ACT_TANH &&
+        activation != FFF_ACT_LOGISTIC && activation != FFF_ACT_IDENTITY) {
+        PyErr_Format(PyExc_ValueError, "unknown activation code %d.", activation);
+        return NULL;
+    }
+    if (get_matrix(X_obj, &X, "X", 'f', 4, -1, -1, 0) < 0) goto done;
+    Py_ssize_t n = X.view.shape[0], d = X.view.shape[1];
+    if (get_dense(hidden_obj, &hidden, "hidden", n, -1, 0) < 0 ||
+        get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+        get_dense(gob_obj, &gob, "grad_output_biases_out", -1, -1, 1) < 0)
+        goto done;
+    Py_ssize_t width = hidden.view.shape[1];
+    Py_ssize_t n_leaves = gob.view.shape[0], o = gob.view.shape[1];
+    if (get_matrix(g_obj, &g, "grad_outputs", 'f', 4, n, o, 0) < 0 ||
+        get_dense(weights_obj, &weights, "leaf_output_weights", o, width, 0) < 0 ||
+        get_dense(ghw_obj, &ghw, "grad_hidden_weights_out", d, width, 1) < 0 ||
+        get_vector(ghb_obj, &ghb, "grad_hidden_biases_out", 'f', 4, width, 1) < 0 ||
+        get_dense(gow_obj, &gow, "grad_output_weights_out", o, width, 1) < 0 ||
+        (leaf_grad_obj != Py_None &&
+         get_dense(leaf_grad_obj, &leaf_grad, "leaf_gradients_out", n, n_leaves, 1) < 0) ||
+        leaf_layout(width, n_leaves, leaves.view.buf, n, &leaf_width) < 0)
+        goto done;
+    a.n = n, a.n_features = d, a.width = width, a.n_leaves = n_leaves, a.n_outputs = o;
+    a.X = X.view.buf, a.x_row = X.view.strides[0], a.x_col = X.view.strides[1];
+    a.grad_outputs = g.view.buf, a.g_row = g.view.strides[0], a.g_col = g.view.strides[1];
+    a.hidden = hidden.view.buf, a.output_weights = weights.view.buf;
+    a.leaves = leaves.view.buf, a.activation = activation;
+    a.grad_hidden_weights = ghw.view.buf, a.grad_hidden_biases = ghb.view.buf;
+    a.grad_output_weights = gow.view.buf, a.grad_output_biases = gob.view.buf;
+    a.leaf_gradients = leaf_grad.held ? leaf_grad.view.buf : NULL;
+    /* One spare item each, so that no size is 0 (malloc(0) may return NULL). */
+    a.order = malloc(sizeof(Py_ssize_t) * (n + 1));
+    a.ends = malloc(sizeof(Py_ssize_t) * (n_leaves + 1));
+    a.grad_block = malloc(sizeof(float) * (n * leaf_width + 1));
+    a.grad_row = malloc(sizeof(float) * (width + 1));
+    if (!a.order || !a.ends || !a.grad_block || !a.grad_row) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hard_gradients_loop(&a, leaf_width);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(a.order), free(a.ends), free(a.grad_block), free(a.grad_row);
+    release(&X), release(&hidden), release(&leaves), release(&g), release(&weights);
+    release(&ghw), release(&ghb), release(&gow), release(&gob), release(&leaf_grad);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"path_probabilities", path_probabilities, METH_VARARGS,
+     "path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,\n"
+     "                   hard_leaves_out)\n\n"
+     "From the (n, 2**depth - 1) float32 routing logits and the optional boolean region-leak\n"
+     "swaps of the same shape, write every leaf's path probability, the one-hot matrix of each\n"
+     "row's hard leaf and every node's probability of going right (float32, C-contiguous),\n"
+     "and each row's hard leaf (int64)."},
+    {"path_gradients", path_gradients, METH_VARARGS,
+     "path_gradients(grad_probabilities, leaf_probabilities, right, swap, grad_logits_out)\n\n"
+     "Write the gradient of the routing logits from that of the leaf path probabilities."},
+    {"hard_leaf_outputs", hard_leaf_outputs, METH_VARARGS,
+     "hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases,\n"
+     "                  outputs_out)\n\n"
+     "Write each row's outputs from its hard leaf's output layer alone (no master leaf)."},
+    {"hard_leaf_gradients", hard_leaf_gradients, METH_VARARGS,
+     "hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights,\n"
+     "                    activation, grad_hidden_weights_out, grad_hidden_biases_out,\n"
+     "                    grad_output_weights_out, grad_output_biases_out, leaf_gradients_out)\n\n"
+     "Write the gradients of the leaves' weights under straight-through routing, where each\n"
+     "row's outputs are its hard leaf's; and, unless leaf_gradients_out is None, every leaf's\n"
+     "straight-through gradient per row without its output bias term (the gradient of the\n"
+     "leaf's hidden layer, grad_outputs @ W_out, dotted with that layer)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_training_kernel",
+    "The CPU training step's routing and hard-leaf arithmetic.", -1, methods};
+
+PyMODINIT_FUNC PyInit__training_kernel(void) { return PyModule_Create(&module); }
