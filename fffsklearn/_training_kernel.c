@@ -1,6 +1,7 @@
 /* The CPU training step's own arithmetic, for float32 tensors: the soft routing (the path
- * probabilities of every leaf, each row's hard leaf, and their backward) and the layers of
- * each row's hard leaf in the straight-through forward and its backward.
+ * probabilities of every leaf, each row's hard leaf, and their backward), the layers of
+ * each row's hard leaf in the straight-through forward and its backward, and the
+ * classifier's loss with its gradient.
  *
  * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
  * and the dense leaf products) take about thirty small tensor operations per training step,
@@ -559,6 +560,47 @@ done:
     return result;
 }
 
+/* cross_entropy(logits, targets, row_weight, grad_out) -> float
+ * Returns sum_i row_weight_i * -log softmax(logits_i)[targets_i] and writes its gradient,
+ * row_weight_i * (softmax(logits_i) - one_hot(targets_i)), computed in double. */
+static PyObject *cross_entropy(PyObject *self, PyObject *args) {
+    PyObject *logits_obj, *targets_obj, *weight_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOO", &logits_obj, &targets_obj, &weight_obj, &out_obj))
+        return NULL;
+    buffer_t logits = {0}, targets = {0}, weight = {0}, out = {0};
+    PyObject *result = NULL;
+    if (get_dense(logits_obj, &logits, "logits", -1, -1, 0) < 0) goto done;
+    Py_ssize_t n = logits.view.shape[0], n_classes = logits.view.shape[1];
+    if (get_vector(targets_obj, &targets, "targets", 'q', 8, n, 0) < 0 ||
+        get_vector(weight_obj, &weight, "row_weight", 'f', 4, n, 0) < 0 ||
+        get_dense(out_obj, &out, "grad_out", n, n_classes, 1) < 0)
+        goto done;
+    const int64_t *y = targets.view.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (y[i] < 0 || y[i] >= n_classes) {
+            PyErr_SetString(PyExc_ValueError, "targets holds a class out of range.");
+            goto done;
+        }
+    double total = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float *z = (const float *)logits.view.buf + i * n_classes;
+        float *g = (float *)out.view.buf + i * n_classes;
+        double w = ((const float *)weight.view.buf)[i], top = z[0], sum = 0.0;
+        for (Py_ssize_t c = 1; c < n_classes; c++) top = fmax(top, z[c]);
+        for (Py_ssize_t c = 0; c < n_classes; c++) sum += exp(z[c] - top);
+        double log_sum = log(sum) + top;
+        for (Py_ssize_t c = 0; c < n_classes; c++) g[c] = (float)(w * exp(z[c] - log_sum));
+        g[y[i]] -= (float)w;
+        total += w * (log_sum - z[y[i]]);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyFloat_FromDouble(total);
+done:
+    release(&logits), release(&targets), release(&weight), release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"path_probabilities", path_probabilities, METH_VARARGS,
      "path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,\n"
@@ -570,6 +612,10 @@ static PyMethodDef methods[] = {
     {"path_gradients", path_gradients, METH_VARARGS,
      "path_gradients(grad_probabilities, leaf_probabilities, right, swap, grad_logits_out)\n\n"
      "Write the gradient of the routing logits from that of the leaf path probabilities."},
+    {"cross_entropy", cross_entropy, METH_VARARGS,
+     "cross_entropy(logits, targets, row_weight, grad_out) -> float\n\n"
+     "The row-weighted sum of the cross-entropy of float32 logits with int64 targets; writes\n"
+     "its gradient with respect to the logits into grad_out."},
     {"hard_leaf_outputs", hard_leaf_outputs, METH_VARARGS,
      "hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases,\n"
      "                  outputs_out)\n\n"

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fffsklearn import FFFClassifier
+from fffsklearn import _network
 from fffsklearn._network import load_balancing_loss
 from fffsklearn._training import FusedAdam, Trainer
 
@@ -109,3 +110,29 @@ def test_fused_adam_updates_as_torch_adam():
         for a, b in zip(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert np.isclose(float(fused.state[ours[0]]["step"]), 7)
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 4, generator=generator) * 3
+    logits[0] = torch.tensor([1e4, -1e4, 0.0, 3.0])  # saturated: no overflow, no NaN
+    targets = torch.randint(0, 4, (50,), generator=generator)
+    targets[0] = 1
+    row_weight = torch.rand(50, generator=generator)
+    grad = torch.empty_like(logits)
+    loss = _network._training_kernel.cross_entropy(
+        logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy()
+    )
+    expected = logits.double().requires_grad_()
+    expected_loss = torch.dot(
+        F.cross_entropy(expected, targets, reduction="none"), row_weight.double()
+    )
+    expected_loss.backward()
+    assert loss == pytest.approx(expected_loss.item(), rel=1e-9)
+    torch.testing.assert_close(grad, expected.grad.float())
+    targets[3] = 4
+    with pytest.raises(ValueError, match="out of range"):
+        _network._training_kernel.cross_entropy(
+            logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy()
+        )
