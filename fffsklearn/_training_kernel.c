@@ -385,7 +385,9 @@ INLINE float block_dot(const float *x, const float *y, Py_ssize_t L) {
 }
 
 /* out = sum over the leaf's rows r of scale(r) * block(r), a block of L floats per row, summed
- * in registers when L is a multiple of 8 of at most MAX_BLOCK_VECTORS vectors. */
+ * in registers when L is a multiple of 8 of at most MAX_BLOCK_VECTORS vectors. `scale` and
+ * `block` are expressions of the position r in the leaf's order, which the macro's loop
+ * declares. */
 #define SUM_ROWS_INTO(out, L, first, last, scale, block)                                      \
     do {                                                                                      \
         if ((L) % 8 == 0 && (L) <= 8 * MAX_BLOCK_VECTORS) {                                   \
