@@ -590,11 +590,16 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
         float *g = (float *)out.view.buf + i * n_classes;
         double w = ((const float *)weight.view.buf)[i], top = z[0], sum = 0.0;
         for (Py_ssize_t c = 1; c < n_classes; c++) top = fmax(top, z[c]);
-        for (Py_ssize_t c = 0; c < n_classes; c++) sum += exp(z[c] - top);
-        double log_sum = log(sum) + top;
-        for (Py_ssize_t c = 0; c < n_classes; c++) g[c] = (float)(w * exp(z[c] - log_sum));
+        /* exp(z - top) <= 1, held in grad_out until the sum is known: one exp per logit. */
+        for (Py_ssize_t c = 0; c < n_classes; c++) {
+            double e = exp(z[c] - top);
+            g[c] = (float)e;
+            sum += e;
+        }
+        double scale = w / sum;
+        for (Py_ssize_t c = 0; c < n_classes; c++) g[c] = (float)(scale * g[c]);
         g[y[i]] -= (float)w;
-        total += w * (log_sum - z[y[i]]);
+        total += w * (log(sum) + top - z[y[i]]);
     }
     Py_END_ALLOW_THREADS
     result = PyFloat_FromDouble(total);
