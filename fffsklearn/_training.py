@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._arrays import FFFArrays
+from ._device import training_threads
 from ._network import FFFNetwork, _compiled, _training_kernel
 
 class FusedAdam:
@@ -578,7 +579,11 @@ class Trainer:
         # The state after the last completed epoch, stored in one assignment so that an
         # interrupt never sees half of it.
         completed = None
-        with self.rows_on_device(X):
+        step_multiply_adds = (
+            min(schedule.batch_size, X.shape[0]) * X.shape[1]
+            * self.network.leaf_hidden_weights.shape[1]
+        )
+        with self.rows_on_device(X), training_threads(self.device, step_multiply_adds):
             try:
                 for epoch in range(schedule.max_epochs):
                     self.hardening_phase.begin_epoch(self.network, self.optimizer)

@@ -136,3 +136,33 @@ def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes():
         _network._training_kernel.cross_entropy(
             logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy()
         )
+
+
+def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatch):
+    from fffsklearn._device import training_threads
+
+    seen = []
+    run_epoch = Trainer.run_epoch
+
+    def spy(self, *args):
+        seen.append(torch.get_num_threads())
+        return run_epoch(self, *args)
+
+    monkeypatch.setattr(Trainer, "run_epoch", spy)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 2, 300)
+        params = dict(depth=2, max_iter=2, hardening_epochs=0, device="cpu", random_state=0)
+        FFFClassifier(**params).fit(rng.standard_normal((300, 5)), y)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        seen.clear()  # 200 rows x 2,000 features x 64 units: a step worth two threads
+        FFFClassifier(**params).fit(rng.standard_normal((300, 2000)), y)
+        assert seen == [2, 2]
+        with pytest.raises(RuntimeError), training_threads(torch.device("cpu"), 0):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
