@@ -60,6 +60,16 @@ _PARAMETERS_DOC = """
         Training only: probability, per node and row, of swapping the node's two branches.
         Counters overfitting of deep trees with narrow leaves.
 
+    leaf_shrinkage : float, default=30.0
+        Training only: shares the leaves' parameters along the tree. Each leaf's weights and
+        biases train as the sum, over the nodes of its path, of one term per node, shared by
+        the leaves below that node; the L2 penalty on every term below the root is
+        ``leaf_shrinkage`` times ``alpha``'s. A leaf then departs from its ancestors only as
+        far as its own rows ask, instead of overfitting the small share of the rows it sees.
+        Larger values keep the leaves closer to each other. 0 trains each leaf on its own,
+        as the published FFF does. The fitted model, and the cost of ``predict``, are the
+        same either way.
+
     activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
         Activation of the hidden layers of the leaves and the master leaf.
 
@@ -186,6 +196,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         "load_balancing": [Interval(Real, 0, None, closed="left")],
         "hardening_epochs": [Interval(Integral, 0, None, closed="left")],
         "region_leak": [Interval(Real, 0, 0.5, closed="both")],
+        "leaf_shrinkage": [Interval(Real, 0, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "standardize": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -217,6 +228,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         load_balancing=1.0,
         hardening_epochs=16,
         region_leak=0.0,
+        leaf_shrinkage=30.0,
         activation="relu",
         standardize=True,
         max_iter=200,
@@ -239,6 +251,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         self.load_balancing = load_balancing
         self.hardening_epochs = hardening_epochs
         self.region_leak = region_leak
+        self.leaf_shrinkage = leaf_shrinkage
         self.activation = activation
         self.standardize = standardize
         self.max_iter = max_iter
@@ -519,7 +532,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         computes every leaf for every row of a batch, so it grows with ``2**depth``."""
         needed = training_memory_bytes(
             n_features, self._n_network_outputs(), self.depth, self.leaf_width,
-            self.master_leaf_width, batch_size,
+            self.master_leaf_width, batch_size, leaf_hierarchy=self.leaf_shrinkage > 0,
         )
         available = _physical_memory_bytes()
         if available is not None and needed > TRAINING_MEMORY_FRACTION * available:

@@ -458,6 +458,26 @@ class FFFNetwork(nn.Module):
             self.master_output_weights, self.master_output_biases,
         )
 
+    def leaf_parameter_views(self):
+        """The four leaf parameters, each with the shape of a view that has a leaf axis.
+
+        Returns
+        -------
+        list of (parameter, view_shape, leaf_axis)
+            ``parameter.view(view_shape)`` has ``2**depth`` entries along ``leaf_axis``, one
+            per leaf, in the order of the leaves (left to right).
+        """
+        n_leaves = self.n_leaves
+        leaf_width = self.leaf_hidden_biases.shape[0] // n_leaves
+        return [
+            (self.leaf_hidden_weights,
+             (self.leaf_hidden_weights.shape[0], n_leaves, leaf_width), 1),
+            (self.leaf_hidden_biases, (n_leaves, leaf_width), 0),
+            (self.leaf_output_weights,
+             (self.leaf_output_weights.shape[0], n_leaves, leaf_width), 1),
+            (self.leaf_output_biases, tuple(self.leaf_output_biases.shape), 0),
+        ]
+
     def weight_matrices(self):
         """The parameters that the L2 penalty ``alpha`` applies to (no biases)."""
         return (

@@ -76,9 +76,10 @@ class FusedAdam:
             )
 
 
-def _optimizer_ready(optimizer, network):
+def _optimizer_ready(optimizer):
     """Whether every parameter that trains has its moments in ``optimizer.state``."""
-    return all(p in optimizer.state for p in network.parameters() if p.requires_grad)
+    return all(p in optimizer.state for group in optimizer.param_groups
+               for p in group["params"] if p.requires_grad)
 
 
 class _CapturedStep:
@@ -160,23 +161,26 @@ def input_statistics(X, sample_weight):
 
 
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
-                          batch_size):
+                          batch_size, leaf_hierarchy=False):
     """Estimated peak memory of training such a network, in bytes (float32), beyond what the
     process held before.
 
     Every parameter is held with its gradient and Adam's two moments, plus two copies while
     an epoch's weights are exported; every row of a batch computes every leaf, with about
-    four (rows x training width) temporaries and the path sums alive at once.
+    four (rows x training width) temporaries and the path sums alive at once. A
+    :class:`LeafHierarchy` adds its node terms, about twice the leaves' parameters, each with
+    a gradient and two moments, and a sum of a level's terms while they are composed.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
+    leaf_parameters = width * (n_features + 1 + n_outputs) + n_leaves * n_outputs
     n_parameters = (
-        (n_leaves - 1) * (n_features + 1)
-        + width * (n_features + 1 + n_outputs) + n_leaves * n_outputs
+        (n_leaves - 1) * (n_features + 1) + leaf_parameters
         + master_leaf_width * (n_features + 1 + n_outputs) + n_outputs
     )
+    hierarchy = 9 * leaf_parameters if leaf_hierarchy and depth else 0
     batch_temporaries = batch_size * (4 * width + 6 * n_leaves + 4 * master_leaf_width)
-    return 4 * (6 * n_parameters + batch_temporaries) + _TORCH_WORKING_MEMORY
+    return 4 * (6 * n_parameters + hierarchy + batch_temporaries) + _TORCH_WORKING_MEMORY
 
 
 # What torch's own buffers and the autograd graph add whatever the network's size (measured
@@ -347,6 +351,118 @@ def sharpen_routing(network):
         network.node_biases.mul_(2.0)
 
 
+class LeafHierarchy:
+    """The leaves' parameters as sums of one term per tree node, trained in place of them.
+
+    Leaf ``j``'s weights and biases are the sum, over the nodes of its path from the root, of
+    one term per node: the root's term is shared by every leaf, a node's by the leaves
+    below it. A leaf sees about ``1 / 2**depth`` of the rows and, trained on its own,
+    overfits them; with the terms below the root under an L2 penalty ``shrinkage`` times
+    as strong as ``alpha``'s (see :meth:`Trainer._new_optimizer`), a node departs from its
+    parent only as far as the rows it receives ask, and what the upper nodes learn comes
+    from many leaves' rows. The network's leaf parameters always hold the sums, so the
+    forward, the backward and the exported arrays are those of the plain network.
+
+    Parameters
+    ----------
+    network : FFFNetwork
+        Its leaf parameters are decomposed into node terms now, and recomposed by
+        :meth:`compose`.
+
+    Attributes
+    ----------
+    root_terms : list of tensors
+        The root's term of each leaf parameter (in the order of
+        :meth:`FFFNetwork.leaf_parameter_views`).
+    node_terms : list of list of tensors
+        For each leaf parameter, the terms of the nodes of levels 1 to ``depth`` (the leaves),
+        one tensor per level with ``2**level`` entries along the leaf axis.
+    """
+
+    def __init__(self, network):
+        self.depth = network.depth
+        self.views = network.leaf_parameter_views()
+        # Trained by the optimizer, never through autograd; requires_grad marks them as
+        # trained, as for the network's parameters.
+        self.terms = [
+            [torch.zeros(self._level_shape(shape, axis, level), device=parameter.device,
+                         requires_grad=True)
+             for level in range(self.depth + 1)]
+            for parameter, shape, axis in self.views
+        ]
+        self.decompose()
+
+    @torch.no_grad()
+    def start_shared(self):
+        """Start every leaf from the first leaf's parameters: the root's term from them,
+        every other term from zero.
+
+        For a fresh network: decomposed as they are, independently drawn leaves would put
+        their whole initial spread in the terms below the root, which the penalty then
+        spends the training pulling back (measured worse, docs/model_quality.rst).
+        """
+        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+            levels[0].copy_(parameter.view(shape).narrow(axis, 0, 1))
+            for term in levels[1:]:
+                term.zero_()
+        self.compose()
+
+    @staticmethod
+    def _level_shape(shape, axis, level):
+        return shape[:axis] + (2**level,) + shape[axis + 1 :]
+
+    @property
+    def root_terms(self):
+        return [levels[0] for levels in self.terms]
+
+    @property
+    def node_terms(self):
+        return [levels[1:] for levels in self.terms]
+
+    @torch.no_grad()
+    def decompose(self):
+        """Set the node terms from the network's leaf parameters.
+
+        The root's term is the mean over all leaves, a node's the mean over the leaves
+        below it minus its parent's mean: the decomposition whose terms below the root are
+        smallest, so the L2 penalty on them starts as low as the leaves allow.
+        """
+        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+            leaves = parameter.view(shape)
+            parent_mean = None
+            for level, term in enumerate(levels):
+                mean = leaves.unflatten(axis, (2**level, -1)).mean(dim=axis + 1)
+                term.copy_(mean if parent_mean is None
+                           else mean - parent_mean.repeat_interleave(2, dim=axis))
+                parent_mean = mean
+
+    @torch.no_grad()
+    def compose(self):
+        """Write into the network's leaf parameters the sums of their node terms."""
+        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+            total = levels[0]
+            for term in levels[1:]:
+                total = total.repeat_interleave(2, dim=axis).add_(term)
+            parameter.view(shape).copy_(total)
+
+    @torch.no_grad()
+    def gather_gradients(self):
+        """Set every node term's gradient from the leaf parameters' (which are cleared):
+        a node's is the sum of those of the leaves below it."""
+        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+            grad = parameter.grad
+            parameter.grad = None
+            if grad is None:
+                for term in levels:
+                    term.grad = None
+                continue
+            grad = grad.view(shape)
+            for level in range(self.depth, -1, -1):
+                levels[level].grad = grad
+                if level:
+                    grad = grad.unflatten(axis, (2**(level - 1), 2)).sum(dim=axis + 1)
+
+
 class Trainer:
     """A network, its optimizer and the random streams of one training run.
 
@@ -354,15 +470,16 @@ class Trainer:
     ----------
     network : FFFNetwork
     task : {"classification", "regression"}
-    learning_rate, alpha, load_balancing, region_leak : float
-        As the estimator parameters of the same name.
+    learning_rate, alpha, load_balancing, region_leak, leaf_shrinkage : float
+        As the estimator parameters of the same name; ``leaf_shrinkage=0`` trains every
+        leaf's parameters on their own, otherwise a :class:`LeafHierarchy` trains them.
     seed : int
         Seeds the batch order and the region-leak draws.
     """
 
     def __init__(
         self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed,
-        input_scaling=None,
+        leaf_shrinkage=0.0, input_scaling=None,
     ):
         self.network = network
         self.input_scaling = input_scaling
@@ -372,6 +489,10 @@ class Trainer:
         self.region_leak = region_leak
         self.device = network.node_biases.device
         self.learning_rate = learning_rate
+        self.leaf_shrinkage = leaf_shrinkage
+        self.leaf_hierarchy = (
+            LeafHierarchy(network) if leaf_shrinkage and network.depth else None
+        )
         self.optimizer = self._new_optimizer()
         # Doubling every epoch rather than every 2 brought the soft mixture to the hard model
         # without costing accuracy (docs/model_quality.rst, "Training recipe: measurements").
@@ -387,7 +508,8 @@ class Trainer:
 
     @classmethod
     def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None):
-        """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``."""
+        """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``;
+        under a leaf hierarchy every leaf starts from the same parameters."""
         network = FFFNetwork(
             n_features,
             n_outputs,
@@ -397,16 +519,20 @@ class Trainer:
             params["activation"],
             random_state=seed,
         ).to(device)
-        return cls(
+        trainer = cls(
             network,
             task,
             learning_rate=params["learning_rate_init"],
             alpha=params["alpha"],
             load_balancing=params["load_balancing"],
             region_leak=params["region_leak"],
+            leaf_shrinkage=params["leaf_shrinkage"],
             seed=seed + 1,
             input_scaling=input_scaling,
         )
+        if trainer.leaf_hierarchy is not None:
+            trainer.leaf_hierarchy.start_shared()
+        return trainer
 
     def deployed(self, arrays):
         """The arrays of the network's weights ``arrays`` for raw input rows."""
@@ -418,20 +544,51 @@ class Trainer:
         """Load arrays that take raw rows (a fitted estimator's) into the network."""
         if self.input_scaling is not None:
             arrays = arrays.without_input_scaling(*self.input_scaling)
+        self._load(arrays)
+
+    def _load(self, arrays):
+        """Load ``arrays`` (for the network's own inputs) into the network and, when the
+        leaves train as a hierarchy, into its node terms."""
         self.network.load_arrays(arrays)
+        if self.leaf_hierarchy is not None:
+            self.leaf_hierarchy.decompose()
 
     # The hardening phase fine-tunes the leaves at a tenth of the learning rate, measured
     # better than the full rate (docs/model_quality.rst, "Training recipe: measurements").
     _HARDENING_LEARNING_RATE_FACTOR = 0.1
 
+    # Under a LeafHierarchy each leaf moves by the sum of depth + 1 Adam steps, one per node
+    # of its path; their rate is this fraction of the others', measured best of 1 / (depth
+    # + 1), 0.2 and 0.3 (docs/model_quality.rst, "Training recipe: measurements").
+    _LEAF_HIERARCHY_LEARNING_RATE_FACTOR = 0.2
+
     def _new_optimizer(self):
+        """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
+        scales the L2 weight decay that ``_step`` sets (0 for biases)."""
         weights = list(self.network.weight_matrices())
-        biases = [p for p in self.network.parameters() if all(p is not w for w in weights)]
-        # The weights' decay is set at every step (see _step).
-        return FusedAdam(
-            [{"params": weights, "weight_decay": 0.0}, {"params": biases, "weight_decay": 0.0}],
-            lr=self.learning_rate,
-        )
+        hierarchy = self.leaf_hierarchy
+        trained_elsewhere = [] if hierarchy is None else [view[0] for view in hierarchy.views]
+        biases = [p for p in self.network.parameters()
+                  if all(p is not w for w in weights + trained_elsewhere)]
+        weights = [w for w in weights if all(w is not p for p in trained_elsewhere)]
+        groups = [{"params": weights, "decay_factor": 1.0},
+                  {"params": biases, "decay_factor": 0.0}]
+        if hierarchy is not None:
+            is_weight = [any(parameter is w for w in self.network.weight_matrices())
+                         for parameter, _, _ in hierarchy.views]
+            lr = self.learning_rate * self._LEAF_HIERARCHY_LEARNING_RATE_FACTOR
+            groups += [
+                {"params": [t for t, w in zip(hierarchy.root_terms, is_weight) if w],
+                 "decay_factor": 1.0, "lr": lr},
+                {"params": [t for levels, w in zip(hierarchy.node_terms, is_weight) if w
+                            for t in levels],
+                 "decay_factor": self.leaf_shrinkage, "lr": lr},
+                {"params": [t for levels, w in zip(hierarchy.terms, is_weight) if not w
+                            for t in levels],
+                 "decay_factor": 0.0, "lr": lr},
+            ]
+        return FusedAdam([{**group, "weight_decay": 0.0} for group in groups],
+                         lr=self.learning_rate)
 
     @property
     def hardening(self):
@@ -489,11 +646,15 @@ class Trainer:
             loss = loss + torch.dot(grad_probabilities, routing.leaf_probabilities.sum(dim=0))
         # The L2 penalty 0.5 * alpha * ||W||^2 / n_samples is applied as Adam's (coupled)
         # weight decay, whose gradient it is; frozen routing weights (hardening) are left out.
-        self.optimizer.param_groups[0]["weight_decay"] = (
-            regulariser_weight * self.alpha / n_samples_total
-        )
+        decay = regulariser_weight * self.alpha / n_samples_total
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = decay * group["decay_factor"]
         backward(grad_outputs, grad_probabilities)
+        if self.leaf_hierarchy is not None:
+            self.leaf_hierarchy.gather_gradients()
         self.optimizer.step()
+        if self.leaf_hierarchy is not None:
+            self.leaf_hierarchy.compose()
         return loss, regulariser_weight
 
     def _data_loss(self, outputs, y, row_weight):
@@ -626,7 +787,7 @@ class Trainer:
                         if not hardening_epochs:
                             break
                         if validation_score is not None:  # otherwise the network holds kept
-                            self.network.load_arrays(kept)
+                            self._load(kept)
                         self.start_hardening()
                     elif self.hardening_phase.epochs_done == hardening_epochs:
                         break
@@ -635,7 +796,7 @@ class Trainer:
                     raise  # nothing completed: the caller keeps what it had
                 stop_reason = "interrupted"
         n_epochs, arrays, best_loss, best_score, best_epoch = completed
-        self.network.load_arrays(arrays)
+        self._load(arrays)
         return FitResult(
             arrays=self.deployed(arrays),
             n_epochs=n_epochs,
@@ -774,7 +935,7 @@ class Trainer:
                tuple(group["lr"] for group in self.optimizer.param_groups))
         captured = self._captured_step
         if captured is None or not captured.replays(key, self.optimizer):
-            if not _optimizer_ready(self.optimizer, self.network):
+            if not _optimizer_ready(self.optimizer):
                 # The moments are created by a first step, which a capture would not run.
                 loss, regulariser_weight = self._step(X, y, weight, n_samples_total,
                                                       leaf_counts)
@@ -802,15 +963,18 @@ class Trainer:
 
     @torch.no_grad()
     def _l2_penalty(self, regulariser_weight, n_samples):
-        """``0.5 * alpha * ||W||^2 / n_samples`` over the trained weight matrices, weighted.
+        """``0.5 * alpha * ||W||^2 / n_samples`` over the trained weights, weighted (a
+        leaf hierarchy's node terms below the root by ``leaf_shrinkage``).
 
         Taken on the weights at the end of an epoch: the norms of every weight once per
         epoch rather than once per step, which cost as much as a tenth of a step.
         """
-        weights = [w for w in self.optimizer.param_groups[0]["params"] if w.requires_grad]
-        if not (self.alpha and weights):
-            return 0.0
-        squared = torch.stack(torch._foreach_norm(weights)).square().sum().item()
+        squared = 0.0
+        for group in self.optimizer.param_groups:
+            weights = [w for w in group["params"] if w.requires_grad]
+            if group["decay_factor"] and weights:
+                norms = torch.stack(torch._foreach_norm(weights))
+                squared += group["decay_factor"] * norms.square().sum().item()
         return 0.5 * regulariser_weight * self.alpha / n_samples * squared
 
     # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.

@@ -7,13 +7,14 @@ import torch.nn.functional as F
 
 from fffsklearn import FFFClassifier
 from fffsklearn import _network
-from fffsklearn._network import load_balancing_loss
-from fffsklearn._training import FusedAdam, Trainer
+from fffsklearn._network import FFFNetwork, load_balancing_loss
+from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
 
 
-def _trainer(task, depth, n_outputs, region_leak=0.0):
+def _trainer(task, depth, n_outputs, region_leak=0.0, leaf_shrinkage=0.0):
     params = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3).get_params()
     params["region_leak"] = region_leak
+    params["leaf_shrinkage"] = leaf_shrinkage
     return Trainer.create(6, n_outputs, params, task, "cpu", seed=3)
 
 
@@ -41,13 +42,25 @@ def _objective(trainer, X, y, weight):
     return data_loss + regulariser_weight * trainer.load_balancing * load_balancing_loss(routing)
 
 
+def _leaf_hierarchy_gradients(trainer, parameters, gradients):
+    """What the node terms' gradients must be: the sums of the leaf gradients below them."""
+    by_parameter = {id(p): g for p, g in zip(parameters, gradients)}
+    expected = []
+    for parameter, shape, axis in trainer.leaf_hierarchy.views:
+        leaves = by_parameter[id(parameter)].view(shape)
+        expected.append([leaves.unflatten(axis, (2**level, -1)).sum(dim=axis + 1)
+                         for level in range(trainer.network.depth + 1)])
+    return expected
+
+
 @pytest.mark.parametrize("task, n_outputs", [("classification", 4), ("regression", 2)])
 @pytest.mark.parametrize("depth", [0, 3])
 @pytest.mark.parametrize("hardening", [False, True])
+@pytest.mark.parametrize("leaf_shrinkage", [0.0, 30.0])
 def test_training_step_gradients_are_those_of_the_objective(
-    task, n_outputs, depth, hardening, monkeypatch
+    task, n_outputs, depth, hardening, leaf_shrinkage, monkeypatch
 ):
-    trainer = _trainer(task, depth, n_outputs)
+    trainer = _trainer(task, depth, n_outputs, leaf_shrinkage=leaf_shrinkage)
     if hardening:
         trainer.start_hardening()
     X, y, weight = _batch(task, n_outputs)
@@ -59,6 +72,20 @@ def test_training_step_gradients_are_those_of_the_objective(
     leaf_counts = torch.zeros(trainer.network.n_leaves)
     loss, _ = trainer._step(X, y, weight, 1000, leaf_counts)
     torch.testing.assert_close(loss, expected_loss.detach())
+    hierarchy = trainer.leaf_hierarchy
+    assert (hierarchy is not None) == bool(leaf_shrinkage and depth)
+    if hierarchy is not None:
+        # The leaves' gradients went to the node terms, which the optimizer trains instead.
+        expected_terms = _leaf_hierarchy_gradients(trainer, parameters, expected)
+        for levels, wanted in zip(hierarchy.terms, expected_terms):
+            for term, want in zip(levels, wanted):
+                torch.testing.assert_close(term.grad, want, rtol=1e-4, atol=1e-6)
+        leaf_parameters = [view[0] for view in hierarchy.views]
+        assert all(p.grad is None for p in leaf_parameters)
+        parameters, expected = zip(*[
+            (p, want) for p, want in zip(parameters, expected)
+            if all(p is not leaf for leaf in leaf_parameters)
+        ])
     for index, (parameter, want) in enumerate(zip(parameters, expected)):
         # Without routing (depth 0) the routing parameters are empty and get no gradient.
         got = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
@@ -166,3 +193,73 @@ def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatc
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth):
+    network = FFFNetwork(6, 3, depth, leaf_width=4, master_leaf_width=3, random_state=0)
+    hierarchy = LeafHierarchy(network)
+    leaves = [parameter.detach().clone() for parameter, _, _ in hierarchy.views]
+    for (parameter, shape, axis), levels, before in zip(hierarchy.views, hierarchy.terms, leaves):
+        # The root's term is the mean leaf; below it, siblings' terms cancel out on average.
+        torch.testing.assert_close(levels[0], before.view(shape).mean(dim=axis, keepdim=True))
+        for term in levels[1:]:
+            pairs = term.unflatten(axis, (-1, 2)).sum(dim=axis + 1)
+            torch.testing.assert_close(pairs, torch.zeros_like(pairs), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        for parameter, _, _ in hierarchy.views:
+            parameter.zero_()
+    hierarchy.compose()
+    for (parameter, _, _), before in zip(hierarchy.views, leaves):
+        torch.testing.assert_close(parameter.detach(), before)
+    # A node's term moves every leaf below it, and only those.
+    first_leaf_weights = network.leaf_hidden_weights.view(hierarchy.views[0][1])
+    with torch.no_grad():
+        hierarchy.terms[0][1][:, 0] += 1.0  # the root's left child
+    hierarchy.compose()
+    moved = (first_leaf_weights - leaves[0].view(hierarchy.views[0][1])).abs().amax(dim=(0, 2))
+    half = 2 ** (depth - 1)
+    torch.testing.assert_close(moved[:half], torch.ones(half))
+    torch.testing.assert_close(moved[half:], torch.zeros(half))
+
+
+def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage():
+    trainer = _trainer("classification", 2, 3, leaf_shrinkage=30.0)
+    hierarchy, network = trainer.leaf_hierarchy, trainer.network
+    leaf_weights = (network.leaf_hidden_weights, network.leaf_output_weights)
+    squared = sum(w.square().sum().item() for w in network.weight_matrices()
+                  if all(w is not leaf for leaf in leaf_weights))
+    for index in (0, 2):  # the hidden and output weights; the biases have no penalty
+        levels = hierarchy.terms[index]
+        squared += levels[0].square().sum().item()
+        squared += 30.0 * sum(term.square().sum().item() for term in levels[1:])
+    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+                                                          rel=1e-5)
+
+
+def _leaf_spread(model):
+    """Spread of the leaves' hidden weights across leaves, relative to their size."""
+    weights = model.arrays_.leaf_hidden_weights  # (leaves, features, leaf width)
+    return float(weights.std(axis=0).mean() / np.abs(weights).mean())
+
+
+def test_leaf_shrinkage_draws_the_leaves_together():
+    rng = np.random.RandomState(0)
+    X = rng.randn(600, 5)
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    spreads = [
+        _leaf_spread(FFFClassifier(depth=3, leaf_shrinkage=shrinkage, max_iter=30,
+                                   standardize=False, random_state=0).fit(X, y))
+        for shrinkage in (0.0, 30.0, 1e6)
+    ]
+    assert spreads[0] > spreads[1] > spreads[2]
+    assert spreads[2] < 0.1
+
+
+def test_a_fresh_trainer_starts_every_leaf_from_the_same_parameters():
+    trainer = _trainer("classification", 3, 3, leaf_shrinkage=30.0)
+    for parameter, shape, axis in trainer.leaf_hierarchy.views:
+        leaves = parameter.detach().view(shape)
+        assert torch.equal(leaves, leaves.narrow(axis, 0, 1).expand_as(leaves))
+    for levels in trainer.leaf_hierarchy.node_terms:
+        assert all(not term.any() for term in levels)
