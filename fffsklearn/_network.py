@@ -459,23 +459,24 @@ class FFFNetwork(nn.Module):
         )
 
     def leaf_parameter_views(self):
-        """The four leaf parameters, each with the shape of a view that has a leaf axis.
+        """The four leaf parameters, each with the shape of a 3-D view whose middle axis
+        runs over the leaves.
 
         Returns
         -------
-        list of (parameter, view_shape, leaf_axis)
-            ``parameter.view(view_shape)`` has ``2**depth`` entries along ``leaf_axis``, one
-            per leaf, in the order of the leaves (left to right).
+        list of (parameter, view_shape)
+            ``parameter.view(view_shape)`` has shape ``(outer, 2**depth, inner)``, the leaves
+            in order (left to right) along the middle axis.
         """
         n_leaves = self.n_leaves
         leaf_width = self.leaf_hidden_biases.shape[0] // n_leaves
         return [
             (self.leaf_hidden_weights,
-             (self.leaf_hidden_weights.shape[0], n_leaves, leaf_width), 1),
-            (self.leaf_hidden_biases, (n_leaves, leaf_width), 0),
+             (self.leaf_hidden_weights.shape[0], n_leaves, leaf_width)),
+            (self.leaf_hidden_biases, (1, n_leaves, leaf_width)),
             (self.leaf_output_weights,
-             (self.leaf_output_weights.shape[0], n_leaves, leaf_width), 1),
-            (self.leaf_output_biases, tuple(self.leaf_output_biases.shape), 0),
+             (self.leaf_output_weights.shape[0], n_leaves, leaf_width)),
+            (self.leaf_output_biases, (1, n_leaves, self.leaf_output_biases.shape[1])),
         ]
 
     def weight_matrices(self):

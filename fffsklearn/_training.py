@@ -358,10 +358,13 @@ class LeafHierarchy:
     one term per node: the root's term is shared by every leaf, a node's by the leaves
     below it. A leaf sees about ``1 / 2**depth`` of the rows and, trained on its own,
     overfits them; with the terms below the root under an L2 penalty ``shrinkage`` times
-    as strong as ``alpha``'s (see :meth:`Trainer._new_optimizer`), a node departs from its
-    parent only as far as the rows it receives ask, and what the upper nodes learn comes
-    from many leaves' rows. The network's leaf parameters always hold the sums, so the
-    forward, the backward and the exported arrays are those of the plain network.
+    as strong as ``alpha``'s (see :meth:`gather_gradients`), a node departs from its parent
+    only as far as the rows it receives ask, and what the upper nodes learn comes from many
+    leaves' rows. The network's leaf parameters always hold the sums, so the forward, the
+    backward and the exported arrays are those of the plain network.
+
+    For float32 on the CPU the C extension composes the sums and gathers the gradients in
+    one pass each; torch operations, two per tree level, compute the same elsewhere.
 
     Parameters
     ----------
@@ -371,26 +374,30 @@ class LeafHierarchy:
 
     Attributes
     ----------
-    root_terms : list of tensors
-        The root's term of each leaf parameter (in the order of
-        :meth:`FFFNetwork.leaf_parameter_views`).
-    node_terms : list of list of tensors
-        For each leaf parameter, the terms of the nodes of levels 1 to ``depth`` (the leaves),
-        one tensor per level with ``2**level`` entries along the leaf axis.
+    views : list of (parameter, view_shape)
+        :meth:`FFFNetwork.leaf_parameter_views`: each leaf parameter as
+        ``(outer, 2**depth, inner)``.
+    terms : list of tensors
+        For each leaf parameter, the node terms as ``(outer, 2**(depth + 1) - 1, inner)``,
+        nodes in heap order along the middle axis (node ``n``'s children are ``2n + 1``
+        and ``2n + 2``; leaf ``j`` is node ``2**depth - 1 + j``).
     """
 
     def __init__(self, network):
         self.depth = network.depth
         self.views = network.leaf_parameter_views()
+        n_terms = 2 ** (self.depth + 1) - 1
         # Trained by the optimizer, never through autograd; requires_grad marks them as
         # trained, as for the network's parameters.
         self.terms = [
-            [torch.zeros(self._level_shape(shape, axis, level), device=parameter.device,
-                         requires_grad=True)
-             for level in range(self.depth + 1)]
-            for parameter, shape, axis in self.views
+            torch.zeros((outer, n_terms, inner), device=parameter.device, requires_grad=True)
+            for parameter, (outer, _, inner) in self.views
         ]
         self.decompose()
+
+    def _level(self, tensor, level):
+        """The nodes of ``level`` (2**level of them) along the middle axis of ``tensor``."""
+        return tensor[:, 2**level - 1 : 2 ** (level + 1) - 1]
 
     @torch.no_grad()
     def start_shared(self):
@@ -401,23 +408,10 @@ class LeafHierarchy:
         their whole initial spread in the terms below the root, which the penalty then
         spends the training pulling back (measured worse, docs/model_quality.rst).
         """
-        for (parameter, shape, axis), levels in zip(self.views, self.terms):
-            levels[0].copy_(parameter.view(shape).narrow(axis, 0, 1))
-            for term in levels[1:]:
-                term.zero_()
+        for (parameter, shape), terms in zip(self.views, self.terms):
+            terms.zero_()
+            terms[:, 0].copy_(parameter.view(shape)[:, 0])
         self.compose()
-
-    @staticmethod
-    def _level_shape(shape, axis, level):
-        return shape[:axis] + (2**level,) + shape[axis + 1 :]
-
-    @property
-    def root_terms(self):
-        return [levels[0] for levels in self.terms]
-
-    @property
-    def node_terms(self):
-        return [levels[1:] for levels in self.terms]
 
     @torch.no_grad()
     def decompose(self):
@@ -427,40 +421,76 @@ class LeafHierarchy:
         below it minus its parent's mean: the decomposition whose terms below the root are
         smallest, so the L2 penalty on them starts as low as the leaves allow.
         """
-        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+        for (parameter, shape), terms in zip(self.views, self.terms):
             leaves = parameter.view(shape)
             parent_mean = None
-            for level, term in enumerate(levels):
-                mean = leaves.unflatten(axis, (2**level, -1)).mean(dim=axis + 1)
-                term.copy_(mean if parent_mean is None
-                           else mean - parent_mean.repeat_interleave(2, dim=axis))
+            for level in range(self.depth + 1):
+                mean = leaves.unflatten(1, (2**level, -1)).mean(dim=2)
+                self._level(terms, level).copy_(
+                    mean if parent_mean is None else mean - parent_mean.repeat_interleave(2, 1)
+                )
                 parent_mean = mean
 
     @torch.no_grad()
     def compose(self):
         """Write into the network's leaf parameters the sums of their node terms."""
-        for (parameter, shape, axis), levels in zip(self.views, self.terms):
-            total = levels[0]
-            for term in levels[1:]:
-                total = total.repeat_interleave(2, dim=axis).add_(term)
+        for (parameter, shape), terms in zip(self.views, self.terms):
+            if _compiled(terms):
+                _training_kernel.hierarchy_compose(
+                    terms.view(shape[0], -1).numpy(), parameter.view(shape[0], -1).numpy(),
+                    shape[2],
+                )
+                continue
+            total = self._level(terms, 0)
+            for level in range(1, self.depth + 1):
+                total = total.repeat_interleave(2, dim=1).add_(self._level(terms, level))
             parameter.view(shape).copy_(total)
 
     @torch.no_grad()
-    def gather_gradients(self):
-        """Set every node term's gradient from the leaf parameters' (which are cleared):
-        a node's is the sum of those of the leaves below it."""
-        for (parameter, shape, axis), levels in zip(self.views, self.terms):
+    def gather_gradients(self, decays):
+        """Set every node term's gradient from the leaf parameters' (which are cleared).
+
+        A node's gradient is the sum of those of the leaves below it, plus the L2 weight
+        decay times the term: ``decays[i]`` is ``(root, below the root)`` for the ``i``-th
+        leaf parameter.
+        """
+        for (parameter, shape), terms, (root_decay, node_decay) in zip(
+            self.views, self.terms, decays
+        ):
             grad = parameter.grad
             parameter.grad = None
             if grad is None:
-                for term in levels:
-                    term.grad = None
+                terms.grad = None
                 continue
-            grad = grad.view(shape)
-            for level in range(self.depth, -1, -1):
-                levels[level].grad = grad
-                if level:
-                    grad = grad.unflatten(axis, (2**(level - 1), 2)).sum(dim=axis + 1)
+            # The buffer of the last step's gradients is reused: a fresh one of this size
+            # cost more in page faults than the sums written into it.
+            grad_terms = terms.grad
+            if grad_terms is None:
+                grad_terms = torch.empty_like(terms)
+            if _compiled(terms):
+                _training_kernel.hierarchy_gather(
+                    grad.view(shape[0], -1).numpy(), terms.view(shape[0], -1).numpy(),
+                    grad_terms.view(shape[0], -1).numpy(), shape[2], root_decay, node_decay,
+                )
+            else:
+                self._level(grad_terms, self.depth).copy_(grad.view(shape))
+                for level in range(self.depth - 1, -1, -1):
+                    torch.sum(self._level(grad_terms, level + 1).unflatten(1, (-1, 2)), dim=2,
+                              out=self._level(grad_terms, level))
+                grad_terms[:, :1].add_(terms[:, :1], alpha=root_decay)
+                grad_terms[:, 1:].add_(terms[:, 1:], alpha=node_decay)
+            terms.grad = grad_terms
+
+    @torch.no_grad()
+    def squared_norm(self, which, shrinkage):
+        """``||root||^2 + shrinkage * ||terms below the root||^2`` over the terms of the
+        leaf parameters ``which`` (indices into :attr:`views`)."""
+        total = 0.0
+        for index in which:
+            terms = self.terms[index]
+            total += terms[:, 0].square().sum().item()
+            total += shrinkage * terms[:, 1:].square().sum().item()
+        return total
 
 
 class Trainer:
@@ -564,31 +594,29 @@ class Trainer:
 
     def _new_optimizer(self):
         """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
-        scales the L2 weight decay that ``_step`` sets (0 for biases)."""
+        scales the L2 weight decay that ``_step`` sets (0 for biases). A leaf hierarchy's
+        terms take their decay with their gradients (see ``_step``)."""
         weights = list(self.network.weight_matrices())
         hierarchy = self.leaf_hierarchy
-        trained_elsewhere = [] if hierarchy is None else [view[0] for view in hierarchy.views]
+        trained_elsewhere = [] if hierarchy is None else [p for p, _ in hierarchy.views]
         biases = [p for p in self.network.parameters()
                   if all(p is not w for w in weights + trained_elsewhere)]
         weights = [w for w in weights if all(w is not p for p in trained_elsewhere)]
         groups = [{"params": weights, "decay_factor": 1.0},
                   {"params": biases, "decay_factor": 0.0}]
         if hierarchy is not None:
-            is_weight = [any(parameter is w for w in self.network.weight_matrices())
-                         for parameter, _, _ in hierarchy.views]
-            lr = self.learning_rate * self._LEAF_HIERARCHY_LEARNING_RATE_FACTOR
-            groups += [
-                {"params": [t for t, w in zip(hierarchy.root_terms, is_weight) if w],
-                 "decay_factor": 1.0, "lr": lr},
-                {"params": [t for levels, w in zip(hierarchy.node_terms, is_weight) if w
-                            for t in levels],
-                 "decay_factor": self.leaf_shrinkage, "lr": lr},
-                {"params": [t for levels, w in zip(hierarchy.terms, is_weight) if not w
-                            for t in levels],
-                 "decay_factor": 0.0, "lr": lr},
-            ]
+            groups.append({
+                "params": hierarchy.terms, "decay_factor": 0.0,
+                "lr": self.learning_rate * self._LEAF_HIERARCHY_LEARNING_RATE_FACTOR,
+            })
         return FusedAdam([{**group, "weight_decay": 0.0} for group in groups],
                          lr=self.learning_rate)
+
+    def _leaf_weight_indices(self):
+        """Indices, into the leaf hierarchy's views, of the weight matrices (not biases)."""
+        weights = self.network.weight_matrices()
+        return [index for index, (parameter, _) in enumerate(self.leaf_hierarchy.views)
+                if any(parameter is w for w in weights)]
 
     @property
     def hardening(self):
@@ -651,7 +679,11 @@ class Trainer:
             group["weight_decay"] = decay * group["decay_factor"]
         backward(grad_outputs, grad_probabilities)
         if self.leaf_hierarchy is not None:
-            self.leaf_hierarchy.gather_gradients()
+            weight_indices = self._leaf_weight_indices()
+            self.leaf_hierarchy.gather_gradients([
+                (decay, decay * self.leaf_shrinkage) if index in weight_indices else (0.0, 0.0)
+                for index in range(len(self.leaf_hierarchy.views))
+            ])
         self.optimizer.step()
         if self.leaf_hierarchy is not None:
             self.leaf_hierarchy.compose()
@@ -975,6 +1007,9 @@ class Trainer:
             if group["decay_factor"] and weights:
                 norms = torch.stack(torch._foreach_norm(weights))
                 squared += group["decay_factor"] * norms.square().sum().item()
+        if self.leaf_hierarchy is not None:
+            squared += self.leaf_hierarchy.squared_norm(self._leaf_weight_indices(),
+                                                        self.leaf_shrinkage)
         return 0.5 * regulariser_weight * self.alpha / n_samples * squared
 
     # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.

@@ -1,7 +1,7 @@
 /* The CPU training step's own arithmetic, for float32 tensors: the soft routing (the path
  * probabilities of every leaf, each row's hard leaf, and their backward), the layers of
  * each row's hard leaf in the straight-through forward and its backward, and the
- * classifier's loss with its gradient.
+ * classifier's loss with its gradient; and the leaf hierarchy's sums of node terms.
  *
  * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
  * and the dense leaf products) take about thirty small tensor operations per training step,
@@ -608,6 +608,128 @@ done:
     return result;
 }
 
+/* The leaf hierarchy (fffsklearn/_training.py, LeafHierarchy): a leaf parameter viewed as
+ * (outer, n_leaves, inner) is the sum, over the nodes of each leaf's path, of node terms
+ * (outer, n_tree_nodes, inner) in heap order (node n's children are 2n + 1 and 2n + 2; leaf j
+ * is node n_leaves - 1 + j). Both directions visit every node once, top-down or bottom-up,
+ * where torch took two operations per level and parameter. */
+
+/* The (outer, n_tree_nodes * inner) terms and (outer, n_leaves * inner) leaves of one call. */
+static int hierarchy_buffers(PyObject *terms_obj, PyObject *leaves_obj, Py_ssize_t inner,
+                             int leaves_output, buffer_t *terms, buffer_t *leaves,
+                             Py_ssize_t *n_leaves) {
+    if (inner < 1) {
+        PyErr_SetString(PyExc_ValueError, "inner must be positive.");
+        return -1;
+    }
+    if (get_dense(terms_obj, terms, "terms", -1, -1, 0) < 0) return -1;
+    Py_ssize_t outer = terms->view.shape[0], n_terms = terms->view.shape[1] / inner;
+    if (n_terms * inner != terms->view.shape[1] || depth_of(n_terms / 2) < 0 ||
+        n_terms % 2 == 0) {
+        PyErr_SetString(PyExc_ValueError, "terms must hold 2**(depth + 1) - 1 nodes.");
+        return -1;
+    }
+    *n_leaves = (n_terms + 1) / 2;
+    return get_dense(leaves_obj, leaves, "leaves", outer, *n_leaves * inner, leaves_output);
+}
+
+HOT_PATH
+static void compose_loop(const float *terms, float *leaves, float *sums, Py_ssize_t outer,
+                         Py_ssize_t n_leaves, Py_ssize_t inner) {
+    Py_ssize_t n_terms = 2 * n_leaves - 1;
+    for (Py_ssize_t o = 0; o < outer; o++) {
+        const float *q = terms + o * n_terms * inner;
+        float *p = leaves + o * n_leaves * inner;
+        /* sums[n]: the sum of the terms from the root to internal node n. */
+        for (Py_ssize_t n = 0; n < n_terms; n++) {
+            float *out = n < n_leaves - 1 ? sums + n * inner : p + (n - n_leaves + 1) * inner;
+            const float *term = q + n * inner;
+            if (n == 0) {
+                memcpy(out, term, inner * sizeof(float));
+                continue;
+            }
+            const float *parent = sums + (n - 1) / 2 * inner;
+            for (Py_ssize_t k = 0; k < inner; k++) out[k] = parent[k] + term[k];
+        }
+    }
+}
+
+/* hierarchy_compose(terms, leaves_out, inner) */
+static PyObject *hierarchy_compose(PyObject *self, PyObject *args) {
+    PyObject *terms_obj, *leaves_obj;
+    Py_ssize_t inner, n_leaves;
+    if (!PyArg_ParseTuple(args, "OOn", &terms_obj, &leaves_obj, &inner)) return NULL;
+    buffer_t terms = {0}, leaves = {0};
+    PyObject *result = NULL;
+    if (hierarchy_buffers(terms_obj, leaves_obj, inner, 1, &terms, &leaves, &n_leaves) < 0)
+        goto done;
+    float *sums = malloc((n_leaves > 1 ? n_leaves - 1 : 1) * inner * sizeof(float));
+    if (sums == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    compose_loop(terms.view.buf, leaves.view.buf, sums, terms.view.shape[0], n_leaves, inner);
+    Py_END_ALLOW_THREADS
+    free(sums);
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    release(&terms), release(&leaves);
+    return result;
+}
+
+HOT_PATH
+static void gather_loop(const float *grad_leaves, const float *terms, float *grad_terms,
+                        Py_ssize_t outer, Py_ssize_t n_leaves, Py_ssize_t inner,
+                        float root_decay, float node_decay) {
+    Py_ssize_t n_terms = 2 * n_leaves - 1;
+    for (Py_ssize_t o = 0; o < outer; o++) {
+        const float *q = terms + o * n_terms * inner;
+        float *g = grad_terms + o * n_terms * inner;
+        memcpy(g + (n_leaves - 1) * inner, grad_leaves + o * n_leaves * inner,
+               n_leaves * inner * sizeof(float));
+        /* Bottom-up: a node's gradient is the sum of its children's, before their decay. */
+        for (Py_ssize_t n = n_leaves - 2; n >= 0; n--) {
+            const float *left = g + (2 * n + 1) * inner, *right = left + inner;
+            float *out = g + n * inner;
+            for (Py_ssize_t k = 0; k < inner; k++) out[k] = left[k] + right[k];
+        }
+        for (Py_ssize_t n = 0; n < n_terms; n++) {
+            float decay = n == 0 ? root_decay : node_decay;
+            if (decay == 0.0f) continue;
+            const float *term = q + n * inner;
+            float *out = g + n * inner;
+            for (Py_ssize_t k = 0; k < inner; k++) out[k] += decay * term[k];
+        }
+    }
+}
+
+/* hierarchy_gather(grad_leaves, terms, grad_terms_out, inner, root_decay, node_decay) */
+static PyObject *hierarchy_gather(PyObject *self, PyObject *args) {
+    PyObject *grad_obj, *terms_obj, *out_obj;
+    Py_ssize_t inner, n_leaves;
+    float root_decay, node_decay;
+    if (!PyArg_ParseTuple(args, "OOOnff", &grad_obj, &terms_obj, &out_obj, &inner,
+                          &root_decay, &node_decay))
+        return NULL;
+    buffer_t grad = {0}, terms = {0}, out = {0};
+    PyObject *result = NULL;
+    if (hierarchy_buffers(terms_obj, grad_obj, inner, 0, &terms, &grad, &n_leaves) < 0 ||
+        get_dense(out_obj, &out, "grad_terms_out", terms.view.shape[0], terms.view.shape[1],
+                  1) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    gather_loop(grad.view.buf, terms.view.buf, out.view.buf, terms.view.shape[0], n_leaves,
+                inner, root_decay, node_decay);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    result = Py_None;
+done:
+    release(&grad), release(&terms), release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"path_probabilities", path_probabilities, METH_VARARGS,
      "path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,\n"
@@ -635,6 +757,14 @@ static PyMethodDef methods[] = {
      "row's outputs are its hard leaf's; and, unless leaf_gradients_out is None, every leaf's\n"
      "straight-through gradient per row without its output bias term (the gradient of the\n"
      "leaf's hidden layer, grad_outputs @ W_out, dotted with that layer)."},
+    {"hierarchy_compose", hierarchy_compose, METH_VARARGS,
+     "hierarchy_compose(terms, leaves_out, inner)\n\n"
+     "Write every leaf's parameters, (outer, n_leaves * inner), as the sums of the node terms\n"
+     "of its path, (outer, (2 * n_leaves - 1) * inner) in heap order (float32)."},
+    {"hierarchy_gather", hierarchy_gather, METH_VARARGS,
+     "hierarchy_gather(grad_leaves, terms, grad_terms_out, inner, root_decay, node_decay)\n\n"
+     "Write every node term's gradient, the sum of the gradients of the leaves below it, plus\n"
+     "the L2 weight decay times the term (root_decay for the root, node_decay below it)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

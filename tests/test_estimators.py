@@ -245,7 +245,7 @@ def test_sample_weight_is_not_mutated_and_changes_the_fit(digits):
 
 def test_regressor_multi_output_and_integer_targets():
     X, y = make_regression(n_samples=200, n_features=5, n_targets=3, random_state=0)
-    model = FFFRegressor(depth=2, max_iter=40, random_state=0).fit(X, y)
+    model = FFFRegressor(depth=2, max_iter=20, random_state=0).fit(X, y)
     assert model.predict(X).shape == (200, 3) and model.n_outputs_ == 3
     assert model.score(X, y) > 0.5
     y_int = np.round(y[:, 0]).astype(np.int64)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fffsklearn import FFFClassifier
-from fffsklearn import _network
+from fffsklearn import _network, _training
+from fffsklearn._network import _training_kernel
 from fffsklearn._network import FFFNetwork, load_balancing_loss
 from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
 
@@ -46,10 +47,10 @@ def _leaf_hierarchy_gradients(trainer, parameters, gradients):
     """What the node terms' gradients must be: the sums of the leaf gradients below them."""
     by_parameter = {id(p): g for p, g in zip(parameters, gradients)}
     expected = []
-    for parameter, shape, axis in trainer.leaf_hierarchy.views:
+    for parameter, shape in trainer.leaf_hierarchy.views:
         leaves = by_parameter[id(parameter)].view(shape)
-        expected.append([leaves.unflatten(axis, (2**level, -1)).sum(dim=axis + 1)
-                         for level in range(trainer.network.depth + 1)])
+        expected.append(torch.cat([leaves.unflatten(1, (2**level, -1)).sum(dim=2)
+                                   for level in range(trainer.network.depth + 1)], dim=1))
     return expected
 
 
@@ -76,10 +77,16 @@ def test_training_step_gradients_are_those_of_the_objective(
     assert (hierarchy is not None) == bool(leaf_shrinkage and depth)
     if hierarchy is not None:
         # The leaves' gradients went to the node terms, which the optimizer trains instead.
+        # The weight decay that _step set for the other weights goes to the root's weights,
+        # leaf_shrinkage times as much below it.
         expected_terms = _leaf_hierarchy_gradients(trainer, parameters, expected)
-        for levels, wanted in zip(hierarchy.terms, expected_terms):
-            for term, want in zip(levels, wanted):
-                torch.testing.assert_close(term.grad, want, rtol=1e-4, atol=1e-6)
+        decay = trainer.optimizer.param_groups[0]["weight_decay"]
+        assert decay > 0
+        for index, (terms, want) in enumerate(zip(hierarchy.terms, expected_terms)):
+            if index in (0, 2):
+                want[:, :1] += decay * terms[:, :1].detach()
+                want[:, 1:] += decay * leaf_shrinkage * terms[:, 1:].detach()
+            torch.testing.assert_close(terms.grad, want, rtol=1e-4, atol=1e-6)
         leaf_parameters = [view[0] for view in hierarchy.views]
         assert all(p.grad is None for p in leaf_parameters)
         parameters, expected = zip(*[
@@ -195,44 +202,101 @@ def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatc
         torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("depth", [1, 3])
-def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth):
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
     network = FFFNetwork(6, 3, depth, leaf_width=4, master_leaf_width=3, random_state=0)
     hierarchy = LeafHierarchy(network)
-    leaves = [parameter.detach().clone() for parameter, _, _ in hierarchy.views]
-    for (parameter, shape, axis), levels, before in zip(hierarchy.views, hierarchy.terms, leaves):
+    leaves = [parameter.detach().clone() for parameter, _ in hierarchy.views]
+    n_leaves = 2**depth
+    for (parameter, shape), terms, before in zip(hierarchy.views, hierarchy.terms, leaves):
+        assert terms.shape == (shape[0], 2 * n_leaves - 1, shape[2])
         # The root's term is the mean leaf; below it, siblings' terms cancel out on average.
-        torch.testing.assert_close(levels[0], before.view(shape).mean(dim=axis, keepdim=True))
-        for term in levels[1:]:
-            pairs = term.unflatten(axis, (-1, 2)).sum(dim=axis + 1)
-            torch.testing.assert_close(pairs, torch.zeros_like(pairs), atol=1e-6, rtol=0)
+        torch.testing.assert_close(terms[:, 0], before.view(shape).mean(dim=1))
+        pairs = terms[:, 1:].detach().unflatten(1, (-1, 2)).sum(dim=2)
+        torch.testing.assert_close(pairs, torch.zeros_like(pairs), atol=1e-6, rtol=0)
     with torch.no_grad():
-        for parameter, _, _ in hierarchy.views:
+        for parameter, _ in hierarchy.views:
             parameter.zero_()
     hierarchy.compose()
-    for (parameter, _, _), before in zip(hierarchy.views, leaves):
+    for (parameter, _), before in zip(hierarchy.views, leaves):
         torch.testing.assert_close(parameter.detach(), before)
+    if depth == 0:
+        return
     # A node's term moves every leaf below it, and only those.
-    first_leaf_weights = network.leaf_hidden_weights.view(hierarchy.views[0][1])
+    shape = hierarchy.views[0][1]
     with torch.no_grad():
-        hierarchy.terms[0][1][:, 0] += 1.0  # the root's left child
+        hierarchy.terms[0][:, 1] += 1.0  # the root's left child
     hierarchy.compose()
-    moved = (first_leaf_weights - leaves[0].view(hierarchy.views[0][1])).abs().amax(dim=(0, 2))
-    half = 2 ** (depth - 1)
+    moved = (network.leaf_hidden_weights.view(shape) - leaves[0].view(shape)).abs()
+    moved = moved.amax(dim=(0, 2))
+    half = n_leaves // 2
     torch.testing.assert_close(moved[:half], torch.ones(half))
     torch.testing.assert_close(moved[half:], torch.zeros(half))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatch):
+    network = FFFNetwork(7, 3, depth, leaf_width=5, master_leaf_width=3, random_state=0)
+    hierarchy = LeafHierarchy(network)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for terms in hierarchy.terms:
+            terms.copy_(torch.randn(terms.shape, generator=generator))
+    grads = [torch.randn(p.shape, generator=generator) for p, _ in hierarchy.views]
+    decays = [(0.3, 7.0), (0.0, 0.0), (0.3, 7.0), (0.0, 0.0)]
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(_training, "_compiled", lambda tensor, on=compiled: on)
+        for (parameter, _), grad in zip(hierarchy.views, grads):
+            parameter.grad = grad.clone()
+        hierarchy.gather_gradients(decays)
+        hierarchy.compose()
+        results.append(([t.grad.clone() for t in hierarchy.terms],
+                        [p.detach().clone() for p, _ in hierarchy.views]))
+    for got, want in zip(*(grads + leaves for grads, leaves in results)):
+        torch.testing.assert_close(got, want)
+    # Against the definition: the leaves' gradients summed below each node, plus decay.
+    for (parameter, shape), terms, grad, got, (root, below) in zip(
+        hierarchy.views, hierarchy.terms, grads, results[0][0], decays
+    ):
+        leaves = grad.view(shape)
+        for node in range(terms.shape[1]):
+            level = (node + 1).bit_length() - 1
+            first = (node + 1 - 2**level) * 2 ** (depth - level)
+            want = leaves[:, first : first + 2 ** (depth - level)].sum(dim=1)
+            want = want + (root if node == 0 else below) * terms[:, node].detach()
+            torch.testing.assert_close(got[:, node], want, rtol=1e-5, atol=1e-5)
+
+
+def test_leaf_hierarchy_refuses_malformed_buffers():
+    terms = np.zeros((2, 7 * 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="2\\*\\*\\(depth"):
+        _training_kernel.hierarchy_compose(np.zeros((2, 6 * 3), np.float32),
+                                           np.zeros((2, 4 * 3), np.float32), 3)
+    with pytest.raises(ValueError, match="leaves"):
+        _training_kernel.hierarchy_compose(terms, np.zeros((2, 5 * 3), np.float32), 3)
+    with pytest.raises(ValueError, match="inner"):
+        _training_kernel.hierarchy_compose(terms, np.zeros((2, 4 * 3), np.float32), 0)
+    with pytest.raises(ValueError, match="grad_terms_out"):
+        _training_kernel.hierarchy_gather(np.zeros((2, 4 * 3), np.float32), terms,
+                                          np.zeros((2, 6 * 3), np.float32), 3, 0.0, 0.0)
 
 
 def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage():
     trainer = _trainer("classification", 2, 3, leaf_shrinkage=30.0)
     hierarchy, network = trainer.leaf_hierarchy, trainer.network
+    with torch.no_grad():
+        for terms in hierarchy.terms:
+            terms.normal_()
     leaf_weights = (network.leaf_hidden_weights, network.leaf_output_weights)
     squared = sum(w.square().sum().item() for w in network.weight_matrices()
                   if all(w is not leaf for leaf in leaf_weights))
     for index in (0, 2):  # the hidden and output weights; the biases have no penalty
-        levels = hierarchy.terms[index]
-        squared += levels[0].square().sum().item()
-        squared += 30.0 * sum(term.square().sum().item() for term in levels[1:])
+        terms = hierarchy.terms[index]
+        squared += terms[:, 0].square().sum().item() + 30.0 * terms[:, 1:].square().sum().item()
     assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
                                                           rel=1e-5)
 
@@ -258,8 +322,8 @@ def test_leaf_shrinkage_draws_the_leaves_together():
 
 def test_a_fresh_trainer_starts_every_leaf_from_the_same_parameters():
     trainer = _trainer("classification", 3, 3, leaf_shrinkage=30.0)
-    for parameter, shape, axis in trainer.leaf_hierarchy.views:
+    for (parameter, shape), terms in zip(trainer.leaf_hierarchy.views,
+                                         trainer.leaf_hierarchy.terms):
         leaves = parameter.detach().view(shape)
-        assert torch.equal(leaves, leaves.narrow(axis, 0, 1).expand_as(leaves))
-    for levels in trainer.leaf_hierarchy.node_terms:
-        assert all(not term.any() for term in levels)
+        assert torch.equal(leaves, leaves[:, :1].expand_as(leaves))
+        assert not terms[:, 1:].any()
