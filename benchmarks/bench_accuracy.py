@@ -24,12 +24,14 @@ sets need no download. The split is fixed; the seeds vary the models' initialisa
 batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
+                                        [--models +both] [--params leaf_shrinkage=30]
 
 ``--quick`` (what CI runs) takes one seed, depth 4 and at most 5,000 training rows per data
 set. Needs the ``benchmark`` extra (``mnist1d``).
 """
 
 import argparse
+import ast
 import functools
 import json
 import math
@@ -299,6 +301,8 @@ def main():
     parser.add_argument("--n-jobs", type=int, default=2, help="fits run in parallel, one thread each")
     parser.add_argument("--models", help="only the models whose name contains one of these "
                         "comma-separated strings, for example '+LB,+both'")
+    parser.add_argument("--params", help="estimator parameters for every FFF fit, on top of "
+                        "each variant's, for example 'leaf_shrinkage=30,alpha=10'")
     parser.add_argument("--json", help="also write every fit's figures to this file")
     parser.add_argument("--from-json", help="fit nothing: summarise the figures saved in these "
                         "comma-separated files; a later file's figures of a data set and model "
@@ -323,10 +327,16 @@ def main():
     if args.models:
         wanted = args.models.split(",")
         jobs = [job for job in jobs if any(part in job[2] for part in wanted)]
+    if args.params:
+        extra = {key: ast.literal_eval(value)
+                 for key, value in (item.split("=") for item in args.params.split(","))}
+        jobs = [(*job[:4], {**job[4], **extra}, job[5]) if job[3] == "FFF" else job
+                for job in jobs]
     # Longest fits first, so that the processes finish together.
     jobs.sort(key=lambda job: -_expected_cost(*job))
     print(f"{len(jobs)} fits on {args.n_jobs} processes; seeds {seeds}, depths {depths}, "
-          f"leaf width {LEAF_WIDTH}, master leaf width {MASTER_LEAF_WIDTH}")
+          f"leaf width {LEAF_WIDTH}, master leaf width {MASTER_LEAF_WIDTH}"
+          + (f"; every FFF also with {args.params}" if args.params else ""))
     # Workers import this file as a module, so that each keeps its own cache of data sets.
     from bench_accuracy import run_job as imported_run_job
 

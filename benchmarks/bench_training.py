@@ -4,7 +4,9 @@ For each data set and depth, with ``leaf_width=16``, ``master_leaf_width=16`` an
 batch size, this times:
 
 - ``FFFClassifier.fit`` with ``max_iter=8`` (6 balancing and 2 hardening epochs), divided by
-  the epochs it ran: set-up, validation and the final leaf count included;
+  the epochs it ran: set-up, validation and the final leaf count included; "FFF" with the
+  defaults, "shared" with ``leaf_shrinkage=30`` (the leaves shared along the tree, whose
+  node terms train in place of the leaves);
 - a plain torch loop that trains the dense twin (one hidden layer of the training width
   ``2**depth * 16``, ReLU) with Adam, the same learning rate, weight decay and batch size,
   the data held as one tensor and indexed per mini-batch: "twin" uses
@@ -55,10 +57,11 @@ def classification_rows(n_rows):
     return StandardScaler().fit_transform(X).astype(np.float32), y
 
 
-def fff_epoch_seconds(X, y, depth):
+def fff_epoch_seconds(X, y, depth, **params):
     model = FFFClassifier(
         depth=depth, leaf_width=LEAF_WIDTH, master_leaf_width=MASTER_LEAF_WIDTH,
         max_iter=FFF_EPOCHS, n_iter_no_change=FFF_EPOCHS, device="cpu", random_state=0,
+        **params,
     )
     start = time.perf_counter()
     model.fit(X, y)
@@ -118,8 +121,9 @@ def main():
     batch_size = min(200, len(next(iter(datasets.values()))[0]))  # what batch_size="auto" takes
     print(f"{describe_threads()}; batch {batch_size}; FFF fits of {FFF_EPOCHS} epochs; "
           f"best of {rounds} alternating rounds")
-    print(f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'twin':>9}{'twin F':>9}"
-          f"{'MLP':>9}{'FFF/twin':>10}{'FFF/twin F':>12}{'FFF/MLP':>9}")
+    print(f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'shared':>9}{'twin':>9}"
+          f"{'twin F':>9}{'MLP':>9}{'FFF/twin':>10}{'FFF/twin F':>12}{'FFF/MLP':>9}"
+          f"{'shared/FFF':>12}")
     worst_twin = worst_fused_twin = worst_mlp = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -127,6 +131,7 @@ def main():
             for depth in (4, 6):
                 contenders = (
                     lambda: fff_epoch_seconds(X, y, depth),
+                    lambda: fff_epoch_seconds(X, y, depth, leaf_shrinkage=30.0),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, torch.optim.Adam),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, FusedAdam),
                     lambda: mlp_epoch_seconds(X, y, depth),
@@ -135,13 +140,14 @@ def main():
                 for _ in range(rounds):
                     for i, contender in enumerate(contenders):
                         best[i] = min(best[i], contender())
-                fff, twin, fused_twin, mlp = best
+                fff, shared, twin, fused_twin, mlp = best
                 worst_twin = max(worst_twin, fff / twin)
                 worst_fused_twin = max(worst_fused_twin, fff / fused_twin)
                 worst_mlp = max(worst_mlp, fff / mlp)
-                print(f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}{twin:>9.3f}"
-                      f"{fused_twin:>9.3f}{mlp:>9.3f}{fff / twin:>10.2f}"
-                      f"{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}", flush=True)
+                print(f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}"
+                      f"{shared:>9.3f}{twin:>9.3f}{fused_twin:>9.3f}{mlp:>9.3f}"
+                      f"{fff / twin:>10.2f}{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}"
+                      f"{shared / fff:>12.2f}", flush=True)
     print(f"\nFFF epoch / dense twin epoch, largest: {worst_twin:.2f} (<= 1.3)")
     print(f"FFF epoch / dense twin epoch with the FFF's optimizer, largest: "
           f"{worst_fused_twin:.2f}")

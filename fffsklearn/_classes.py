@@ -67,7 +67,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         load_balancing=1.0,
         hardening_epochs=16,
         region_leak=0.0,
-        leaf_shrinkage=30.0,
+        leaf_shrinkage=0.0,
         activation="relu",
         standardize=True,
         max_iter=200,

@@ -304,12 +304,9 @@ def test_early_stopping_hardens_the_best_balancing_weights(digits):
 def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     X_train, X_test, y_train, _ = digits
     X_test = X_test.astype(np.float32)
-    # Leaves trained on their own differ most, so that without hardening the soft mixture
-    # disagrees with predict.
     models = {
         epochs: FFFClassifier(
-            depth=3, hardening_epochs=epochs, max_iter=64, n_iter_no_change=64,
-            leaf_shrinkage=0.0, random_state=0,
+            depth=3, hardening_epochs=epochs, max_iter=64, n_iter_no_change=64, random_state=0
         ).fit(X_train, y_train)
         for epochs in (0, 16)
     }
@@ -531,14 +528,28 @@ def test_standardize_statistics_come_from_the_first_call():
     assert not np.allclose(model.predict_proba(X_train[500:600]), first)
 
 
-def test_warm_start_continues_from_the_folded_arrays():
+@pytest.mark.parametrize("leaf_shrinkage", [0.0, 30.0])
+def test_warm_start_continues_from_the_folded_arrays(leaf_shrinkage):
     X_train, X_test, y_train, _ = _unscaled_digits()
-    model = FFFClassifier(max_iter=8, random_state=0).fit(X_train, y_train)
+    model = FFFClassifier(max_iter=8, leaf_shrinkage=leaf_shrinkage, random_state=0)
+    model.fit(X_train, y_train)
     before = model.predict_proba(X_test)
     # A learning rate too small to move any weight: the warm start must restore the network
     # exactly from arrays_, undoing the folded scaling.
     model.set_params(warm_start=True, learning_rate_init=1e-12, max_iter=4).fit(X_train, y_train)
     np.testing.assert_allclose(model.predict_proba(X_test), before, atol=1e-5)
+
+
+def test_shared_leaves_train_with_early_stopping_and_partial_fit(digits):
+    X_train, X_test, y_train, y_test = digits
+    model = FFFClassifier(depth=3, leaf_shrinkage=30.0, early_stopping=True, random_state=0)
+    model.fit(X_train, y_train)
+    # The hardening started from the best balancing epoch's weights, reloaded into the
+    # leaf hierarchy's terms.
+    assert model.best_validation_score_ == max(model.validation_scores_[: -model.hardening_epochs])
+    assert model.score(X_test, y_test) > 0.9
+    model.set_params(early_stopping=False).partial_fit(X_train, y_train)
+    assert model.score(X_test, y_test) > 0.9
 
 
 def test_input_statistics_are_weighted_and_streamed(monkeypatch):
