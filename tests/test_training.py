@@ -237,6 +237,7 @@ def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monke
     torch.testing.assert_close(moved[half:], torch.zeros(half))
 
 
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
 @pytest.mark.parametrize("depth", [0, 1, 4])
 def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatch):
     network = FFFNetwork(7, 3, depth, leaf_width=5, master_leaf_width=3, random_state=0)
@@ -271,6 +272,7 @@ def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatc
             torch.testing.assert_close(got[:, node], want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
 def test_leaf_hierarchy_refuses_malformed_buffers():
     terms = np.zeros((2, 7 * 3), dtype=np.float32)
     with pytest.raises(ValueError, match="2\\*\\*\\(depth"):
