@@ -169,7 +169,7 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
     an epoch's weights are exported; every row of a batch computes every leaf, with about
     four (rows x training width) temporaries and the path sums alive at once. A
     :class:`LeafHierarchy` adds its node terms, about twice the leaves' parameters, each with
-    a gradient and two moments, and a sum of a level's terms while they are composed.
+    a gradient and two moments, and the leaves' gradients while they are gathered.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
@@ -358,7 +358,7 @@ class LeafHierarchy:
     one term per node: the root's term is shared by every leaf, a node's by the leaves
     below it. A leaf sees about ``1 / 2**depth`` of the rows and, trained on its own,
     overfits them; with the terms below the root under an L2 penalty ``shrinkage`` times
-    as strong as ``alpha``'s (see :meth:`gather_gradients`), a node departs from its parent
+    as strong as the root's (see :meth:`gather_gradients`), a node departs from its parent
     only as far as the rows it receives ask, and what the upper nodes learn comes from many
     leaves' rows. The network's leaf parameters always hold the sums, so the forward, the
     backward and the exported arrays are those of the plain network.
@@ -371,6 +371,8 @@ class LeafHierarchy:
     network : FFFNetwork
         Its leaf parameters are decomposed into node terms now, and recomposed by
         :meth:`compose`.
+    shrinkage : float
+        Factor on the weight decay of the weight terms below the root.
 
     Attributes
     ----------
@@ -383,9 +385,13 @@ class LeafHierarchy:
         and ``2n + 2``; leaf ``j`` is node ``2**depth - 1 + j``).
     """
 
-    def __init__(self, network):
+    def __init__(self, network, shrinkage):
         self.depth = network.depth
+        self.shrinkage = shrinkage
         self.views = network.leaf_parameter_views()
+        # Biases take no weight decay, as everywhere in the trainer.
+        self.is_weight = [any(parameter is w for w in network.weight_matrices())
+                          for parameter, _ in self.views]
         n_terms = 2 ** (self.depth + 1) - 1
         # Trained by the optimizer, never through autograd; requires_grad marks them as
         # trained, as for the network's parameters.
@@ -447,16 +453,15 @@ class LeafHierarchy:
             parameter.view(shape).copy_(total)
 
     @torch.no_grad()
-    def gather_gradients(self, decays):
+    def gather_gradients(self, decay):
         """Set every node term's gradient from the leaf parameters' (which are cleared).
 
         A node's gradient is the sum of those of the leaves below it, plus the L2 weight
-        decay times the term: ``decays[i]`` is ``(root, below the root)`` for the ``i``-th
-        leaf parameter.
+        decay times the term for weights: ``decay`` at the root, ``shrinkage * decay``
+        below it.
         """
-        for (parameter, shape), terms, (root_decay, node_decay) in zip(
-            self.views, self.terms, decays
-        ):
+        for (parameter, shape), terms, is_weight in zip(self.views, self.terms, self.is_weight):
+            root_decay, node_decay = (decay, decay * self.shrinkage) if is_weight else (0.0, 0.0)
             grad = parameter.grad
             parameter.grad = None
             if grad is None:
@@ -482,14 +487,14 @@ class LeafHierarchy:
             terms.grad = grad_terms
 
     @torch.no_grad()
-    def squared_norm(self, which, shrinkage):
-        """``||root||^2 + shrinkage * ||terms below the root||^2`` over the terms of the
-        leaf parameters ``which`` (indices into :attr:`views`)."""
+    def squared_norm(self):
+        """``||root||^2 + shrinkage * ||terms below the root||^2`` over the weight terms: the
+        L2 penalty's share of the hierarchy, as :meth:`gather_gradients` decays them."""
         total = 0.0
-        for index in which:
-            terms = self.terms[index]
-            total += terms[:, 0].square().sum().item()
-            total += shrinkage * terms[:, 1:].square().sum().item()
+        for terms, is_weight in zip(self.terms, self.is_weight):
+            if is_weight:
+                total += terms[:, 0].square().sum().item()
+                total += self.shrinkage * terms[:, 1:].square().sum().item()
         return total
 
 
@@ -521,7 +526,7 @@ class Trainer:
         self.learning_rate = learning_rate
         self.leaf_shrinkage = leaf_shrinkage
         self.leaf_hierarchy = (
-            LeafHierarchy(network) if leaf_shrinkage and network.depth else None
+            LeafHierarchy(network, leaf_shrinkage) if leaf_shrinkage and network.depth else None
         )
         self.optimizer = self._new_optimizer()
         # Doubling every epoch rather than every 2 brought the soft mixture to the hard model
@@ -612,12 +617,6 @@ class Trainer:
         return FusedAdam([{**group, "weight_decay": 0.0} for group in groups],
                          lr=self.learning_rate)
 
-    def _leaf_weight_indices(self):
-        """Indices, into the leaf hierarchy's views, of the weight matrices (not biases)."""
-        weights = self.network.weight_matrices()
-        return [index for index, (parameter, _) in enumerate(self.leaf_hierarchy.views)
-                if any(parameter is w for w in weights)]
-
     @property
     def hardening(self):
         """Whether the hardening phase is on, i.e. the routing neurons are frozen."""
@@ -679,11 +678,7 @@ class Trainer:
             group["weight_decay"] = decay * group["decay_factor"]
         backward(grad_outputs, grad_probabilities)
         if self.leaf_hierarchy is not None:
-            weight_indices = self._leaf_weight_indices()
-            self.leaf_hierarchy.gather_gradients([
-                (decay, decay * self.leaf_shrinkage) if index in weight_indices else (0.0, 0.0)
-                for index in range(len(self.leaf_hierarchy.views))
-            ])
+            self.leaf_hierarchy.gather_gradients(decay)
         self.optimizer.step()
         if self.leaf_hierarchy is not None:
             self.leaf_hierarchy.compose()
@@ -1008,8 +1003,7 @@ class Trainer:
                 norms = torch.stack(torch._foreach_norm(weights))
                 squared += group["decay_factor"] * norms.square().sum().item()
         if self.leaf_hierarchy is not None:
-            squared += self.leaf_hierarchy.squared_norm(self._leaf_weight_indices(),
-                                                        self.leaf_shrinkage)
+            squared += self.leaf_hierarchy.squared_norm()
         return 0.5 * regulariser_weight * self.alpha / n_samples * squared
 
     # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.

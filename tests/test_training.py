@@ -208,7 +208,7 @@ def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monke
     if not compiled:
         monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
     network = FFFNetwork(6, 3, depth, leaf_width=4, master_leaf_width=3, random_state=0)
-    hierarchy = LeafHierarchy(network)
+    hierarchy = LeafHierarchy(network, shrinkage=30.0)
     leaves = [parameter.detach().clone() for parameter, _ in hierarchy.views]
     n_leaves = 2**depth
     for (parameter, shape), terms, before in zip(hierarchy.views, hierarchy.terms, leaves):
@@ -241,7 +241,8 @@ def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monke
 @pytest.mark.parametrize("depth", [0, 1, 4])
 def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatch):
     network = FFFNetwork(7, 3, depth, leaf_width=5, master_leaf_width=3, random_state=0)
-    hierarchy = LeafHierarchy(network)
+    # Weight decay 0.3 at the root and 7.0 below it; the biases take none.
+    hierarchy = LeafHierarchy(network, shrinkage=7.0 / 0.3)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for terms in hierarchy.terms:
@@ -253,7 +254,7 @@ def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatc
         monkeypatch.setattr(_training, "_compiled", lambda tensor, on=compiled: on)
         for (parameter, _), grad in zip(hierarchy.views, grads):
             parameter.grad = grad.clone()
-        hierarchy.gather_gradients(decays)
+        hierarchy.gather_gradients(0.3)
         hierarchy.compose()
         results.append(([t.grad.clone() for t in hierarchy.terms],
                         [p.detach().clone() for p, _ in hierarchy.views]))
