@@ -48,32 +48,38 @@ class FusedAdam:
         self.state = {}
 
     @torch.no_grad()
-    def step(self):
-        """Update every parameter that has a gradient."""
+    def step(self, groups=None):
+        """Update every parameter that has a gradient, in ``groups`` (by default all)."""
         beta1, beta2 = self.betas
-        for group in self.param_groups:
+        for group in self.param_groups if groups is None else groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            fresh = [p for p in params if p not in self.state]
-            if fresh:
-                # Parameters whose moments start together share one step count, so that a
-                # step increments one tensor, not one per parameter.
-                count = torch.zeros((), device=fresh[0].device)
-                for p in fresh:
-                    self.state[p] = {
-                        "step": count, "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p),
-                    }
-            states = [self.state[p] for p in params]
-            for count in {id(state["step"]): state["step"] for state in states}.values():
-                count += 1
+            states = self.advance(params)
             torch._fused_adam_(
                 params, [p.grad for p in params], [state["exp_avg"] for state in states],
                 [state["exp_avg_sq"] for state in states], [],
                 [state["step"] for state in states], lr=group["lr"], beta1=beta1, beta2=beta2,
                 weight_decay=group["weight_decay"], eps=self.eps, amsgrad=False, maximize=False,
             )
+
+    def advance(self, params):
+        """The moment states of ``params`` for the step about to be taken: created (zero)
+        where missing, their step counts incremented. For updates computed elsewhere."""
+        fresh = [p for p in params if p not in self.state]
+        if fresh:
+            # Parameters whose moments start together share one step count, so that a
+            # step increments one tensor, not one per parameter.
+            count = torch.zeros((), device=fresh[0].device)
+            for p in fresh:
+                self.state[p] = {
+                    "step": count, "exp_avg": torch.zeros_like(p),
+                    "exp_avg_sq": torch.zeros_like(p),
+                }
+        states = [self.state[p] for p in params]
+        for count in {id(state["step"]): state["step"] for state in states}.values():
+            count += 1
+        return states
 
 
 def _optimizer_ready(optimizer):
@@ -168,8 +174,9 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
     Every parameter is held with its gradient and Adam's two moments, plus two copies while
     an epoch's weights are exported; every row of a batch computes every leaf, with about
     four (rows x training width) temporaries and the path sums alive at once. A
-    :class:`LeafHierarchy` adds its node terms, about twice the leaves' parameters, each with
-    a gradient and two moments, and the leaves' gradients while they are gathered.
+    :class:`LeafHierarchy` adds its node terms, about twice the leaves' parameters, with two
+    moments and, where torch steps them (CUDA, float64), a gradient, and the leaves'
+    gradients while they are gathered; the gradient is counted everywhere.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
@@ -363,8 +370,9 @@ class LeafHierarchy:
     leaves' rows. The network's leaf parameters always hold the sums, so the forward, the
     backward and the exported arrays are those of the plain network.
 
-    For float32 on the CPU the C extension composes the sums and gathers the gradients in
-    one pass each; torch operations, two per tree level, compute the same elsewhere.
+    For float32 on the CPU the C extension composes the sums, and takes a training step
+    (gather, update, compose), in one pass each; torch operations, two per tree level,
+    compute the same elsewhere.
 
     Parameters
     ----------
@@ -452,16 +460,53 @@ class LeafHierarchy:
                 total = total.repeat_interleave(2, dim=1).add_(self._level(terms, level))
             parameter.view(shape).copy_(total)
 
+    def _decays(self, is_weight, decay):
+        """The L2 weight decay of a parameter's root term and of its terms below the root."""
+        return (decay, decay * self.shrinkage) if is_weight else (0.0, 0.0)
+
+    @torch.no_grad()
+    def step(self, optimizer, group, decay):
+        """One step of ``optimizer`` on the node terms (its ``group``) from the leaves'
+        gradients, which are cleared, with the weight decay of :meth:`gather_gradients`;
+        then :meth:`compose`.
+
+        For float32 on the CPU one pass of the C extension per parameter, on torch's threads,
+        gathers, updates (the update of ``FusedAdam``) and composes, where the three steps
+        took three passes over the terms and a buffer for their gradients.
+        """
+        if not all(_compiled(terms) for terms in self.terms):
+            self.gather_gradients(decay)
+            optimizer.step([group])
+            self.compose()
+            return
+        trained = [(view, terms, is_weight, view[0].grad)
+                   for view, terms, is_weight in zip(self.views, self.terms, self.is_weight)
+                   if view[0].grad is not None]
+        states = optimizer.advance([terms for _, terms, _, _ in trained])
+        beta1, beta2 = optimizer.betas
+        for ((parameter, shape), terms, is_weight, grad), state in zip(trained, states):
+            parameter.grad = None
+            outer = shape[0]
+            _training_kernel.hierarchy_adam_step(
+                grad.view(outer, -1).numpy(), terms.view(outer, -1).numpy(),
+                state["exp_avg"].view(outer, -1).numpy(),
+                state["exp_avg_sq"].view(outer, -1).numpy(),
+                parameter.view(outer, -1).numpy(), shape[2], *self._decays(is_weight, decay),
+                group["lr"], beta1, beta2, optimizer.eps, float(state["step"]),
+                torch.get_num_threads(),
+            )
+
     @torch.no_grad()
     def gather_gradients(self, decay):
         """Set every node term's gradient from the leaf parameters' (which are cleared).
 
         A node's gradient is the sum of those of the leaves below it, plus the L2 weight
         decay times the term for weights: ``decay`` at the root, ``shrinkage * decay``
-        below it.
+        below it. Torch operations, two per tree level: what :meth:`step` computes where
+        the C extension does not.
         """
         for (parameter, shape), terms, is_weight in zip(self.views, self.terms, self.is_weight):
-            root_decay, node_decay = (decay, decay * self.shrinkage) if is_weight else (0.0, 0.0)
+            root_decay, node_decay = self._decays(is_weight, decay)
             grad = parameter.grad
             parameter.grad = None
             if grad is None:
@@ -472,18 +517,12 @@ class LeafHierarchy:
             grad_terms = terms.grad
             if grad_terms is None:
                 grad_terms = torch.empty_like(terms)
-            if _compiled(terms):
-                _training_kernel.hierarchy_gather(
-                    grad.view(shape[0], -1).numpy(), terms.view(shape[0], -1).numpy(),
-                    grad_terms.view(shape[0], -1).numpy(), shape[2], root_decay, node_decay,
-                )
-            else:
-                self._level(grad_terms, self.depth).copy_(grad.view(shape))
-                for level in range(self.depth - 1, -1, -1):
-                    torch.sum(self._level(grad_terms, level + 1).unflatten(1, (-1, 2)), dim=2,
-                              out=self._level(grad_terms, level))
-                grad_terms[:, :1].add_(terms[:, :1], alpha=root_decay)
-                grad_terms[:, 1:].add_(terms[:, 1:], alpha=node_decay)
+            self._level(grad_terms, self.depth).copy_(grad.view(shape))
+            for level in range(self.depth - 1, -1, -1):
+                torch.sum(self._level(grad_terms, level + 1).unflatten(1, (-1, 2)), dim=2,
+                          out=self._level(grad_terms, level))
+            grad_terms[:, :1].add_(terms[:, :1], alpha=root_decay)
+            grad_terms[:, 1:].add_(terms[:, 1:], alpha=node_decay)
             terms.grad = grad_terms
 
     @torch.no_grad()
@@ -600,7 +639,8 @@ class Trainer:
     def _new_optimizer(self):
         """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
         scales the L2 weight decay that ``_step`` sets (0 for biases). A leaf hierarchy's
-        terms take their decay with their gradients (see ``_step``)."""
+        terms, the last group, take their decay with their gradients and are stepped by
+        :meth:`LeafHierarchy.step`."""
         weights = list(self.network.weight_matrices())
         hierarchy = self.leaf_hierarchy
         trained_elsewhere = [] if hierarchy is None else [p for p, _ in hierarchy.views]
@@ -677,11 +717,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["weight_decay"] = decay * group["decay_factor"]
         backward(grad_outputs, grad_probabilities)
-        if self.leaf_hierarchy is not None:
-            self.leaf_hierarchy.gather_gradients(decay)
-        self.optimizer.step()
-        if self.leaf_hierarchy is not None:
-            self.leaf_hierarchy.compose()
+        if self.leaf_hierarchy is None:
+            self.optimizer.step()
+        else:
+            # The hierarchy's terms are the last group (see _new_optimizer).
+            *groups, terms_group = self.optimizer.param_groups
+            self.optimizer.step(groups)
+            self.leaf_hierarchy.step(self.optimizer, terms_group, decay)
         return loss, regulariser_weight
 
     def _data_loss(self, outputs, y, row_weight):

@@ -69,11 +69,16 @@ def test_training_step_gradients_are_those_of_the_objective(
     parameters = [p for p in trainer.network.parameters() if p.requires_grad]
     expected = torch.autograd.grad(expected_loss, parameters, allow_unused=True,
                                    materialize_grads=True)
-    monkeypatch.setattr(trainer.optimizer, "step", lambda: None)
+    monkeypatch.setattr(trainer.optimizer, "step", lambda groups=None: None)
+    hierarchy = trainer.leaf_hierarchy
+    if hierarchy is not None:
+        # Stop at the terms' gradients, which the compiled step does not keep;
+        # test_leaf_hierarchy_step_is_the_same_compiled_or_not shows it uses the same.
+        monkeypatch.setattr(hierarchy, "step",
+                            lambda optimizer, group, decay: hierarchy.gather_gradients(decay))
     leaf_counts = torch.zeros(trainer.network.n_leaves)
     loss, _ = trainer._step(X, y, weight, 1000, leaf_counts)
     torch.testing.assert_close(loss, expected_loss.detach())
-    hierarchy = trainer.leaf_hierarchy
     assert (hierarchy is not None) == bool(leaf_shrinkage and depth)
     if hierarchy is not None:
         # The leaves' gradients went to the node terms, which the optimizer trains instead.
@@ -237,40 +242,74 @@ def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monke
     torch.testing.assert_close(moved[half:], torch.zeros(half))
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
-@pytest.mark.parametrize("depth", [0, 1, 4])
-def test_leaf_hierarchy_gradients_are_the_same_compiled_or_not(depth, monkeypatch):
+def _random_hierarchy(depth, seed):
     network = FFFNetwork(7, 3, depth, leaf_width=5, master_leaf_width=3, random_state=0)
-    # Weight decay 0.3 at the root and 7.0 below it; the biases take none.
+    # Weight decay 0.3 at the root and 7.0 below it (see the decays below); biases take none.
     hierarchy = LeafHierarchy(network, shrinkage=7.0 / 0.3)
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for terms in hierarchy.terms:
             terms.copy_(torch.randn(terms.shape, generator=generator))
+    hierarchy.compose()
+    return hierarchy
+
+
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_leaf_hierarchy_gathers_the_leaves_gradients_below_each_node(depth):
+    hierarchy = _random_hierarchy(depth, seed=1)
+    generator = torch.Generator().manual_seed(2)
     grads = [torch.randn(p.shape, generator=generator) for p, _ in hierarchy.views]
+    for (parameter, _), grad in zip(hierarchy.views, grads):
+        parameter.grad = grad.clone()
+    hierarchy.gather_gradients(0.3)
     decays = [(0.3, 7.0), (0.0, 0.0), (0.3, 7.0), (0.0, 0.0)]
-    results = []
-    for compiled in (True, False):
-        monkeypatch.setattr(_training, "_compiled", lambda tensor, on=compiled: on)
-        for (parameter, _), grad in zip(hierarchy.views, grads):
-            parameter.grad = grad.clone()
-        hierarchy.gather_gradients(0.3)
-        hierarchy.compose()
-        results.append(([t.grad.clone() for t in hierarchy.terms],
-                        [p.detach().clone() for p, _ in hierarchy.views]))
-    for got, want in zip(*(grads + leaves for grads, leaves in results)):
-        torch.testing.assert_close(got, want)
-    # Against the definition: the leaves' gradients summed below each node, plus decay.
-    for (parameter, shape), terms, grad, got, (root, below) in zip(
-        hierarchy.views, hierarchy.terms, grads, results[0][0], decays
+    for (parameter, shape), terms, grad, (root, below) in zip(
+        hierarchy.views, hierarchy.terms, grads, decays
     ):
+        assert parameter.grad is None
         leaves = grad.view(shape)
         for node in range(terms.shape[1]):
             level = (node + 1).bit_length() - 1
             first = (node + 1 - 2**level) * 2 ** (depth - level)
             want = leaves[:, first : first + 2 ** (depth - level)].sum(dim=1)
             want = want + (root if node == 0 else below) * terms[:, node].detach()
-            torch.testing.assert_close(got[:, node], want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(terms.grad[:, node], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_leaf_hierarchy_step_is_the_same_compiled_or_not(depth, monkeypatch):
+    # The compiled step (one pass per parameter, on one thread or two) against
+    # gather_gradients, FusedAdam and compose in torch, over steps that include a restart of
+    # the moments (hardening).
+    results = []
+    previous_threads = torch.get_num_threads()
+    for compiled, threads in [(True, 1), (True, 2), (False, 1)]:
+        monkeypatch.setattr(_training, "_compiled", lambda tensor, on=compiled: on)
+        torch.set_num_threads(threads)
+        hierarchy = _random_hierarchy(depth, seed=1)
+        optimizer = FusedAdam([{"params": hierarchy.terms, "weight_decay": 0.0}], lr=0.01)
+        generator = torch.Generator().manual_seed(2)
+        for step in range(4):
+            if step == 2:
+                optimizer.state.clear()
+            for parameter, _ in hierarchy.views:
+                parameter.grad = torch.randn(parameter.shape, generator=generator)
+            hierarchy.step(optimizer, optimizer.param_groups[0], 0.3)
+        assert all(parameter.grad is None for parameter, _ in hierarchy.views)
+        results.append(
+            [t.detach().clone() for t in hierarchy.terms]
+            + [p.detach().clone() for p, _ in hierarchy.views]
+            + [optimizer.state[t][key] for t in hierarchy.terms
+               for key in ("exp_avg", "exp_avg_sq", "step")]
+        )
+    torch.set_num_threads(previous_threads)
+    one_thread, two_threads, in_torch = results
+    for got, same, want in zip(one_thread, two_threads, in_torch):
+        assert torch.equal(got, same)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # The terms moved and the leaves hold their new sums.
+    assert not torch.equal(results[0][0], _random_hierarchy(depth, seed=1).terms[0])
 
 
 @pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
@@ -283,9 +322,25 @@ def test_leaf_hierarchy_refuses_malformed_buffers():
         _training_kernel.hierarchy_compose(terms, np.zeros((2, 5 * 3), np.float32), 3)
     with pytest.raises(ValueError, match="inner"):
         _training_kernel.hierarchy_compose(terms, np.zeros((2, 4 * 3), np.float32), 0)
-    with pytest.raises(ValueError, match="grad_terms_out"):
-        _training_kernel.hierarchy_gather(np.zeros((2, 4 * 3), np.float32), terms,
-                                          np.zeros((2, 6 * 3), np.float32), 3, 0.0, 0.0)
+
+    def step(grad=np.zeros((2, 4 * 3), np.float32), exp_avg=terms.copy(), step=1.0,
+             terms=terms):
+        _training_kernel.hierarchy_adam_step(
+            grad, terms, exp_avg, np.zeros_like(terms), np.zeros((2, 4 * 3), np.float32), 3,
+            0.0, 0.0, 0.01, 0.9, 0.999, 1e-8, step, 2,
+        )
+
+    step()
+    with pytest.raises(ValueError, match="grad_leaves"):
+        step(grad=np.zeros((2, 5 * 3), np.float32))
+    with pytest.raises(ValueError, match="exp_avg"):
+        step(exp_avg=np.zeros((2, 6 * 3), np.float32))
+    with pytest.raises(ValueError, match="step"):
+        step(step=0.0)
+    read_only = terms.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        step(terms=read_only)
 
 
 def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage():
