@@ -686,7 +686,7 @@ done:
 }
 
 /* torch.optim.Adam's update of n parameters q with moments m and v, from gradients g plus
- * the coupled L2 decay times q; the coefficients as adam_step_loop computes them. A loop
+ * the coupled L2 decay times q; the coefficients as adam_step_rows computes them. A loop
  * without branches, which the compiler vectorises (-fno-math-errno lets it for sqrtf). */
 static inline void adam_update(float *restrict q, float *restrict m, float *restrict v,
                                const float *restrict g, Py_ssize_t n, float decay,
