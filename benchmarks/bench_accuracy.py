@@ -9,7 +9,9 @@ mixture that the published FFF code reports, minus the hard score, in points.
 Models, at depth 4 and 6 with ``leaf_width=16``:
 
 - FFF vanilla (no load balancing, no master leaf), +LB, +master leaf, and +both, which is
-  the estimator with only ``depth`` and ``leaf_width`` set: the defaults;
+  the estimator with only ``depth`` and ``leaf_width`` set: the defaults; for the
+  classification sets also the defaults with ``projection_rank=None`` (first layers trained
+  on their own, without the shared input projection);
 - the MLP of the same active width (``leaf_width + master_leaf_width`` = 32 hidden units) and
   of the same training width (``2**depth * leaf_width``), with scikit-learn's defaults;
 - HistGradientBoosting with its defaults.
@@ -221,6 +223,9 @@ def jobs_for(dataset, depths, seeds, quick):
         if dataset in UNSCALED:  # what the estimators' own standardisation buys
             specs.append((f"depth {depth} FFF defaults, standardize=False", "FFF",
                           {"depth": depth, "leaf_width": LEAF_WIDTH, "standardize": False}))
+        if task == "classification":  # what the classifier's input projection buys
+            specs.append((f"depth {depth} FFF defaults, projection_rank=None", "FFF",
+                          {"depth": depth, "leaf_width": LEAF_WIDTH, "projection_rank": None}))
         specs.append((f"depth {depth} MLP({width},) same training width", "MLP",
                       {"hidden_layer_sizes": (width,)}))
     specs.append((f"HistGradientBoosting{'Classifier' if task == 'classification' else 'Regressor'}",

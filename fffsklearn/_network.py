@@ -57,7 +57,8 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
     ----------
     X : tensor of shape (n_samples, n_features)
     parameters : tuple of tensors
-        The ten parameters, in the order of :meth:`FFFNetwork.parameters_in_forward_order`.
+        The eleven parameters, in the order of :meth:`FFFNetwork.parameters_in_forward_order`
+        (the last, the input projection, may be None).
     swap : bool tensor of shape (n_samples, n_nodes) or None
         Region-leak swaps.
     straight_through : bool
@@ -74,8 +75,10 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
     """
     (node_weights, node_biases, leaf_hidden_weights, leaf_hidden_biases, leaf_output_weights,
      leaf_output_biases, master_hidden_weights, master_hidden_biases, master_output_weights,
-     master_output_biases) = parameters
+     master_output_biases, input_projection) = parameters
     n, n_leaves = X.shape[0], leaf_output_biases.shape[0]
+    # The leaves and the master leaf read the rows through the projection when there is one.
+    leaf_input = X if input_projection is None else X @ input_projection
     # Computed transposed, (nodes, rows): a product with few output columns ran at half the
     # speed in the (rows, nodes) orientation with OpenBLAS.
     logits = torch.addmm(node_biases.unsqueeze(1), node_weights, X.T).T
@@ -88,7 +91,7 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
         leaf_probabilities, hard_one_hot, right = _torch_path_probabilities(logits, swap)
 
     _, activate_in_place, _ = torch_activation(activation)
-    hidden = activate_in_place(torch.addmm(leaf_hidden_biases, X, leaf_hidden_weights))
+    hidden = activate_in_place(torch.addmm(leaf_hidden_biases, leaf_input, leaf_hidden_weights))
     if straight_through and hard_leaves is not None:
         # Every leaf's hidden layer is still computed: the routing's straight-through
         # gradient needs each leaf's outputs (see _soft_backward).
@@ -102,19 +105,20 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
     master_hidden = None
     if master_hidden_weights.shape[1]:
         master_hidden = activate_in_place(
-            torch.addmm(master_hidden_biases, X, master_hidden_weights)
+            torch.addmm(master_hidden_biases, leaf_input, master_hidden_weights)
         )
         outputs.addmm_(master_hidden, master_output_weights)
     outputs += master_output_biases
     saved = (
-        X, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves, master_hidden,
-        leaf_output_weights, leaf_output_biases, master_output_weights,
+        X, leaf_input, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves,
+        master_hidden, leaf_output_weights, leaf_output_biases, master_output_weights,
+        input_projection, leaf_hidden_weights, master_hidden_weights,
     )
     return outputs, leaf_probabilities, right, hard_one_hot, saved
 
 
 def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, routing_trains):
-    """Gradients of the ten parameters from those of the outputs and leaf probabilities.
+    """Gradients of the eleven parameters from those of the outputs and leaf probabilities.
 
     As in the forward, the C extension computes the routing's part and, under
     straight-through routing on the CPU, the leaves' gradients from each row's hard leaf
@@ -134,34 +138,47 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
 
     Returns
     -------
-    list of 10 tensors or None
+    list of 11 tensors or None
         In the order of :meth:`FFFNetwork.parameters_in_forward_order`; None where there is
         no gradient.
     """
-    (X, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves, master_hidden,
-     leaf_output_weights, leaf_output_biases, master_output_weights) = saved
+    (X, leaf_input, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves,
+     master_hidden, leaf_output_weights, leaf_output_biases, master_output_weights,
+     input_projection, leaf_hidden_weights, master_hidden_weights) = saved
     _, _, activation_backward = torch_activation(activation)
-    grads = [None] * 10
+    grads = [None] * 11
     grad_mixture = grad_probabilities
     if grad_outputs is not None:
+        projected = input_projection is not None
+        # The gradient of the projected rows, summed over the leaves and the master leaf.
+        grad_leaf_input = None
         if master_hidden is not None:
             grads[8] = master_hidden.T @ grad_outputs
             grad_master = activation_backward(
                 grad_outputs @ master_output_weights.T, master_hidden
             )
-            grads[6], grads[7] = X.T @ grad_master, grad_master.sum(dim=0)
+            grads[6], grads[7] = leaf_input.T @ grad_master, grad_master.sum(dim=0)
+            if projected:
+                grad_leaf_input = grad_master @ master_hidden_weights.T
         grads[9] = grad_outputs.sum(dim=0)
         if weighted is None:  # the outputs were each row's hard leaf's, in C
-            *leaf_grads, leaf_grad = _compiled_hard_leaf_gradients(
-                X, hidden, hard_leaves, grad_outputs, leaf_output_weights, leaf_output_biases,
-                activation, routing_trains,
+            *leaf_grads, leaf_grad, grad_hidden = _compiled_hard_leaf_gradients(
+                leaf_input, hidden, hard_leaves, grad_outputs, leaf_output_weights,
+                leaf_output_biases, activation, routing_trains, projected,
             )
+            if projected:
+                grad_leaf_input = _add(grad_leaf_input, _hard_leaf_input_gradient(
+                    grad_hidden, hard_leaves, leaf_hidden_weights))
         else:
-            *leaf_grads, leaf_grad = _mixture_leaf_gradients(
-                X, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
+            *leaf_grads, leaf_grad, grad_hidden = _mixture_leaf_gradients(
+                leaf_input, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
                 leaf_output_biases, activation_backward, routing_trains,
             )
+            if projected:
+                grad_leaf_input = _add(grad_leaf_input, grad_hidden @ leaf_hidden_weights.T)
         grads[2:6] = leaf_grads
+        if projected:
+            grads[10] = X.T @ grad_leaf_input
         if routing_trains:
             grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
     if routing_trains and grad_mixture is not None and right.shape[1]:
@@ -171,11 +188,27 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
     return grads
 
 
+def _add(total, term):
+    """``total + term``, where ``total`` may be None (nothing yet)."""
+    return term if total is None else total.add_(term)
+
+
+def _hard_leaf_input_gradient(grad_hidden, hard_leaves, leaf_hidden_weights):
+    """The gradient of the leaves' input rows from that of each row's hard-leaf hidden
+    pre-activations, (rows, leaf width): each row's block times its leaf's first layer."""
+    n, leaf_width = grad_hidden.shape
+    rank = leaf_hidden_weights.shape[0]
+    # (leaves, leaf width, rank): each leaf's first layer, transposed.
+    blocks = leaf_hidden_weights.view(rank, -1, leaf_width).permute(1, 2, 0)
+    return torch.bmm(grad_hidden.unsqueeze(1), blocks[hard_leaves]).squeeze(1)
+
+
 def _mixture_leaf_gradients(X, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
                             leaf_output_biases, activation_backward, routing_trains):
     """The gradients of the leaf hidden and output weights and biases when the outputs are
-    the ``mixture`` of every leaf's, and, if ``routing_trains``, every leaf's gradient per
-    row as a weight of the mixture (else None)."""
+    the ``mixture`` of every leaf's, then, if ``routing_trains``, every leaf's gradient per
+    row as a weight of the mixture (else None), then the gradient of the hidden
+    pre-activations, (rows, training width)."""
     n, n_leaves = mixture.shape
     grad_weighted = (grad_outputs @ leaf_output_weights).view(n, n_leaves, -1)
     leaf_grad = None
@@ -187,7 +220,7 @@ def _mixture_leaf_gradients(X, hidden, weighted, mixture, grad_outputs, leaf_out
         grad_weighted.mul_(mixture.unsqueeze(2)).view(n, -1), hidden
     )
     return (X.T @ grad_hidden, grad_hidden.sum(dim=0), grad_outputs.T @ weighted,
-            mixture.T @ grad_outputs, leaf_grad)
+            mixture.T @ grad_outputs, leaf_grad, grad_hidden)
 
 
 def _compiled(tensor):
@@ -220,10 +253,12 @@ def _compiled_hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_o
 
 
 def _compiled_hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights,
-                                  leaf_output_biases, activation, routing_trains):
+                                  leaf_output_biases, activation, routing_trains,
+                                  pre_activation_gradients=False):
     """The gradients of the leaf hidden and output weights and biases when each row's
-    outputs are its hard leaf's, and, if ``routing_trains``, every leaf's straight-through
-    gradient per row (else None).
+    outputs are its hard leaf's; then, if ``routing_trains``, every leaf's straight-through
+    gradient per row (else None); then, if ``pre_activation_gradients``, the gradient of each
+    row's hard-leaf hidden pre-activations, (rows, leaf width) (else None).
 
     Only the hard leaf's columns of a row's hidden layer get a gradient, so the weights'
     gradients sum one leaf's block per row; the dense products of the soft mixture would
@@ -236,14 +271,17 @@ def _compiled_hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_out
         torch.empty_like(leaf_output_weights), torch.empty_like(leaf_output_biases),
     )
     leaf_grad = hidden.new_empty(n, n_leaves) if routing_trains else None
+    grad_hidden = (hidden.new_empty(n, hidden.shape[1] // n_leaves)
+                   if pre_activation_gradients else None)
     _training_kernel.hard_leaf_gradients(
         X.detach().numpy(), hidden.numpy(), hard_leaves.numpy(), grad_outputs.numpy(),
         leaf_output_weights.detach().numpy(), ACTIVATIONS.index(activation),
         *(g.numpy() for g in grads), None if leaf_grad is None else leaf_grad.numpy(),
+        None if grad_hidden is None else grad_hidden.numpy(),
     )
     if leaf_grad is not None:
         leaf_grad.addmm_(grad_outputs, leaf_output_biases.T)
-    return (*grads, leaf_grad)
+    return (*grads, leaf_grad, grad_hidden)
 
 
 def _torch_path_probabilities(logits, swap):
@@ -377,16 +415,26 @@ class FFFNetwork(nn.Module):
         In training mode, probability per node and row of swapping the node's two branches.
     random_state : int or None, default=None
         Seeds the initial weights; None draws them from torch's global generator.
+    projection_rank : int or None, default=None
+        If given, the leaves and the master leaf read the rows through one shared projection
+        of this many columns (at most ``n_features``): their first layers are trained as
+        ``input_projection @ leaf_hidden_weights`` and ``input_projection @
+        master_hidden_weights``. :meth:`to_arrays` exports the products, so the exported
+        model is a plain FFF.
 
     Attributes
     ----------
     routing : SoftForward or None
         What the last forward pass computed besides the outputs.
+    input_projection : Parameter of shape (n_features, rank) or None
+        The shared projection, started as the balanced factor of the best rank-``rank``
+        approximation (SVD) of the first layers drawn as without it, rescaled to their norm.
     """
 
     def __init__(
         self, n_features, n_outputs, depth=4, leaf_width=16, master_leaf_width=16,
         activation="relu", *, straight_through=True, region_leak=0.0, random_state=None,
+        projection_rank=None,
     ):
         super().__init__()
         self.depth = depth
@@ -420,6 +468,24 @@ class FFFNetwork(nn.Module):
         self.master_output_biases = (
             uniform(m, o) if m else nn.Parameter(torch.zeros(o), requires_grad=False)
         )
+        self.input_projection = None
+        if projection_rank is not None:
+            rank = min(projection_rank, d, n_leaves * l + m)
+            projection, first_layers = _factorise(self._first_layers(), rank, keep_norm=True)
+            self.input_projection = nn.Parameter(projection.float().contiguous())
+            self.leaf_hidden_weights = nn.Parameter(
+                first_layers[:, : n_leaves * l].float().contiguous()
+            )
+            self.master_hidden_weights = nn.Parameter(
+                first_layers[:, n_leaves * l :].float().contiguous()
+            )
+
+    def _first_layers(self):
+        """The first layers of the leaves and the master leaf side by side, (n_features,
+        training width + master leaf width), as the rows meet them."""
+        with torch.no_grad():
+            stacked = torch.cat((self.leaf_hidden_weights, self.master_hidden_weights), dim=1)
+            return stacked if self.input_projection is None else self.input_projection @ stacked
 
     @classmethod
     def from_arrays(cls, arrays):
@@ -456,6 +522,7 @@ class FFFNetwork(nn.Module):
             self.leaf_output_weights, self.leaf_output_biases,
             self.master_hidden_weights, self.master_hidden_biases,
             self.master_output_weights, self.master_output_biases,
+            self.input_projection,
         )
 
     def leaf_parameter_views(self):
@@ -481,13 +548,14 @@ class FFFNetwork(nn.Module):
 
     def weight_matrices(self):
         """The parameters that the L2 penalty ``alpha`` applies to (no biases)."""
-        return (
+        weights = (
             self.node_weights,
             self.leaf_hidden_weights,
             self.leaf_output_weights,
             self.master_hidden_weights,
             self.master_output_weights,
         )
+        return weights if self.input_projection is None else (*weights, self.input_projection)
 
     def forward(self, X, generator=None):
         """The raw outputs of the rows ``X``; their routing is kept in :attr:`routing`.
@@ -572,7 +640,7 @@ class FFFNetwork(nn.Module):
                     routing_trains=self.node_weights.requires_grad,
                 )
             for parameter, grad in zip(parameters, grads):
-                if parameter.requires_grad:
+                if parameter is not None and parameter.requires_grad:
                     parameter.grad = grad
 
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot), backward
@@ -594,18 +662,20 @@ class FFFNetwork(nn.Module):
 
         d = self.node_weights.shape[1]
         o = self.master_output_biases.shape[0]
+        first_layers = self._first_layers()
+        training_width = self.leaf_hidden_biases.shape[0]
         return FFFArrays(
             depth,
             self.activation,
             node_weights=numpy(self.node_weights),
             node_biases=numpy(self.node_biases),
-            leaf_hidden_weights=numpy(self.leaf_hidden_weights)
+            leaf_hidden_weights=numpy(first_layers[:, :training_width])
             .reshape(d, n_leaves, -1)
             .transpose(1, 0, 2),
             leaf_hidden_biases=numpy(self.leaf_hidden_biases).reshape(n_leaves, -1),
             leaf_output_weights=numpy(self.leaf_output_weights).T.reshape(n_leaves, -1, o),
             leaf_output_biases=numpy(self.leaf_output_biases),
-            master_hidden_weights=numpy(self.master_hidden_weights),
+            master_hidden_weights=numpy(first_layers[:, training_width:]),
             master_hidden_biases=numpy(self.master_hidden_biases),
             master_output_weights=numpy(self.master_output_weights),
             master_output_biases=numpy(self.master_output_biases),
@@ -622,15 +692,44 @@ class FFFNetwork(nn.Module):
 
         copy(self.node_weights, arrays.node_weights)
         copy(self.node_biases, arrays.node_biases)
-        copy(self.leaf_hidden_weights, arrays.leaf_hidden_weights.transpose(1, 0, 2).reshape(d, -1))
+        leaf_first_layers = arrays.leaf_hidden_weights.transpose(1, 0, 2).reshape(d, -1)
+        if self.input_projection is None:
+            copy(self.leaf_hidden_weights, leaf_first_layers)
+            copy(self.master_hidden_weights, arrays.master_hidden_weights)
+        else:
+            # Exact for arrays exported from a projection of this rank: their first layers
+            # have at most this rank.
+            projection, first_layers = _factorise(
+                torch.as_tensor(np.concatenate(
+                    (leaf_first_layers, np.asarray(arrays.master_hidden_weights)), axis=1
+                )),
+                self.input_projection.shape[1], keep_norm=False,
+            )
+            first_layers = first_layers.numpy()
+            copy(self.input_projection, projection.numpy())
+            copy(self.leaf_hidden_weights, first_layers[:, : leaf_first_layers.shape[1]])
+            copy(self.master_hidden_weights, first_layers[:, leaf_first_layers.shape[1] :])
         copy(self.leaf_hidden_biases, arrays.leaf_hidden_biases)
         copy(self.leaf_output_weights,
              arrays.leaf_output_weights.reshape(n_leaves * arrays.leaf_width, -1).T)
         copy(self.leaf_output_biases, arrays.leaf_output_biases)
-        copy(self.master_hidden_weights, arrays.master_hidden_weights)
         copy(self.master_hidden_biases, arrays.master_hidden_biases)
         copy(self.master_output_weights, arrays.master_output_weights)
         copy(self.master_output_biases, arrays.master_output_biases)
+
+
+def _factorise(matrix, rank, *, keep_norm):
+    """``(left, right)`` of shapes ``(rows, rank)`` and ``(rank, columns)``, float64 on the
+    CPU, whose product is the best rank-``rank`` approximation of ``matrix`` (its truncated
+    SVD), with the singular values split evenly between the two; ``keep_norm`` rescales the
+    product to the Frobenius norm of ``matrix``."""
+    matrix = matrix.detach().to("cpu", torch.float64)
+    u, singular_values, vh = torch.linalg.svd(matrix, full_matrices=False)
+    kept = singular_values[:rank]
+    if keep_norm and kept.norm() > 0:
+        kept = kept * (matrix.norm() / kept.norm())
+    root = kept.sqrt()
+    return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
 def load_balancing_loss(routing):

@@ -167,7 +167,7 @@ def input_statistics(X, sample_weight):
 
 
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
-                          batch_size, leaf_hierarchy=False):
+                          batch_size, leaf_hierarchy=False, projection_rank=None):
     """Estimated peak memory of training such a network, in bytes (float32), beyond what the
     process held before.
 
@@ -176,17 +176,27 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
     four (rows x training width) temporaries and the path sums alive at once. A
     :class:`LeafHierarchy` adds its node terms, about twice the leaves' parameters, with two
     moments and, where torch steps them (CUDA, float64), a gradient, and the leaves'
-    gradients while they are gathered; the gradient is counted everywhere.
+    gradients while they are gathered; the gradient is counted everywhere. An input
+    projection of rank ``r`` makes the first layers ``r`` rows deep, adds its own
+    ``n_features * r`` values, and two (rows x ``r``) temporaries per batch.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
-    leaf_parameters = width * (n_features + 1 + n_outputs) + n_leaves * n_outputs
+    first_layer_depth = n_features
+    projection = batch_projection = 0
+    if projection_rank is not None:
+        first_layer_depth = min(projection_rank, n_features, width + master_leaf_width)
+        projection = n_features * first_layer_depth
+        batch_projection = 2 * first_layer_depth
+    leaf_parameters = width * (first_layer_depth + 1 + n_outputs) + n_leaves * n_outputs
     n_parameters = (
-        (n_leaves - 1) * (n_features + 1) + leaf_parameters
-        + master_leaf_width * (n_features + 1 + n_outputs) + n_outputs
+        (n_leaves - 1) * (n_features + 1) + leaf_parameters + projection
+        + master_leaf_width * (first_layer_depth + 1 + n_outputs) + n_outputs
     )
     hierarchy = 9 * leaf_parameters if leaf_hierarchy and depth else 0
-    batch_temporaries = batch_size * (4 * width + 6 * n_leaves + 4 * master_leaf_width)
+    batch_temporaries = batch_size * (
+        4 * width + 6 * n_leaves + 4 * master_leaf_width + batch_projection
+    )
     return 4 * (6 * n_parameters + hierarchy + batch_temporaries) + _TORCH_WORKING_MEMORY
 
 
@@ -592,6 +602,7 @@ class Trainer:
             params["master_leaf_width"],
             params["activation"],
             random_state=seed,
+            projection_rank=params["projection_rank"],
         ).to(device)
         trainer = cls(
             network,

@@ -500,19 +500,21 @@ static void hard_gradients_loop(const hard_gradients_t *a, Py_ssize_t leaf_width
 
 /* hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights, activation,
  *                     grad_hidden_weights_out, grad_hidden_biases_out,
- *                     grad_output_weights_out, grad_output_biases_out, leaf_gradients_out) */
+ *                     grad_output_weights_out, grad_output_biases_out, leaf_gradients_out
+ *                     [, grad_pre_activations_out]) */
 static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
     PyObject *X_obj, *hidden_obj, *leaves_obj, *g_obj, *weights_obj, *ghw_obj, *ghb_obj,
-        *gow_obj, *gob_obj, *leaf_grad_obj;
+        *gow_obj, *gob_obj, *leaf_grad_obj, *pre_obj = Py_None;
     int activation;
-    if (!PyArg_ParseTuple(args, "OOOOOiOOOOO", &X_obj, &hidden_obj, &leaves_obj, &g_obj,
+    if (!PyArg_ParseTuple(args, "OOOOOiOOOOO|O", &X_obj, &hidden_obj, &leaves_obj, &g_obj,
                           &weights_obj, &activation, &ghw_obj, &ghb_obj, &gow_obj, &gob_obj,
-                          &leaf_grad_obj))
+                          &leaf_grad_obj, &pre_obj))
         return NULL;
     buffer_t X = {0}, hidden = {0}, leaves = {0}, g = {0}, weights = {0}, ghw = {0}, ghb = {0},
-             gow = {0}, gob = {0}, leaf_grad = {0};
+             gow = {0}, gob = {0}, leaf_grad = {0}, pre = {0};
     PyObject *result = NULL;
     hard_gradients_t a = {0};
+    float *own_block = NULL;
     Py_ssize_t leaf_width;
     if (activation != FFF_ACT_RELU && activation != FFF_ACT_TANH &&
         activation != FFF_ACT_LOGISTIC && activation != FFF_ACT_IDENTITY) {
@@ -534,7 +536,9 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
         get_dense(gow_obj, &gow, "grad_output_weights_out", o, width, 1) < 0 ||
         (leaf_grad_obj != Py_None &&
          get_dense(leaf_grad_obj, &leaf_grad, "leaf_gradients_out", n, n_leaves, 1) < 0) ||
-        leaf_layout(width, n_leaves, leaves.view.buf, n, &leaf_width) < 0)
+        leaf_layout(width, n_leaves, leaves.view.buf, n, &leaf_width) < 0 ||
+        (pre_obj != Py_None &&
+         get_dense(pre_obj, &pre, "grad_pre_activations_out", n, leaf_width, 1) < 0))
         goto done;
     a.n = n, a.n_features = d, a.width = width, a.n_leaves = n_leaves, a.n_outputs = o;
     a.X = X.view.buf, a.x_row = X.view.strides[0], a.x_col = X.view.strides[1];
@@ -547,7 +551,9 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
     /* One spare item each, so that no size is 0 (malloc(0) may return NULL). */
     a.order = malloc(sizeof(Py_ssize_t) * (n + 1));
     a.ends = malloc(sizeof(Py_ssize_t) * (n_leaves + 1));
-    a.grad_block = malloc(sizeof(float) * (n * leaf_width + 1));
+    /* The caller who asks for the hard leaves' pre-activation gradients gets the scratch. */
+    own_block = pre.held ? NULL : malloc(sizeof(float) * (n * leaf_width + 1));
+    a.grad_block = pre.held ? pre.view.buf : own_block;
     a.grad_row = malloc(sizeof(float) * (width + 1));
     if (!a.order || !a.ends || !a.grad_block || !a.grad_row) {
         PyErr_NoMemory();
@@ -559,9 +565,10 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    free(a.order), free(a.ends), free(a.grad_block), free(a.grad_row);
+    free(a.order), free(a.ends), free(own_block), free(a.grad_row);
     release(&X), release(&hidden), release(&leaves), release(&g), release(&weights);
     release(&ghw), release(&ghb), release(&gow), release(&gob), release(&leaf_grad);
+    release(&pre);
     return result;
 }
 
@@ -813,11 +820,14 @@ static PyMethodDef methods[] = {
     {"hard_leaf_gradients", hard_leaf_gradients, METH_VARARGS,
      "hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights,\n"
      "                    activation, grad_hidden_weights_out, grad_hidden_biases_out,\n"
-     "                    grad_output_weights_out, grad_output_biases_out, leaf_gradients_out)\n\n"
+     "                    grad_output_weights_out, grad_output_biases_out, leaf_gradients_out\n"
+     "                    [, grad_pre_activations_out])\n\n"
      "Write the gradients of the leaves' weights under straight-through routing, where each\n"
      "row's outputs are its hard leaf's; and, unless leaf_gradients_out is None, every leaf's\n"
      "straight-through gradient per row without its output bias term (the gradient of the\n"
-     "leaf's hidden layer, grad_outputs @ W_out, dotted with that layer)."},
+     "leaf's hidden layer, grad_outputs @ W_out, dotted with that layer). Given\n"
+     "grad_pre_activations_out, (rows, leaf width), it receives the gradient of each row's\n"
+     "hard-leaf hidden pre-activations."},
     {"hierarchy_compose", hierarchy_compose, METH_VARARGS,
      "hierarchy_compose(terms, leaves_out, inner)\n\n"
      "Write every leaf's parameters, (outer, n_leaves * inner), as the sums of the node terms\n"

@@ -8,6 +8,7 @@ from fffsklearn._activations import torch_activation
 from fffsklearn._arrays import ACTIVATIONS
 from fffsklearn import _network
 from fffsklearn._network import FFFNetwork, _SoftForwardFunction
+from fffsklearn.inference import _reference
 
 _PLAIN_ACTIVATIONS = {
     "relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "identity": lambda t: t,
@@ -30,7 +31,7 @@ def _plain_soft_forward(network, X, swap, straight_through):
     depth, n = network.depth, X.shape[0]
     (node_weights, node_biases, hidden_weights, hidden_biases, output_weights, output_biases,
      master_hidden_weights, master_hidden_biases, master_output_weights,
-     master_output_biases) = network.parameters_in_forward_order()
+     master_output_biases, input_projection) = network.parameters_in_forward_order()
     logits = X @ node_weights.T + node_biases
     right = torch.sigmoid(logits)
     if swap is not None:
@@ -39,20 +40,23 @@ def _plain_soft_forward(network, X, swap, straight_through):
     hard = _plain_path_products((logits.detach() > 0).to(X.dtype), depth)
     mixture = hard + probabilities - probabilities.detach() if straight_through else probabilities
     activate = _PLAIN_ACTIVATIONS[network.activation]
-    hidden = activate(X @ hidden_weights + hidden_biases).view(n, network.n_leaves, -1)
+    leaf_input = X if input_projection is None else X @ input_projection
+    hidden = activate(leaf_input @ hidden_weights + hidden_biases).view(n, network.n_leaves, -1)
     leaf_outputs = torch.einsum(
         "nlw,olw->nlo", hidden, output_weights.view(-1, network.n_leaves, hidden.shape[2])
     ) + output_biases
     outputs = (mixture.unsqueeze(2) * leaf_outputs).sum(1) + master_output_biases
     if master_hidden_weights.shape[1]:
-        outputs = outputs + activate(X @ master_hidden_weights + master_hidden_biases) @ (
+        outputs = outputs + activate(leaf_input @ master_hidden_weights + master_hidden_biases) @ (
             master_output_weights
         )
     return outputs, probabilities, hard
 
 
-def _random_network(depth, activation, master_leaf_width, seed=0, dtype=torch.float64):
-    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation, random_state=seed)
+def _random_network(depth, activation, master_leaf_width, seed=0, dtype=torch.float64,
+                    projection_rank=None):
+    network = FFFNetwork(5, 2, depth, 3, master_leaf_width, activation, random_state=seed,
+                         projection_rank=projection_rank)
     network = network.to(dtype)
     with torch.no_grad():  # routing logits of all sizes, and some rows on a boundary
         network.node_weights.mul_(3.0)
@@ -66,18 +70,19 @@ def _random_network(depth, activation, master_leaf_width, seed=0, dtype=torch.fl
 @pytest.mark.parametrize("depth", [0, 1, 3])
 @pytest.mark.parametrize("straight_through", [True, False])
 @pytest.mark.parametrize("leak", [False, True])
+@pytest.mark.parametrize("projection_rank", [None, 3])
 def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
-    activation, depth, straight_through, leak, dtype
+    activation, depth, straight_through, leak, dtype, projection_rank
 ):
     network = _random_network(depth, activation, master_leaf_width=0 if leak else 2,
-                              dtype=dtype)
+                              dtype=dtype, projection_rank=projection_rank)
     tolerance = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     generator = torch.Generator().manual_seed(1)
     X = torch.randn(7, 5, dtype=dtype, generator=generator)
     swap = torch.rand(7, 2**depth - 1, generator=generator) < 0.3 if leak else None
-    parameters = network.parameters_in_forward_order()
-    if not network.master_output_biases.requires_grad:
-        parameters = parameters[:-1]  # no master leaf: its zero bias is a constant
+    # Without a master leaf its zero bias is a constant; without a projection there is none.
+    parameters = [p for p in network.parameters_in_forward_order()
+                  if p is not None and p.requires_grad]
 
     def fused():
         outputs, probabilities, _, hard = _SoftForwardFunction.apply(
@@ -136,7 +141,7 @@ def test_saturated_routing_gives_finite_gradients():
     result = network.soft_forward(X, straight_through=True)
     (result.outputs.sum() + result.leaf_probabilities.sum()).backward()
     for parameter in network.parameters_in_forward_order():
-        if parameter.grad is not None:
+        if parameter is not None and parameter.grad is not None:
             assert torch.isfinite(parameter.grad).all()
     assert torch.isfinite(result.leaf_probabilities).all()
 
@@ -224,7 +229,7 @@ def _hard_leaf_case(n, n_features, depth, leaf_width, activation, seed):
     (every leaf used, and many rows on one leaf) and the outputs' gradient."""
     generator = torch.Generator().manual_seed(seed)
     network = FFFNetwork(n_features, 3, depth, leaf_width, 0, activation, random_state=seed)
-    parameters = [p.detach() for p in network.parameters_in_forward_order()]
+    parameters = [p.detach() for p in network.parameters_in_forward_order()[:-1]]
     X = torch.randn(n_features, n, generator=generator).T
     _, activate_in_place, activation_backward = torch_activation(activation)
     hidden = activate_in_place(torch.addmm(parameters[3], X, parameters[2]))
@@ -256,13 +261,17 @@ def test_compiled_hard_leaf_layers_match_the_dense_products(
     )
     for routing_trains in (True, False):
         got = _network._compiled_hard_leaf_gradients(
-            X, hidden, leaves, grad_outputs, weights, biases, activation, routing_trains
+            X, hidden, leaves, grad_outputs, weights, biases, activation, routing_trains,
+            pre_activation_gradients=True,
         )
-        expected = _network._mixture_leaf_gradients(
+        *expected, grad_hidden = _network._mixture_leaf_gradients(
             X, hidden, weighted, one_hot, grad_outputs, weights, biases, activation_backward,
             routing_trains,
         )
-        for index, (g, e) in enumerate(zip(got, expected)):
+        # The kernel gives each row's hard-leaf block of the pre-activation gradient, the
+        # only block that is not zero.
+        expected.append(grad_hidden.view(300, 2**depth, -1)[torch.arange(300), leaves])
+        for index, (g, e) in enumerate(zip(got, expected, strict=True)):
             if e is None:
                 assert g is None
             else:
@@ -278,10 +287,10 @@ def test_compiled_hard_leaf_layers_refuse_inconsistent_buffers():
     outputs = torch.empty(20, 3)
     grads = [torch.empty(4, 12), torch.empty(12), torch.empty(3, 12), torch.empty(4, 3)]
 
-    def gradients(leaves=leaves, hidden=hidden, activation=0, grads=grads):
+    def gradients(leaves=leaves, hidden=hidden, activation=0, grads=grads, pre=None):
         kernel.hard_leaf_gradients(
             X.numpy(), hidden.numpy(), leaves.numpy(), grad_outputs.numpy(), weights.numpy(),
-            activation, *(g.numpy() for g in grads), None,
+            activation, *(g.numpy() for g in grads), None, pre,
         )
 
     for bad_leaf in (-1, 4):
@@ -303,3 +312,48 @@ def test_compiled_hard_leaf_layers_refuse_inconsistent_buffers():
         gradients(grads=[*grads[:2], torch.empty(3, 11), grads[3]])
     with pytest.raises(ValueError, match="hard_leaves"):
         gradients(leaves=leaves.int())
+    # The pre-activation gradients: one leaf's width per row, writable.
+    for bad in (torch.empty(20, 4), torch.empty(19, 3), torch.empty(20, 3, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="grad_pre_activations_out"):
+            gradients(pre=bad.numpy())
+    read_only = torch.empty(20, 3).numpy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        gradients(pre=read_only)
+
+
+def _first_layers(arrays):
+    """The exported first layers of the leaves and the master leaf, side by side."""
+    leaves = arrays.leaf_hidden_weights.transpose(1, 0, 2).reshape(arrays.n_features, -1)
+    return np.concatenate((leaves, arrays.master_hidden_weights), axis=1)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_input_projection_is_folded_into_the_exported_first_layers(rank):
+    network = FFFNetwork(7, 3, 3, 4, 2, "tanh", random_state=0, projection_rank=rank)
+    with torch.no_grad():  # trained away from the factorised start
+        network.input_projection.add_(torch.randn(7, rank, generator=torch.Generator().manual_seed(1)))
+    arrays = network.to_arrays()
+    assert np.linalg.matrix_rank(_first_layers(arrays), tol=1e-4) == rank
+    X = np.random.default_rng(0).standard_normal((60, 7)).astype(np.float32)
+    with torch.no_grad():
+        expected = network.eval()(torch.from_numpy(X)).numpy()
+    outputs, _ = _reference.forward(arrays, X)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-5)
+    # Loaded back into a projected network of the same rank, the arrays are reproduced.
+    loaded = FFFNetwork(7, 3, 3, 4, 2, "tanh", random_state=5, projection_rank=rank)
+    loaded.load_arrays(arrays)
+    np.testing.assert_allclose(_first_layers(loaded.to_arrays()), _first_layers(arrays),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_rank_projection_starts_from_the_drawn_first_layers():
+    plain = FFFNetwork(6, 2, 2, 4, 3, random_state=0)
+    projected = FFFNetwork(6, 2, 2, 4, 3, random_state=0, projection_rank=64)
+    assert projected.input_projection.shape == (6, 6)
+    np.testing.assert_allclose(_first_layers(projected.to_arrays()),
+                               _first_layers(plain.to_arrays()), atol=1e-6)
+    smaller = FFFNetwork(6, 2, 2, 4, 3, random_state=0, projection_rank=2).to_arrays()
+    # Truncated, the product keeps the drawn layers' norm.
+    np.testing.assert_allclose(np.linalg.norm(_first_layers(smaller)),
+                               np.linalg.norm(_first_layers(plain.to_arrays())), rtol=1e-5)

@@ -100,6 +100,10 @@ def test_to_module_and_from_network_round_trip_a_classifier(digits):
     np.testing.assert_allclose(rebuilt.predict_proba(X), model.predict_proba(X), rtol=1e-5)
     np.testing.assert_array_equal(rebuilt.leaf_sample_counts_, model.leaf_sample_counts_)
     assert rebuilt.get_params()["depth"] == 3 and rebuilt.n_features_in_ == X.shape[1]
+    # The estimator trains its first layers as the network does, should it warm-start.
+    assert rebuilt.projection_rank is None and model.projection_rank == 32
+    projected = FFFNetwork(X.shape[1], 10, depth=2, random_state=0, projection_rank=5)
+    assert FFFClassifier.from_network(projected, X, model.classes_).projection_rank == 5
 
     # The module is a copy: training it leaves the estimator alone.
     with torch.no_grad():

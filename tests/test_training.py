@@ -12,10 +12,11 @@ from fffsklearn._network import FFFNetwork, load_balancing_loss
 from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
 
 
-def _trainer(task, depth, n_outputs, region_leak=0.0, leaf_shrinkage=0.0):
+def _trainer(task, depth, n_outputs, region_leak=0.0, leaf_shrinkage=0.0, projection_rank=None):
     params = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3).get_params()
     params["region_leak"] = region_leak
     params["leaf_shrinkage"] = leaf_shrinkage
+    params["projection_rank"] = projection_rank
     return Trainer.create(6, n_outputs, params, task, "cpu", seed=3)
 
 
@@ -58,10 +59,12 @@ def _leaf_hierarchy_gradients(trainer, parameters, gradients):
 @pytest.mark.parametrize("depth", [0, 3])
 @pytest.mark.parametrize("hardening", [False, True])
 @pytest.mark.parametrize("leaf_shrinkage", [0.0, 30.0])
+@pytest.mark.parametrize("projection_rank", [None, 2])
 def test_training_step_gradients_are_those_of_the_objective(
-    task, n_outputs, depth, hardening, leaf_shrinkage, monkeypatch
+    task, n_outputs, depth, hardening, leaf_shrinkage, projection_rank, monkeypatch
 ):
-    trainer = _trainer(task, depth, n_outputs, leaf_shrinkage=leaf_shrinkage)
+    trainer = _trainer(task, depth, n_outputs, leaf_shrinkage=leaf_shrinkage,
+                       projection_rank=projection_rank)
     if hardening:
         trainer.start_hardening()
     X, y, weight = _batch(task, n_outputs)
