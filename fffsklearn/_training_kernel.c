@@ -572,6 +572,46 @@ done:
     return result;
 }
 
+/* hard_leaf_input_gradients(grad_pre_activations, hard_leaves, leaf_hidden_weights, out)
+ * out[i, q] = sum_k grad_pre_activations[i, k] * leaf_hidden_weights[q, leaf_i * L + k]: the
+ * gradient of the leaves' input rows when each row's hidden layer is its hard leaf's, without
+ * gathering each row's block of the first layers. */
+static PyObject *hard_leaf_input_gradients(PyObject *self, PyObject *args) {
+    PyObject *pre_obj, *leaves_obj, *weights_obj, *out_obj;
+    if (!PyArg_ParseTuple(args, "OOOO", &pre_obj, &leaves_obj, &weights_obj, &out_obj))
+        return NULL;
+    buffer_t pre = {0}, leaves = {0}, weights = {0}, out = {0};
+    PyObject *result = NULL;
+    Py_ssize_t leaf_width;
+    if (get_dense(pre_obj, &pre, "grad_pre_activations", -1, -1, 0) < 0) goto done;
+    Py_ssize_t n = pre.view.shape[0], L = pre.view.shape[1];
+    if (get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+        get_dense(weights_obj, &weights, "leaf_hidden_weights", -1, -1, 0) < 0)
+        goto done;
+    Py_ssize_t rank = weights.view.shape[0], width = weights.view.shape[1];
+    if (L < 1 || width % L) {
+        PyErr_SetString(PyExc_ValueError, "leaf_hidden_weights must have a multiple of "
+                                          "grad_pre_activations' columns as its columns.");
+        goto done;
+    }
+    if (leaf_layout(width, width / L, leaves.view.buf, n, &leaf_width) < 0 ||
+        get_dense(out_obj, &out, "out", n, rank, 1) < 0)
+        goto done;
+    const float *g = pre.view.buf, *w = weights.view.buf;
+    const int64_t *leaf = leaves.view.buf;
+    float *o = out.view.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t q = 0; q < rank; q++)
+            o[i * rank + q] = block_dot(g + i * L, w + q * width + leaf[i] * L, L);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(&pre), release(&leaves), release(&weights), release(&out);
+    return result;
+}
+
 /* cross_entropy(logits, targets, row_weight, grad_out) -> float
  * Returns sum_i row_weight_i * -log softmax(logits_i)[targets_i] and writes its gradient,
  * row_weight_i * (softmax(logits_i) - one_hot(targets_i)), computed in double. */
@@ -828,6 +868,11 @@ static PyMethodDef methods[] = {
      "leaf's hidden layer, grad_outputs @ W_out, dotted with that layer). Given\n"
      "grad_pre_activations_out, (rows, leaf width), it receives the gradient of each row's\n"
      "hard-leaf hidden pre-activations."},
+    {"hard_leaf_input_gradients", hard_leaf_input_gradients, METH_VARARGS,
+     "hard_leaf_input_gradients(grad_pre_activations, hard_leaves, leaf_hidden_weights, out)\n\n"
+     "Write out[i, q] = grad_pre_activations[i] . leaf_hidden_weights[q, leaf i's block]: the\n"
+     "gradient of the leaves' input rows (rows, rank) when each row's hidden layer is its\n"
+     "hard leaf's, from each row's hard-leaf pre-activation gradient (rows, leaf width)."},
     {"hierarchy_compose", hierarchy_compose, METH_VARARGS,
      "hierarchy_compose(terms, leaves_out, inner)\n\n"
      "Write every leaf's parameters, (outer, n_leaves * inner), as the sums of the node terms\n"

@@ -357,3 +357,38 @@ def test_a_full_rank_projection_starts_from_the_drawn_first_layers():
     # Truncated, the product keeps the drawn layers' norm.
     np.testing.assert_allclose(np.linalg.norm(_first_layers(smaller)),
                                np.linalg.norm(_first_layers(plain.to_arrays())), rtol=1e-5)
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@pytest.mark.parametrize("leaf_width", [1, 3, 8, 16, 24])
+@pytest.mark.parametrize("depth, rank", [(0, 1), (2, 5), (4, 32)])
+def test_compiled_hard_leaf_input_gradient_is_each_row_block_times_its_leaf(depth, rank, leaf_width):
+    generator = torch.Generator().manual_seed(leaf_width + depth)
+    n, n_leaves = 50, 2**depth
+    grad_hidden = torch.randn(n, leaf_width, generator=generator)
+    leaves = torch.randint(0, n_leaves, (n,), generator=generator)
+    weights = torch.randn(rank, n_leaves * leaf_width, generator=generator)
+    blocks = weights.view(rank, n_leaves, leaf_width)[:, leaves]  # (rank, rows, leaf width)
+    expected = torch.einsum("nk,qnk->nq", grad_hidden, blocks)
+    got = _network._compiled_hard_leaf_input_gradient(grad_hidden, leaves, weights)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+def test_compiled_hard_leaf_input_gradient_refuses_inconsistent_buffers():
+    kernel = _network._training_kernel
+    grad_hidden, weights, out = torch.zeros(6, 3), torch.zeros(4, 12), torch.empty(6, 4)
+    leaves = torch.zeros(6, dtype=torch.int64)
+
+    def call(grad_hidden=grad_hidden, leaves=leaves, weights=weights, out=out):
+        kernel.hard_leaf_input_gradients(grad_hidden.numpy(), leaves.numpy(), weights.numpy(),
+                                         out.numpy())
+
+    with pytest.raises(ValueError, match="multiple"):
+        call(weights=torch.zeros(4, 13))
+    with pytest.raises(ValueError, match="out of range"):
+        call(leaves=torch.full((6,), 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="hard_leaves"):
+        call(leaves=leaves[:5])
+    with pytest.raises(ValueError, match="out"):
+        call(out=torch.empty(6, 5))
