@@ -55,7 +55,13 @@ class FittedStatePersistence:
             )
         if "arrays_" in state:
             self._check_loaded_state(state)
+        for name, value in self._PARAMETERS_ADDED_SINCE_0_1.items():
+            state.setdefault(name, value)
         super().__setstate__(state)
+
+    # Parameters added after the first pickles were written, with the value that describes
+    # how an estimator pickled before them trained, so that get_params and clone work on it.
+    _PARAMETERS_ADDED_SINCE_0_1 = {"leaf_shrinkage": 0.0, "projection_rank": None}
 
     def _check_loaded_state(self, state):
         """Reject a fitted state whose parts do not fit together (an edited or corrupt file).

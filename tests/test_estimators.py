@@ -98,6 +98,17 @@ def test_loading_a_model_of_another_version_warns(fitted_classifier, digits, edi
     np.testing.assert_array_equal(fresh.predict(digits[1]), fitted_classifier.predict(digits[1]))
 
 
+def test_a_model_pickled_before_a_parameter_existed_gets_how_it_trained(fitted_classifier, digits):
+    state = fitted_classifier.__getstate__()
+    del state["projection_rank"], state["leaf_shrinkage"]
+    loaded = FFFClassifier.__new__(FFFClassifier)
+    loaded.__setstate__(state)
+    assert loaded.get_params()["projection_rank"] is None
+    assert loaded.get_params()["leaf_shrinkage"] == 0.0
+    assert clone(loaded).projection_rank is None
+    np.testing.assert_array_equal(loaded.predict(digits[1]), fitted_classifier.predict(digits[1]))
+
+
 def test_loading_a_model_of_this_version_does_not_warn(fitted_classifier):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
