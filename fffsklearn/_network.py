@@ -473,7 +473,7 @@ class FFFNetwork(nn.Module):
         )
         self.input_projection = None
         if projection_rank is not None:
-            rank = min(projection_rank, d, n_leaves * l + m)
+            rank = projected_rank(projection_rank, d, n_leaves * l + m)
             projection, first_layers = _factorise(self._first_layers(), rank, keep_norm=True)
             self.input_projection = nn.Parameter(projection.float().contiguous())
             self.leaf_hidden_weights = nn.Parameter(
@@ -719,6 +719,12 @@ class FFFNetwork(nn.Module):
         copy(self.master_hidden_biases, arrays.master_hidden_biases)
         copy(self.master_output_weights, arrays.master_output_weights)
         copy(self.master_output_biases, arrays.master_output_biases)
+
+
+def projected_rank(projection_rank, n_features, n_first_layer_columns):
+    """The rank of the input projection that ``projection_rank`` asks for: at most the
+    number of features and of the first layers' columns (leaves' and master leaf's)."""
+    return min(projection_rank, n_features, n_first_layer_columns)
 
 
 def _factorise(matrix, rank, *, keep_norm):

@@ -15,7 +15,7 @@ import torch
 
 from ._arrays import FFFArrays
 from ._device import training_threads
-from ._network import FFFNetwork, _compiled, _training_kernel
+from ._network import FFFNetwork, _compiled, _training_kernel, projected_rank
 
 class FusedAdam:
     """Adam with L2 weight decay per parameter group: one fused kernel per group and step.
@@ -178,16 +178,18 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
     moments and, where torch steps them (CUDA, float64), a gradient, and the leaves'
     gradients while they are gathered; the gradient is counted everywhere. An input
     projection of rank ``r`` makes the first layers ``r`` rows deep, adds its own
-    ``n_features * r`` values, and two (rows x ``r``) temporaries per batch.
+    ``n_features * r`` values, two (rows x ``r``) temporaries per batch, and the products
+    that an export computes, two copies of the first layers at full depth.
     """
     n_leaves = 2**depth
     width = n_leaves * leaf_width
     first_layer_depth = n_features
-    projection = batch_projection = 0
+    projection = batch_projection = exported_products = 0
     if projection_rank is not None:
-        first_layer_depth = min(projection_rank, n_features, width + master_leaf_width)
+        first_layer_depth = projected_rank(projection_rank, n_features, width + master_leaf_width)
         projection = n_features * first_layer_depth
         batch_projection = 2 * first_layer_depth
+        exported_products = 2 * n_features * (width + master_leaf_width)
     leaf_parameters = width * (first_layer_depth + 1 + n_outputs) + n_leaves * n_outputs
     n_parameters = (
         (n_leaves - 1) * (n_features + 1) + leaf_parameters + projection
@@ -197,7 +199,8 @@ def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_
     batch_temporaries = batch_size * (
         4 * width + 6 * n_leaves + 4 * master_leaf_width + batch_projection
     )
-    return 4 * (6 * n_parameters + hierarchy + batch_temporaries) + _TORCH_WORKING_MEMORY
+    return (4 * (6 * n_parameters + hierarchy + batch_temporaries + exported_products)
+            + _TORCH_WORKING_MEMORY)
 
 
 # What torch's own buffers and the autograd graph add whatever the network's size (measured
