@@ -27,7 +27,9 @@ from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._network import FFFNetwork
 from ._persistence import FittedStatePersistence
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
-from ._training import Schedule, Trainer, input_statistics, training_memory_bytes
+from ._training import (
+    Schedule, Trainer, input_statistics, standardizing_scale, training_memory_bytes,
+)
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -82,6 +84,15 @@ _PARAMETERS_DOC = """
         first layers of low rank. ``arrays_`` holds the products, so ``predict`` costs the
         same; an epoch of ``fit`` costs less on many features. None trains every first layer
         on its own, as the published FFF does.
+
+    input_noise : float, default=0.1 (FFFClassifier) or 0.0 (FFFRegressor)
+        Training only: standard deviation of the Gaussian noise added to every training
+        row, in units of each feature's standard deviation over the training rows (a
+        constant feature gets none), drawn afresh for every batch in both phases. Rows near
+        a routing boundary then also train the leaves on its other side, and a leaf cannot
+        fit its share of the rows point by point. 0 turns it off; on targets that are a
+        noiseless function of the inputs it costs accuracy, hence FFFRegressor's 0.
+        ``predict`` is unaffected.
 
     activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
         Activation of the hidden layers of the leaves and the master leaf.
@@ -211,6 +222,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         "region_leak": [Interval(Real, 0, 0.5, closed="both")],
         "leaf_shrinkage": [Interval(Real, 0, None, closed="left")],
         "projection_rank": [Interval(Integral, 1, None, closed="left"), None],
+        "input_noise": [Interval(Real, 0, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "standardize": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -244,6 +256,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         region_leak=0.0,
         leaf_shrinkage=0.0,
         projection_rank=None,
+        input_noise=0.0,
         activation="relu",
         standardize=True,
         max_iter=200,
@@ -268,6 +281,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         self.region_leak = region_leak
         self.leaf_shrinkage = leaf_shrinkage
         self.projection_rank = projection_rank
+        self.input_noise = input_noise
         self.activation = activation
         self.standardize = standardize
         self.max_iter = max_iter
@@ -431,12 +445,16 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 return self._score_outputs(outputs, y_val, weight_val)
 
         if first_call:
-            self._input_mean, self._input_scale = (
-                input_statistics(X, sample_weight) if self.standardize else (None, None)
-            )
+            self._input_mean = self._input_scale = self._input_std = None
+            if self.standardize or self.input_noise:
+                mean, self._input_std = input_statistics(X, sample_weight)
+                if self.standardize:
+                    self._input_mean = mean
+                    self._input_scale = standardizing_scale(self._input_std)
         input_scaling = None
         if getattr(self, "_input_mean", None) is not None:  # absent from older pickles
             input_scaling = (self._input_mean, self._input_scale)
+        input_noise = self._input_noise_std(X, sample_weight, input_scaling)
 
         batch_size = min(200, X.shape[0]) if self.batch_size == "auto" else self.batch_size
         batch_size = min(batch_size, X.shape[0])
@@ -449,6 +467,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             trainer = Trainer.create(
                 X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
                 seed=int(rng.randint(np.iinfo(np.int32).max - 1)), input_scaling=input_scaling,
+                input_noise=input_noise,
             )
             if not first_call:
                 trainer.load_deployed(self.arrays_)
@@ -543,6 +562,18 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             raise ValueError("Sample weights of the training split are all zero.")
         return X_train, X_val, y_train, y_val, w_train
 
+    def _input_noise_std(self, X, sample_weight, input_scaling):
+        """Standard deviation of the training noise on each network input (``input_noise``
+        times the feature's standard deviation, scaled as the input is), or None."""
+        if not self.input_noise:
+            return None
+        std = getattr(self, "_input_std", None)
+        if std is None:  # the first fit took no statistics, or predates input_noise
+            std = input_statistics(X, sample_weight)[1]
+        if input_scaling is not None:
+            std = std / input_scaling[1]
+        return (self.input_noise * std).astype(np.float32)
+
     def _check_training_memory(self, n_features, batch_size):
         """Refuse up front a fit whose working set would not fit in memory: training
         computes every leaf for every row of a batch, so it grows with ``2**depth``."""
@@ -618,7 +649,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             )
         vars(estimator).update(target_attributes(arrays))
         estimator.arrays_ = arrays
-        estimator._input_mean = estimator._input_scale = None  # the network takes raw rows
+        # The network takes raw rows.
+        estimator._input_mean = estimator._input_scale = estimator._input_std = None
         estimator.device_ = "cpu"
         estimator.n_iter_ = 0
         estimator.loss_curve_ = []

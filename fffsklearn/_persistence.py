@@ -61,7 +61,9 @@ class FittedStatePersistence:
 
     # Parameters added after the first pickles were written, with the value that describes
     # how an estimator pickled before them trained, so that get_params and clone work on it.
-    _PARAMETERS_ADDED_SINCE_0_1 = {"leaf_shrinkage": 0.0, "projection_rank": None}
+    _PARAMETERS_ADDED_SINCE_0_1 = {
+        "leaf_shrinkage": 0.0, "projection_rank": None, "input_noise": 0.0,
+    }
 
     def _check_loaded_state(self, state):
         """Reject a fitted state whose parts do not fit together (an edited or corrupt file).
@@ -82,17 +84,23 @@ class FittedStatePersistence:
         counts = state["leaf_sample_counts_"]
         if counts.dtype.kind not in "iu" or (counts < 0).any():
             raise ValueError(f"{where}: leaf_sample_counts_ must be non-negative integers.")
+        def is_feature_vector(value):
+            return (isinstance(value, np.ndarray) and value.dtype.kind == "f"
+                    and value.shape == (arrays.n_features,) and np.isfinite(value).all())
+
         mean, scale = state.get("_input_mean"), state.get("_input_scale")
         if mean is not None or scale is not None:  # standardize=True
-            if not all(
-                isinstance(v, np.ndarray) and v.dtype.kind == "f"
-                and v.shape == (arrays.n_features,) and np.isfinite(v).all()
-                for v in (mean, scale)
-            ) or (scale <= 0).any():
+            if not (is_feature_vector(mean) and is_feature_vector(scale)) or (scale <= 0).any():
                 raise ValueError(
                     f"{where}: _input_mean and _input_scale must be finite float arrays of "
                     f"shape ({arrays.n_features},), the scale positive."
                 )
+        std = state.get("_input_std")  # None, or absent from older pickles, without statistics
+        if std is not None and (not is_feature_vector(std) or (std < 0).any()):
+            raise ValueError(
+                f"{where}: _input_std must be a finite float array of shape "
+                f"({arrays.n_features},), non-negative."
+            )
         if state.get("n_features_in_") != arrays.n_features:
             raise ValueError(
                 f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "

@@ -142,11 +142,11 @@ def input_statistics(X, sample_weight):
     Read in chunks of about ``_CHUNK_VALUES`` values (twice: the mean, then the
     squared deviations from it), so a memmap larger than memory is never loaded whole. A
     column whose variance is zero, or too small against its mean to be told from rounding,
-    gets scale 1, as in scikit-learn's ``StandardScaler``: it is then only centred.
+    gets standard deviation 0 (see :func:`standardizing_scale`).
 
     Returns
     -------
-    mean, scale : ndarray of shape (n_features,)
+    mean, std : ndarray of shape (n_features,)
     """
     weight = np.asarray(sample_weight, dtype=np.float64)
     n, n_features = X.shape
@@ -163,7 +163,13 @@ def input_statistics(X, sample_weight):
     # below it a column is constant.
     eps = np.finfo(np.float64).eps
     constant = variance <= n * eps * variance + (n * mean * eps) ** 2
-    return mean, np.where(constant, 1.0, np.sqrt(variance))
+    return mean, np.where(constant, 0.0, np.sqrt(variance))
+
+
+def standardizing_scale(std):
+    """The divisor that standardises columns of standard deviation ``std``: a constant
+    column gets 1, as in scikit-learn's ``StandardScaler``, and is then only centred."""
+    return np.where(std > 0, std, 1.0)
 
 
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
@@ -561,15 +567,23 @@ class Trainer:
         As the estimator parameters of the same name; ``leaf_shrinkage=0`` trains every
         leaf's parameters on their own, otherwise a :class:`LeafHierarchy` trains them.
     seed : int
-        Seeds the batch order and the region-leak draws.
+        Seeds the batch order, the region-leak draws and the input noise.
+    input_scaling : tuple of ndarray or None
+        ``(mean, scale)`` that standardise the raw rows into the network's inputs.
+    input_noise : ndarray of shape (n_features,) or None
+        Standard deviation, per network input, of the Gaussian noise added to every
+        training batch in both phases; None adds none.
     """
 
     def __init__(
         self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed,
-        leaf_shrinkage=0.0, input_scaling=None,
+        leaf_shrinkage=0.0, input_scaling=None, input_noise=None,
     ):
         self.network = network
         self.input_scaling = input_scaling
+        self.input_noise = None if input_noise is None else torch.as_tensor(
+            input_noise, dtype=torch.float32, device=network.node_biases.device
+        )
         self.task = task
         self.alpha = alpha
         self.load_balancing = load_balancing
@@ -594,7 +608,8 @@ class Trainer:
         self._captured_step = None
 
     @classmethod
-    def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None):
+    def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None,
+               input_noise=None):
         """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``;
         under a leaf hierarchy every leaf starts from the same parameters."""
         network = FFFNetwork(
@@ -617,6 +632,7 @@ class Trainer:
             leaf_shrinkage=params["leaf_shrinkage"],
             seed=seed + 1,
             input_scaling=input_scaling,
+            input_noise=input_noise,
         )
         if trainer.leaf_hierarchy is not None:
             trainer.leaf_hierarchy.start_shared()
@@ -923,6 +939,8 @@ class Trainer:
         total, leaf_counts = self._epoch_sums()
         regulariser_total = 0.0
         for start, X_batch in self._batches(X, order, batch_size):
+            if self.input_noise is not None:
+                X_batch = self._with_noise(X_batch)
             batch = slice(start, start + X_batch.shape[0])
             regulariser_total += X_batch.shape[0] * self._accumulated_step(
                 X_batch, y[batch], weight[batch], n, batch_size
@@ -933,6 +951,19 @@ class Trainer:
         if not np.isfinite(mean):
             raise FloatingPointError(self._divergence_message(n))
         return mean
+
+    def _with_noise(self, X_batch):
+        """``X_batch`` plus Gaussian noise of ``input_noise``'s standard deviations.
+
+        Drawn outside the step, so that a step replayed as a CUDA graph reads fresh noise
+        with its rows. Noise that blurs the rows near a routing boundary trains the leaves
+        on either side of it on them in both phases, and measured better on classification
+        than noise in the balancing phase alone (docs/model_quality.rst, "Training recipe:
+        measurements").
+        """
+        noise = torch.randn(X_batch.shape, generator=self.generator, device=self.device,
+                            dtype=X_batch.dtype)
+        return noise.mul_(self.input_noise).add_(X_batch)
 
     def _epoch_sums(self):
         """The epoch's objective total and hard leaf counts, zeroed: the same two tensors

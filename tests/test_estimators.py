@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
 from fffsklearn._device import prediction_options
 from fffsklearn._network import FFFNetwork
+from fffsklearn._training import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +101,19 @@ def test_loading_a_model_of_another_version_warns(fitted_classifier, digits, edi
 
 def test_a_model_pickled_before_a_parameter_existed_gets_how_it_trained(fitted_classifier, digits):
     state = fitted_classifier.__getstate__()
-    del state["projection_rank"], state["leaf_shrinkage"]
+    del state["projection_rank"], state["leaf_shrinkage"], state["input_noise"]
+    del state["_input_std"]
     loaded = FFFClassifier.__new__(FFFClassifier)
     loaded.__setstate__(state)
     assert loaded.get_params()["projection_rank"] is None
     assert loaded.get_params()["leaf_shrinkage"] == 0.0
+    assert loaded.get_params()["input_noise"] == 0.0
     assert clone(loaded).projection_rank is None
     np.testing.assert_array_equal(loaded.predict(digits[1]), fitted_classifier.predict(digits[1]))
+    # A warm start with input noise takes the features' spread from the rows it is given.
+    X_train, _, y_train, _ = digits
+    loaded.set_params(warm_start=True, input_noise=0.1, max_iter=2).fit(X_train, y_train)
+    assert loaded.score(X_train, y_train) > 0.9
 
 
 def test_loading_a_model_of_this_version_does_not_warn(fitted_classifier):
@@ -368,7 +375,6 @@ def test_hardening_freezes_the_routing_and_partial_fit_releases_it(digits):
 def test_regularisers_fade_only_for_a_close_regression_fit(
     task, mean_squared_residual, n_outputs, expected
 ):
-    from fffsklearn._training import Trainer
 
     params = FFFRegressor(depth=2).get_params()
     trainer = Trainer.create(4, n_outputs, params, task, torch.device("cpu"), seed=0)
@@ -568,6 +574,52 @@ def test_shared_leaves_train_with_early_stopping_and_partial_fit(digits):
     assert model.score(X_test, y_test) > 0.9
 
 
+@pytest.mark.parametrize("standardize", [True, False])
+def test_input_noise_is_a_fraction_of_each_features_spread(standardize, monkeypatch):
+    """The rows that reach the training steps carry Gaussian noise of ``input_noise`` times
+    each feature's standard deviation; a constant feature gets none."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    # Two levels per feature, so that a noisy value's level can be told and subtracted.
+    levels = np.array([[0.0, 0.0, 7.0], [1.0, 50.0, 7.0]])
+    X = levels[rng.integers(0, 2, (n, 3)), [0, 1, 2]].astype(np.float32)
+    y = rng.integers(0, 2, n)
+    seen = []
+    step = Trainer._accumulated_step
+
+    def spy(self, X_batch, *args):
+        seen.append(X_batch.numpy().copy())
+        return step(self, X_batch, *args)
+
+    monkeypatch.setattr(Trainer, "_accumulated_step", spy)
+    model = FFFClassifier(depth=1, max_iter=1, input_noise=0.1, standardize=standardize,
+                          random_state=0).fit(X, y)
+    rows = np.concatenate(seen)
+    assert rows.shape == X.shape
+    if standardize:
+        levels = (levels - model._input_mean) / model._input_scale
+    nearest = np.abs(rows[:, None, :] - levels[None, :, :]).argmin(axis=1)
+    noise = rows - levels[nearest, [0, 1, 2]]
+    # Both levels equally often: a feature's standard deviation is half its step.
+    expected = 0.1 * np.abs(levels[1] - levels[0]) / 2
+    np.testing.assert_allclose(noise[:, :2].std(axis=0), expected[:2], rtol=0.05)
+    assert (np.abs(noise[:, :2].mean(axis=0)) < 0.2 * expected[:2]).all()
+    assert not noise[:, 2].any()  # the constant feature
+
+
+def test_input_noise_zero_trains_on_the_rows_as_given(monkeypatch):
+    X = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
+    seen = []
+    step = Trainer._accumulated_step
+    monkeypatch.setattr(Trainer, "_accumulated_step",
+                        lambda self, X_batch, *args: seen.append(X_batch.numpy().copy())
+                        or step(self, X_batch, *args))
+    FFFClassifier(depth=1, max_iter=1, input_noise=0.0, standardize=False, random_state=0).fit(
+        X, X[:, 0] > 0
+    )
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen), axis=0), np.sort(X, axis=0))
+
+
 def test_input_statistics_are_weighted_and_streamed(monkeypatch):
     from fffsklearn import _training
 
@@ -577,11 +629,14 @@ def test_input_statistics_are_weighted_and_streamed(monkeypatch):
     )
     weight = rng.integers(0, 3, 1000).astype(np.float64)
     monkeypatch.setattr(_training, "_CHUNK_VALUES", 28)  # chunks of 7 rows
-    mean, scale = _training.input_statistics(X, weight)
+    mean, std = _training.input_statistics(X, weight)
     expected_mean = np.average(X.astype(np.float64), axis=0, weights=weight)
-    expected_scale = np.sqrt(np.average((X - expected_mean) ** 2, axis=0, weights=weight))
+    expected_std = np.sqrt(np.average((X - expected_mean) ** 2, axis=0, weights=weight))
     np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
-    np.testing.assert_allclose(scale[[0, 1, 3]], expected_scale[[0, 1, 3]], rtol=1e-9)
+    np.testing.assert_allclose(std[[0, 1, 3]], expected_std[[0, 1, 3]], rtol=1e-9)
+    assert std[2] == 0.0
+    scale = _training.standardizing_scale(std)
+    np.testing.assert_array_equal(scale[[0, 1, 3]], std[[0, 1, 3]])
     assert scale[2] == 1.0  # constant: only centred
 
 

@@ -458,6 +458,9 @@ def test_invalid_n_jobs_is_refused_before_fitting(cancer, n_jobs, monkeypatch):
         ("_input_mean", np.array([0.0, np.nan, 0.0, 0.0]), "_input_scale must be finite"),
         ("_input_mean", np.zeros(3), "_input_scale must be finite"),
         ("_input_mean", None, "_input_scale must be finite"),
+        ("_input_std", np.array([1.0, -1.0, 1.0, 1.0]), "_input_std must be a finite"),
+        ("_input_std", np.array([1.0, np.inf, 1.0, 1.0]), "_input_std must be a finite"),
+        ("_input_std", np.ones(5), "_input_std must be a finite"),
     ],
 )
 def test_edited_regressor_values_raise_at_load(attribute, value, match):
