@@ -90,9 +90,8 @@ _PARAMETERS_DOC = """
         row, in units of each feature's standard deviation over the training rows (a
         constant feature gets none), drawn afresh for every batch in both phases. Rows near
         a routing boundary then also train the leaves on its other side, and a leaf cannot
-        fit its share of the rows point by point. 0 turns it off; on targets that are a
-        noiseless function of the inputs it costs accuracy, hence FFFRegressor's 0.
-        ``predict`` is unaffected.
+        fit its share of the rows point by point. 0 turns it off; it did not help
+        regression, hence FFFRegressor's 0. ``predict`` is unaffected.
 
     activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
         Activation of the hidden layers of the leaves and the master leaf.

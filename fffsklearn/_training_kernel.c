@@ -838,6 +838,49 @@ done:
     return result;
 }
 
+/* add_normal_noise(rows, std, quantiles, seed): rows[i, j] += std[j] * z, each z read from a
+ * table of standard normal quantiles (fffsklearn/_training.py, _NORMAL_QUANTILES) at 16
+ * random bits of a splitmix64 stream from `seed`. About 1 ns a value: torch's exact normals
+ * took 3.6, a third of a training step on 784 features. */
+static inline uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static PyObject *add_normal_noise(PyObject *self, PyObject *args) {
+    PyObject *rows_obj, *std_obj, *quantiles_obj;
+    unsigned long long seed;
+    if (!PyArg_ParseTuple(args, "OOOK", &rows_obj, &std_obj, &quantiles_obj, &seed))
+        return NULL;
+    buffer_t rows = {0}, std = {0}, quantiles = {0};
+    PyObject *result = NULL;
+    if (get_dense(rows_obj, &rows, "rows", -1, -1, 1) < 0) goto done;
+    Py_ssize_t n = rows.view.shape[0], d = rows.view.shape[1];
+    if (get_vector(std_obj, &std, "std", 'f', 4, d, 0) < 0 ||
+        get_vector(quantiles_obj, &quantiles, "quantiles", 'f', 4, 65536, 0) < 0)
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    const float *s = std.view.buf, *q = quantiles.view.buf;
+    uint64_t state = seed, word = 0;
+    int left = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float *r = (float *)rows.view.buf + i * d;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            if (!left) word = splitmix64(&state), left = 4;
+            r[j] += s[j] * q[word & 0xFFFF];
+            word >>= 16, left--;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    release(&rows), release(&std), release(&quantiles);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"path_probabilities", path_probabilities, METH_VARARGS,
      "path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,\n"
@@ -873,6 +916,10 @@ static PyMethodDef methods[] = {
      "Write out[i, q] = grad_pre_activations[i] . leaf_hidden_weights[q, leaf i's block]: the\n"
      "gradient of the leaves' input rows (rows, rank) when each row's hidden layer is its\n"
      "hard leaf's, from each row's hard-leaf pre-activation gradient (rows, leaf width)."},
+    {"add_normal_noise", add_normal_noise, METH_VARARGS,
+     "add_normal_noise(rows, std, quantiles, seed)\n\n"
+     "Add std[j] * z to every rows[i, j] (float32, C-contiguous, in place), each z one of the\n"
+     "65536 float32 quantiles chosen by a random stream from the 64-bit seed."},
     {"hierarchy_compose", hierarchy_compose, METH_VARARGS,
      "hierarchy_compose(terms, leaves_out, inner)\n\n"
      "Write every leaf's parameters, (outer, n_leaves * inner), as the sums of the node terms\n"

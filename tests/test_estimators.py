@@ -574,10 +574,18 @@ def test_shared_leaves_train_with_early_stopping_and_partial_fit(digits):
     assert model.score(X_test, y_test) > 0.9
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("standardize", [True, False])
-def test_input_noise_is_a_fraction_of_each_features_spread(standardize, monkeypatch):
+def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled, monkeypatch):
     """The rows that reach the training steps carry Gaussian noise of ``input_noise`` times
-    each feature's standard deviation; a constant feature gets none."""
+    each feature's standard deviation; a constant feature gets none. Both the C extension's
+    noise and torch's."""
+    from fffsklearn import _training
+
+    if compiled and _training._training_kernel is None:
+        pytest.skip("the C training extension is not built")
+    if not compiled:
+        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
     rng = np.random.default_rng(0)
     n = 4000
     # Two levels per feature, so that a noisy value's level can be told and subtracted.

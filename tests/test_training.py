@@ -388,3 +388,49 @@ def test_a_fresh_trainer_starts_every_leaf_from_the_same_parameters():
         leaves = parameter.detach().view(shape)
         assert torch.equal(leaves, leaves[:, :1].expand_as(leaves))
         assert not terms[:, 1:].any()
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+def test_compiled_noise_is_standard_normal_times_each_columns_std():
+    from scipy import stats
+
+    from fffsklearn._training import _NORMAL_QUANTILES
+
+    kernel = _network._training_kernel
+    rows = np.tile(np.arange(6, dtype=np.float32), (40_000, 1))
+    std = np.array([0.0, 0.1, 1.0, 1.0, 2.0, 5.0], dtype=np.float32)
+    kernel.add_normal_noise(rows, std, _NORMAL_QUANTILES, 12345)
+    noise = rows - np.arange(6, dtype=np.float32)
+    assert not noise[:, 0].any()
+    np.testing.assert_allclose(noise[:, 1:].std(axis=0), std[1:], rtol=0.02)
+    np.testing.assert_allclose(noise[:, 1:].mean(axis=0), 0.0, atol=0.02 * std[1:].max())
+    z = (noise[:, 1:] / std[1:]).ravel()
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(noise[:, 2], noise[:, 3])[0, 1]) < 0.03  # columns independent
+    # The seed alone decides the draws.
+    again = np.tile(np.arange(6, dtype=np.float32), (40_000, 1))
+    kernel.add_normal_noise(again, std, _NORMAL_QUANTILES, 12345)
+    np.testing.assert_array_equal(again, rows)
+    other = np.tile(np.arange(6, dtype=np.float32), (40_000, 1))
+    kernel.add_normal_noise(other, std, _NORMAL_QUANTILES, 12346)
+    assert not np.array_equal(other, rows)
+
+
+@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+def test_compiled_noise_refuses_malformed_buffers():
+    from fffsklearn._training import _NORMAL_QUANTILES
+
+    kernel = _network._training_kernel
+    rows, std = np.zeros((4, 3), np.float32), np.ones(3, np.float32)
+    read_only = rows.copy()
+    read_only.flags.writeable = False
+    for args in [
+        (read_only, std, _NORMAL_QUANTILES, 0),
+        (rows.astype(np.float64), std, _NORMAL_QUANTILES, 0),
+        (np.zeros((3, 4), np.float32).T, std[:4], _NORMAL_QUANTILES, 0),
+        (rows, np.ones(4, np.float32), _NORMAL_QUANTILES, 0),
+        (rows, std, _NORMAL_QUANTILES[:1024], 0),
+        (rows, std.astype(np.float64), _NORMAL_QUANTILES, 0),
+    ]:
+        with pytest.raises((ValueError, BufferError, TypeError)):
+            kernel.add_normal_noise(*args)
