@@ -574,6 +574,19 @@ def test_shared_leaves_train_with_early_stopping_and_partial_fit(digits):
     assert model.score(X_test, y_test) > 0.9
 
 
+def _record_training_batches(monkeypatch):
+    """The list that every training step's input rows will be appended to."""
+    seen = []
+    step = Trainer._accumulated_step
+
+    def spy(self, X_batch, *args):
+        seen.append(X_batch.numpy().copy())
+        return step(self, X_batch, *args)
+
+    monkeypatch.setattr(Trainer, "_accumulated_step", spy)
+    return seen
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("standardize", [True, False])
 def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled, monkeypatch):
@@ -592,14 +605,7 @@ def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled
     levels = np.array([[0.0, 0.0, 7.0], [1.0, 50.0, 7.0]])
     X = levels[rng.integers(0, 2, (n, 3)), [0, 1, 2]].astype(np.float32)
     y = rng.integers(0, 2, n)
-    seen = []
-    step = Trainer._accumulated_step
-
-    def spy(self, X_batch, *args):
-        seen.append(X_batch.numpy().copy())
-        return step(self, X_batch, *args)
-
-    monkeypatch.setattr(Trainer, "_accumulated_step", spy)
+    seen = _record_training_batches(monkeypatch)
     model = FFFClassifier(depth=1, max_iter=1, input_noise=0.1, standardize=standardize,
                           random_state=0).fit(X, y)
     rows = np.concatenate(seen)
@@ -617,11 +623,7 @@ def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled
 
 def test_input_noise_zero_trains_on_the_rows_as_given(monkeypatch):
     X = np.random.default_rng(0).standard_normal((300, 3)).astype(np.float32)
-    seen = []
-    step = Trainer._accumulated_step
-    monkeypatch.setattr(Trainer, "_accumulated_step",
-                        lambda self, X_batch, *args: seen.append(X_batch.numpy().copy())
-                        or step(self, X_batch, *args))
+    seen = _record_training_batches(monkeypatch)
     FFFClassifier(depth=1, max_iter=1, input_noise=0.0, standardize=False, random_state=0).fit(
         X, X[:, 0] > 0
     )
