@@ -580,7 +580,7 @@ def _record_training_batches(monkeypatch):
     step = Trainer._accumulated_step
 
     def spy(self, X_batch, *args):
-        seen.append(X_batch.numpy().copy())
+        seen.append(X_batch.cpu().numpy().copy())
         return step(self, X_batch, *args)
 
     monkeypatch.setattr(Trainer, "_accumulated_step", spy)
@@ -592,7 +592,7 @@ def _record_training_batches(monkeypatch):
 def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled, monkeypatch):
     """The rows that reach the training steps carry Gaussian noise of ``input_noise`` times
     each feature's standard deviation; a constant feature gets none. Both the C extension's
-    noise and torch's."""
+    noise (on the CPU) and torch's (on the GPU where there is one)."""
     from fffsklearn import _training
 
     if compiled and _training._training_kernel is None:
@@ -607,7 +607,7 @@ def test_input_noise_is_a_fraction_of_each_features_spread(standardize, compiled
     y = rng.integers(0, 2, n)
     seen = _record_training_batches(monkeypatch)
     model = FFFClassifier(depth=1, max_iter=1, input_noise=0.1, standardize=standardize,
-                          random_state=0).fit(X, y)
+                          device="cpu" if compiled else "auto", random_state=0).fit(X, y)
     rows = np.concatenate(seen)
     assert rows.shape == X.shape
     if standardize:
@@ -669,17 +669,19 @@ def test_balanced_class_weight_finds_more_of_a_rare_class():
     from sklearn.datasets import make_classification
     from sklearn.metrics import recall_score
 
-    X, y = make_classification(n_samples=3000, n_features=10, weights=[0.95], class_sep=0.5,
+    # 5% of 6,000 rows, barely separated: unweighted, the model almost never predicts the
+    # rare class (recall near 0, every seed tried); balanced, it finds most of it.
+    X, y = make_classification(n_samples=6000, n_features=10, weights=[0.95], class_sep=0.5,
                                random_state=0)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0, stratify=y)
-    # 40 held-out rows of the rare class: a recall step is 0.025, so average over seeds.
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.5, random_state=0,
+                                                        stratify=y)
     recall = {
-        class_weight: np.mean([recall_score(y_test, FFFClassifier(
-            depth=2, max_iter=20, class_weight=class_weight, random_state=seed
-        ).fit(X_train, y_train).predict(X_test)) for seed in range(3)])
+        class_weight: recall_score(y_test, FFFClassifier(
+            depth=2, max_iter=20, class_weight=class_weight, random_state=0
+        ).fit(X_train, y_train).predict(X_test))
         for class_weight in (None, "balanced")
     }
-    assert recall["balanced"] > recall[None] + 0.05
+    assert recall["balanced"] > recall[None] + 0.3
 
 
 def test_partial_fit_takes_class_weights_as_a_dict_only(digits):
