@@ -846,6 +846,10 @@ class Trainer:
         # The state after the last completed epoch, stored in one assignment so that an
         # interrupt never sees half of it.
         completed = None
+        # The arrays exported from the network as it is now, if nothing changed it since: the
+        # network then need not be reloaded at the end (a reload re-factorises a projection,
+        # a truncated SVD that cost 0.16 s at 784 features and depth 6).
+        in_network = None
         step_multiply_adds = (
             min(schedule.batch_size, X.shape[0]) * X.shape[1]
             * self.network.leaf_hidden_weights.shape[1]
@@ -853,12 +857,13 @@ class Trainer:
         with self.rows_on_device(X), training_threads(self.device, step_multiply_adds):
             try:
                 for epoch in range(schedule.max_epochs):
+                    in_network = None
                     self.hardening_phase.begin_epoch(self.network, self.optimizer)
                     if report is not None:
                         report.epoch_begin()
                     loss = self.run_epoch(X, y, weight, schedule.batch_size)
                     losses.append(loss)
-                    arrays = self.network.to_arrays()
+                    arrays = in_network = self.network.to_arrays()
                     score = None
                     if validation_score is not None:
                         score = validation_score(self.deployed(arrays))
@@ -895,6 +900,7 @@ class Trainer:
                         if validation_score is not None:  # otherwise the network holds kept
                             self._load(kept)
                         self.start_hardening()
+                        in_network = None
                     elif self.hardening_phase.epochs_done == hardening_epochs:
                         break
             except KeyboardInterrupt:
@@ -902,7 +908,8 @@ class Trainer:
                     raise  # nothing completed: the caller keeps what it had
                 stop_reason = "interrupted"
         n_epochs, arrays, best_loss, best_score, best_epoch = completed
-        self._load(arrays)
+        if arrays is not in_network:
+            self._load(arrays)
         return FitResult(
             arrays=self.deployed(arrays),
             n_epochs=n_epochs,

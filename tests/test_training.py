@@ -434,3 +434,29 @@ def test_compiled_noise_refuses_malformed_buffers():
     ]:
         with pytest.raises((ValueError, BufferError, TypeError)):
             kernel.add_normal_noise(*args)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_export(
+        early_stopping, monkeypatch):
+    """Reloading re-factorises the input projection (a truncated SVD on the CPU): a fit that
+    ends on the state it just exported keeps its network; early stopping that ends on an
+    earlier epoch's arrays loads them."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 20)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    loads = []
+    load = Trainer._load
+    monkeypatch.setattr(Trainer, "_load", lambda self, arrays: loads.append(arrays) or load(
+        self, arrays))
+    model = FFFClassifier(depth=2, max_iter=12, hardening_epochs=0, n_iter_no_change=1,
+                          tol=1.0 if early_stopping else 0.0, early_stopping=early_stopping,
+                          validation_fraction=0.2, random_state=0).fit(X, y)
+    if early_stopping:
+        # A tolerance of 1.0 never counts an epoch as better: the first epoch is kept, and the
+        # plateau ends the fit two epochs later.
+        assert model.n_iter_ == 3 and len(loads) == 1
+        np.testing.assert_array_equal(model._trainer.network.to_arrays().node_weights,
+                                      loads[0].node_weights)
+    else:
+        assert loads == []
