@@ -2,8 +2,9 @@
 
 1. Device copy bandwidth (read + write of a large tensor).
 2. Hard-routed inference (torch backend) of a device-resident batch, d=784, depth 8, leaf 16,
-   master leaf 16, against the dense twin of training width 4096 in float32 and in TF32, and
-   the bandwidth achieved for reading X once.
+   master leaf 16, outputs left on the device, against the dense twin of training width 4096
+   in float32 and in TF32, and the bandwidth achieved for reading X once; then the same rows
+   from and to host memory, as ``predict`` takes them.
 3. One training epoch on 60,000 x 784 rows (10 classes, the default batch of 200) at depth 6
    and 8: the estimators' trainer with its steps replayed as CUDA graphs and launched one by
    one, against a plain torch loop training the dense twin with the same optimizer and batch.
@@ -12,7 +13,11 @@
 Targets (issue #16): inference at least 10x the float32 twin and at least 25% of the copy
 bandwidth; a GPU epoch at most 1.5x the twin's; GPU fit at least 5x faster than CPU fit.
 
-Usage: python benchmarks/bench_gpu.py [--device cuda] [--quick]
+With --profile, instead: where the time of hard inference and of a GPU fit goes (torch's
+profiler, device time per operation), and the inference time under other settings of the
+torch backend's chunk budget and densely routed nodes.
+
+Usage: python benchmarks/bench_gpu.py [--device cuda] [--quick] [--profile]
 (--device cpu runs the same measurements on the CPU, as a smoke test of the script.)
 """
 
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 
 from bench_training import dense_twin_epoch_seconds, random_rows
-from fffsklearn import FFFClassifier
+from fffsklearn import FFFClassifier, inference
 from fffsklearn._testing import random_arrays
 from fffsklearn._training import Trainer
 from fffsklearn.inference import _torch
@@ -63,23 +68,31 @@ def inference_figures(device, rows):
 
     arrays = random_arrays(np.random.default_rng(0), DEPTH, D, LEAF, MASTER, O)
     X = torch.randn(rows, D, device=device)
-    fff_s = timed(lambda: _torch.forward(arrays, X, device), device)
+    # The device's work alone, for both models: X on the device, outputs left there.
+    fff_s = timed(lambda: _torch.forward_tensors(arrays, X), device)
     twin = dense_twin(2**DEPTH * LEAF, device).eval()
     twin_s = {}
     for precision, tf32 in (("float32", False), ("TF32", True)):
         previous = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         with torch.no_grad():
-            twin_s[precision] = timed(lambda: twin(X).argmax(1).cpu(), device)
+            twin_s[precision] = timed(lambda: twin(X), device)
         torch.backends.cuda.matmul.allow_tf32 = previous
-    read_bw = X.numel() * 4 / fff_s
-    print(f"\nhard inference, {rows:,} rows, d={D}, depth {DEPTH}, leaf {LEAF}, master {MASTER}")
+    X_host = X.cpu().numpy()
+    del X
+    host_s = timed(lambda: inference.hard_forward(arrays, X_host, backend="torch",
+                                                  device=device), device, repeat=1)
+    read_bw = X_host.nbytes / fff_s
+    print(f"\nhard inference, {rows:,} rows, d={D}, depth {DEPTH}, leaf {LEAF}, master {MASTER}"
+          "\n(rows and outputs on the device)")
     print(f"  fffsklearn torch backend       {fff_s * 1e3:10.2f} ms")
     for precision, seconds in twin_s.items():
         print(f"  dense twin (width {2**DEPTH * LEAF}), {precision:<7} {seconds * 1e3:10.2f} ms: "
               f"FFF {seconds / fff_s:.1f}x faster")
     print(f"  reading X once at {read_bw / 1e9:,.0f} GB/s = {read_bw / copy_bw:.0%} of the copy "
           "bandwidth (targets: >= 10x the float32 twin, >= 25%)")
+    print(f"  from and to host memory (NumPy rows in chunks, as predict does): "
+          f"{host_s * 1e3:.2f} ms")
 
 
 def epoch_figures(device, X, y):
@@ -117,18 +130,66 @@ def fit_figures(device, X, y):
              if len(fit_s) == 2 else ""))
 
 
+def profile_figures(device, rows, X, y):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    arrays = random_arrays(np.random.default_rng(0), DEPTH, D, LEAF, MASTER, O)
+    X_big = torch.randn(rows, D, device=device)
+    _torch.forward_tensors(arrays, X_big)
+    with profile(activities=activities) as prof:
+        _torch.forward_tensors(arrays, X_big)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    print(f"\nhard inference, {rows:,} rows: operations by device time")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=14, max_name_column_width=60))
+
+    print("torch backend settings (inference time, ms)")
+    defaults = _torch._TEMPORARY_BUDGET, _torch._DENSE_ROUTING_NODES
+    for budget, dense in ((defaults[0], defaults[1]), (defaults[0] * 4, defaults[1]),
+                          (defaults[0], 63), (defaults[0], 15)):
+        _torch._TEMPORARY_BUDGET, _torch._DENSE_ROUTING_NODES = budget, dense
+        seconds = timed(lambda: _torch.forward_tensors(arrays, X_big), device)
+        print(f"  budget {budget >> 20:>5} MiB, dense routing nodes {dense:>3}: "
+              f"{seconds * 1e3:8.2f} ms")
+    _torch._TEMPORARY_BUDGET, _torch._DENSE_ROUTING_NODES = defaults
+    del X_big
+
+    estimator = FFFClassifier(depth=6, leaf_width=LEAF, master_leaf_width=MASTER, max_iter=5,
+                              device=str(device), random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(X, y)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            estimator.fit(X, y)
+            seconds = time.perf_counter() - start
+    print(f"\nFFFClassifier(depth=6).fit, 5 epochs on {len(X):,} x {D}: {seconds:.2f} s; "
+          "host time by operation")
+    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20,
+                                    max_name_column_width=60))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="smaller data")
+    parser.add_argument("--profile", action="store_true",
+                        help="where the time goes, instead of the figures against the targets")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("torch sees no CUDA device here; run on a GPU machine or pass --device cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}")
-    inference_figures(device, 20_000 if args.quick else 1_000_000)
+    rows = 20_000 if args.quick else 1_000_000
     X, y = random_rows(3_000 if args.quick else 60_000)
+    if args.profile:
+        profile_figures(device, rows, X, y)
+        return
+    inference_figures(device, rows)
     epoch_figures(device, X, y)
     fit_figures(device, X, y)
 

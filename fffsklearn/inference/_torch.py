@@ -51,7 +51,6 @@ def _weights(arrays, device):
     return per_device[key]
 
 
-@torch.no_grad()
 def forward(arrays, X, device, with_outputs=True):
     """Raw outputs and leaves of ``X`` (an array, or a torch tensor) computed on ``device``.
 
@@ -61,7 +60,6 @@ def forward(arrays, X, device, with_outputs=True):
     leaves : ndarray of shape (n_samples,), int64
     """
     device = torch.device(device)
-    w = _weights(arrays, device)
     if isinstance(X, torch.Tensor):  # already where it should be (benchmarks, pipelines on GPU)
         x = X.to(device, torch.float32)
     else:
@@ -70,20 +68,32 @@ def forward(arrays, X, device, with_outputs=True):
         x = torch.from_numpy(np.require(X, np.float32, ["C", "W"]))
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
+    outputs, leaves = forward_tensors(arrays, x, with_outputs)
+    return None if outputs is None else outputs.cpu().numpy(), leaves.cpu().numpy()
+
+
+@torch.no_grad()
+def forward_tensors(arrays, x, with_outputs=True):
+    """:func:`forward` of a float32 tensor ``x``, on its device, with the results left there:
+    the device's work alone, without the copies between host and device.
+
+    Returns
+    -------
+    outputs : tensor of shape (n_samples, n_outputs), float32, or None
+    leaves : tensor of shape (n_samples,), int64
+    """
+    w = _weights(arrays, x.device)
     n, d = x.shape
     step = max(1, _TEMPORARY_BUDGET // (8 * max(d, 1)))
-    leaves = torch.empty(n, dtype=torch.long, device=device)
-    outputs = torch.empty(n, arrays.n_outputs, device=device) if with_outputs else None
+    leaves = torch.empty(n, dtype=torch.long, device=x.device)
+    outputs = torch.empty(n, arrays.n_outputs, device=x.device) if with_outputs else None
     for start in range(0, n, step):
         rows = x[start : start + step]
         leaf = _route(rows, w, arrays.depth)
         leaves[start : start + step] = leaf
         if with_outputs:
             outputs[start : start + step] = _evaluate(rows, leaf, w, arrays)
-    return (
-        None if outputs is None else outputs.cpu().numpy(),
-        leaves.cpu().numpy(),
-    )
+    return outputs, leaves
 
 
 def _route(rows, w, depth):
