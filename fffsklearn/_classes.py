@@ -1,10 +1,12 @@
 """The public estimators: thin task-specific layers over :class:`~fffsklearn._base.BaseFFF`."""
 
+from numbers import Real
+
 import numpy as np
 from scipy.special import log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
-from sklearn.utils._param_validation import StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
@@ -29,6 +31,15 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         class by ``n_samples / (n_classes * its count in y)``, so that every class counts as
         much in total. The input statistics of ``standardize`` are weighted by them too.
         ``partial_fit`` accepts a dict only.
+    label_smoothing : float in [0, 1), default=0.05
+        Training only: while balancing, the share of each row's target spread evenly over
+        the classes; the loss is then the cross-entropy with target ``1 - label_smoothing +
+        label_smoothing / n_classes`` on the row's class and ``label_smoothing / n_classes``
+        on the others. The network stops sharpening rows it already classifies right, which
+        leaves that see a few hundred rows otherwise fit point by point. The hardening phase
+        fits the plain log-loss, so ``predict_proba`` ends fitted to it; without hardening
+        (``hardening_epochs=0``, ``partial_fit``) its largest probability stays near ``1 -
+        label_smoothing`` on rows the model is sure of. 0 turns it off.
 
     Attributes
     ----------
@@ -57,7 +68,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     _parameter_constraints = {
         **BaseFFF._parameter_constraints,
         "class_weight": [dict, StrOptions({"balanced"}), None],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
     }
+
+    # Pickles from before label_smoothing trained without it.
+    _PARAMETERS_ADDED_SINCE_0_1 = {**BaseFFF._PARAMETERS_ADDED_SINCE_0_1, "label_smoothing": 0.0}
 
     def __init__(
         self,
@@ -86,6 +101,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         device="auto",
         n_jobs=None,
         class_weight=None,
+        label_smoothing=0.05,
     ):
         super().__init__(
             depth=depth,
@@ -114,6 +130,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             n_jobs=n_jobs,
         )
         self.class_weight = class_weight
+        self.label_smoothing = label_smoothing
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None, sample_weight=None):

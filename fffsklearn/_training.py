@@ -580,13 +580,17 @@ class Trainer:
     input_noise : ndarray of shape (n_features,) or None
         Standard deviation, per network input, of the Gaussian noise added to every
         training batch in both phases; None adds none.
+    label_smoothing : float
+        Classification, balancing phase: the share of each row's target spread evenly over
+        the classes.
     """
 
     def __init__(
         self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed,
-        leaf_shrinkage=0.0, input_scaling=None, input_noise=None,
+        leaf_shrinkage=0.0, input_scaling=None, input_noise=None, label_smoothing=0.0,
     ):
         self.network = network
+        self.label_smoothing = label_smoothing
         self.input_scaling = input_scaling
         self.input_noise = None if input_noise is None else torch.as_tensor(
             input_noise, dtype=torch.float32, device=network.node_biases.device
@@ -640,6 +644,7 @@ class Trainer:
             seed=seed + 1,
             input_scaling=input_scaling,
             input_noise=input_noise,
+            label_smoothing=params.get("label_smoothing", 0.0),
         )
         if trainer.leaf_hierarchy is not None:
             trainer.leaf_hierarchy.start_shared()
@@ -766,23 +771,34 @@ class Trainer:
     def _data_loss(self, outputs, y, row_weight):
         """The weighted data loss ``sum_i row_weight_i * loss_i`` and its gradient.
 
-        Cross-entropy of the logits for classification (one call of the C extension for
-        float32 on the CPU, where the eight torch operations below cost more than their
-        arithmetic), half the squared error summed over the outputs for regression.
+        Cross-entropy of the logits for classification, against targets smoothed by
+        ``label_smoothing`` while balancing (one call of the C extension for float32 on the
+        CPU, where the torch operations below cost more than their arithmetic), half the
+        squared error summed over the outputs for regression.
         """
         if self.task == "classification":
+            # Hardening fits the plain log-loss: smoothing throughout left predict_proba
+            # under-confident (docs/model_quality.rst, "Training recipe: measurements").
+            smoothing = 0.0 if self.hardening else self.label_smoothing
             if _compiled(outputs):
                 grad = torch.empty_like(outputs)
                 loss = _training_kernel.cross_entropy(
-                    outputs.numpy(), y.numpy(), row_weight.numpy(), grad.numpy()
+                    outputs.numpy(), y.numpy(), row_weight.numpy(), grad.numpy(), smoothing
                 )
                 return torch.tensor(loss, dtype=outputs.dtype), grad
             log_probabilities = torch.log_softmax(outputs, dim=1)
             targets = y.unsqueeze(1)
-            loss = -torch.dot(log_probabilities.gather(1, targets).squeeze(1), row_weight)
-            # d/d logits of -log softmax_y = softmax - one_hot(y), for each row.
-            grad = log_probabilities.exp_().mul_(row_weight.unsqueeze(1))
-            grad.scatter_add_(1, targets, row_weight.neg().unsqueeze(1))
+            # The target of a row: 1 - smoothing on its class, plus smoothing / n_classes on
+            # every class.
+            spread = smoothing / outputs.shape[1]
+            loss = -(1.0 - smoothing) * torch.dot(
+                log_probabilities.gather(1, targets).squeeze(1), row_weight
+            )
+            if smoothing:
+                loss = loss - spread * torch.dot(log_probabilities.sum(dim=1), row_weight)
+            # d/d logits of that cross-entropy = softmax - target, for each row.
+            grad = log_probabilities.exp_().sub_(spread).mul_(row_weight.unsqueeze(1))
+            grad.scatter_add_(1, targets, row_weight.mul(smoothing - 1.0).unsqueeze(1))
             return loss, grad
         residual = outputs.sub_(y)
         loss = 0.5 * torch.dot(residual.square().sum(dim=1), row_weight)

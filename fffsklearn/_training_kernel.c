@@ -612,13 +612,20 @@ done:
     return result;
 }
 
-/* cross_entropy(logits, targets, row_weight, grad_out) -> float
- * Returns sum_i row_weight_i * -log softmax(logits_i)[targets_i] and writes its gradient,
- * row_weight_i * (softmax(logits_i) - one_hot(targets_i)), computed in double. */
+/* cross_entropy(logits, targets, row_weight, grad_out, smoothing) -> float
+ * Returns sum_i row_weight_i * -sum_c q_ic log softmax(logits_i)[c], the target q_i being
+ * 1 - smoothing + smoothing / n_classes on targets_i and smoothing / n_classes elsewhere, and
+ * writes its gradient, row_weight_i * (softmax(logits_i) - q_i), computed in double. */
 static PyObject *cross_entropy(PyObject *self, PyObject *args) {
     PyObject *logits_obj, *targets_obj, *weight_obj, *out_obj;
-    if (!PyArg_ParseTuple(args, "OOOO", &logits_obj, &targets_obj, &weight_obj, &out_obj))
+    double smoothing;
+    if (!PyArg_ParseTuple(args, "OOOOd", &logits_obj, &targets_obj, &weight_obj, &out_obj,
+                          &smoothing))
         return NULL;
+    if (!(smoothing >= 0.0 && smoothing < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "smoothing must be in [0, 1).");
+        return NULL;
+    }
     buffer_t logits = {0}, targets = {0}, weight = {0}, out = {0};
     PyObject *result = NULL;
     if (get_dense(logits_obj, &logits, "logits", -1, -1, 0) < 0) goto done;
@@ -633,23 +640,25 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "targets holds a class out of range.");
             goto done;
         }
-    double total = 0.0;
+    double total = 0.0, spread = smoothing / (double)n_classes;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         const float *z = (const float *)logits.view.buf + i * n_classes;
         float *g = (float *)out.view.buf + i * n_classes;
-        double w = ((const float *)weight.view.buf)[i], top = z[0], sum = 0.0;
+        double w = ((const float *)weight.view.buf)[i], top = z[0], sum = 0.0, z_sum = 0.0;
         for (Py_ssize_t c = 1; c < n_classes; c++) top = fmax(top, z[c]);
         /* exp(z - top) <= 1, held in grad_out until the sum is known: one exp per logit. */
         for (Py_ssize_t c = 0; c < n_classes; c++) {
             double e = exp(z[c] - top);
             g[c] = (float)e;
             sum += e;
+            z_sum += z[c];
         }
-        double scale = w / sum;
-        for (Py_ssize_t c = 0; c < n_classes; c++) g[c] = (float)(scale * g[c]);
-        g[y[i]] -= (float)w;
-        total += w * (log(sum) + top - z[y[i]]);
+        double scale = w / sum, shift = w * spread;
+        for (Py_ssize_t c = 0; c < n_classes; c++) g[c] = (float)(scale * g[c] - shift);
+        g[y[i]] -= (float)(w * (1.0 - smoothing));
+        /* -sum_c q_c log p_c = log(sum) + top - (1 - smoothing) z_y - spread * sum_c z_c */
+        total += w * (log(sum) + top - (1.0 - smoothing) * z[y[i]] - spread * z_sum);
     }
     Py_END_ALLOW_THREADS
     result = PyFloat_FromDouble(total);
@@ -893,9 +902,10 @@ static PyMethodDef methods[] = {
      "path_gradients(grad_probabilities, leaf_probabilities, right, swap, grad_logits_out)\n\n"
      "Write the gradient of the routing logits from that of the leaf path probabilities."},
     {"cross_entropy", cross_entropy, METH_VARARGS,
-     "cross_entropy(logits, targets, row_weight, grad_out) -> float\n\n"
-     "The row-weighted sum of the cross-entropy of float32 logits with int64 targets; writes\n"
-     "its gradient with respect to the logits into grad_out."},
+     "cross_entropy(logits, targets, row_weight, grad_out, smoothing) -> float\n\n"
+     "The row-weighted sum of the cross-entropy of float32 logits with int64 targets,\n"
+     "label-smoothed by smoothing in [0, 1); writes its gradient with respect to the logits\n"
+     "into grad_out."},
     {"hard_leaf_outputs", hard_leaf_outputs, METH_VARARGS,
      "hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases,\n"
      "                  outputs_out)\n\n"

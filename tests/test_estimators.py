@@ -102,12 +102,13 @@ def test_loading_a_model_of_another_version_warns(fitted_classifier, digits, edi
 def test_a_model_pickled_before_a_parameter_existed_gets_how_it_trained(fitted_classifier, digits):
     state = fitted_classifier.__getstate__()
     del state["projection_rank"], state["leaf_shrinkage"], state["input_noise"]
-    del state["_input_std"]
+    del state["label_smoothing"], state["_input_std"]
     loaded = FFFClassifier.__new__(FFFClassifier)
     loaded.__setstate__(state)
     assert loaded.get_params()["projection_rank"] is None
     assert loaded.get_params()["leaf_shrinkage"] == 0.0
     assert loaded.get_params()["input_noise"] == 0.0
+    assert loaded.get_params()["label_smoothing"] == 0.0
     assert clone(loaded).projection_rank is None
     np.testing.assert_array_equal(loaded.predict(digits[1]), fitted_classifier.predict(digits[1]))
     # A warm start with input noise takes the features' spread from the rows it is given.
@@ -628,6 +629,23 @@ def test_input_noise_zero_trains_on_the_rows_as_given(monkeypatch):
         X, X[:, 0] > 0
     )
     np.testing.assert_array_equal(np.sort(np.concatenate(seen), axis=0), np.sort(X, axis=0))
+
+
+def test_label_smoothing_softens_the_probabilities_until_hardening():
+    """Balancing fits targets of 1 - 0.4 + 0.4 / 2 = 0.8 on two classes that a line
+    separates; hardening then fits the plain log-loss, which makes the model surer again."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-3, 1, (300, 2)), rng.normal(3, 1, (300, 2))])
+    y = np.repeat([0, 1], 300)
+
+    def confidence(**params):
+        model = FFFClassifier(depth=1, max_iter=200, random_state=0, **params).fit(X, y)
+        return model.predict_proba(X).max(axis=1).mean()
+
+    assert confidence(label_smoothing=0.0, hardening_epochs=0) > 0.98
+    softened = confidence(label_smoothing=0.4, hardening_epochs=0)
+    assert softened == pytest.approx(0.8, abs=0.02)
+    assert confidence(label_smoothing=0.4, hardening_epochs=16) > softened + 0.05
 
 
 def test_input_statistics_are_weighted_and_streamed(monkeypatch):

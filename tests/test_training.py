@@ -34,7 +34,8 @@ def _objective(trainer, X, y, weight):
     network = trainer.network
     routing = network.soft_forward(X, straight_through=not trainer.hardening)
     if trainer.task == "classification":
-        per_row = F.cross_entropy(routing.outputs, y, reduction="none")
+        smoothing = 0.0 if trainer.hardening else trainer.label_smoothing
+        per_row = F.cross_entropy(routing.outputs, y, reduction="none", label_smoothing=smoothing)
     else:
         per_row = 0.5 * (routing.outputs - y).square().sum(dim=1)
     data_loss = torch.dot(per_row, weight) / X.shape[0]
@@ -155,7 +156,8 @@ def test_fused_adam_updates_as_torch_adam():
 
 
 @pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
-def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.6])
+def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes(smoothing):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(50, 4, generator=generator) * 3
     logits[0] = torch.tensor([1e4, -1e4, 0.0, 3.0])  # saturated: no overflow, no NaN
@@ -164,20 +166,53 @@ def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes():
     row_weight = torch.rand(50, generator=generator)
     grad = torch.empty_like(logits)
     loss = _network._training_kernel.cross_entropy(
-        logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy()
+        logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy(), smoothing
     )
     expected = logits.double().requires_grad_()
     expected_loss = torch.dot(
-        F.cross_entropy(expected, targets, reduction="none"), row_weight.double()
+        F.cross_entropy(expected, targets, reduction="none", label_smoothing=smoothing),
+        row_weight.double(),
     )
     expected_loss.backward()
     assert loss == pytest.approx(expected_loss.item(), rel=1e-9)
     torch.testing.assert_close(grad, expected.grad.float())
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="smoothing must be in"):
+            _network._training_kernel.cross_entropy(
+                logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy(), bad
+            )
     targets[3] = 4
     with pytest.raises(ValueError, match="out of range"):
         _network._training_kernel.cross_entropy(
-            logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy()
+            logits.numpy(), targets.numpy(), row_weight.numpy(), grad.numpy(), smoothing
         )
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_the_classification_loss_is_label_smoothed_while_balancing(smoothing, compiled,
+                                                                    monkeypatch):
+    if compiled and _network._training_kernel is None:
+        pytest.skip("the C training extension is not built")
+    if not compiled:
+        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(40, 5, generator=generator) * 2
+    targets = torch.randint(0, 5, (40,), generator=generator)
+    row_weight = torch.rand(40, generator=generator)
+    trainer = Trainer.create(3, 5, FFFClassifier(depth=1, label_smoothing=smoothing).get_params(),
+                             "classification", torch.device("cpu"), seed=0)
+    for phase_smoothing in (smoothing, 0.0):  # balancing smooths, hardening does not
+        loss, grad = trainer._data_loss(logits.clone(), targets, row_weight)
+        expected = logits.clone().requires_grad_()
+        expected_loss = torch.dot(
+            F.cross_entropy(expected, targets, reduction="none", label_smoothing=phase_smoothing),
+            row_weight,
+        )
+        expected_loss.backward()
+        torch.testing.assert_close(loss, expected_loss.detach())
+        torch.testing.assert_close(grad, expected.grad)
+        trainer.start_hardening()
 
 
 def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatch):
