@@ -11,8 +11,8 @@ Models, at depth 4 and 6 with ``leaf_width=16``:
 - FFF vanilla (no load balancing, no master leaf), +LB, +master leaf, and +both, which is
   the estimator with only ``depth`` and ``leaf_width`` set: the defaults; for the
   classification sets also the defaults with ``projection_rank=None`` (first layers trained
-  on their own, without the shared input projection) and with ``input_noise=0.0`` (no
-  noise on the training rows);
+  on their own, without the shared input projection), with ``input_noise=0.0`` (no
+  noise on the training rows) and with ``label_smoothing=0.0`` (plain log-loss throughout);
 - the MLP of the same active width (``leaf_width + master_leaf_width`` = 32 hidden units) and
   of the same training width (``2**depth * leaf_width``), with scikit-learn's defaults;
 - HistGradientBoosting with its defaults.
@@ -224,11 +224,13 @@ def jobs_for(dataset, depths, seeds, quick):
         if dataset in UNSCALED:  # what the estimators' own standardisation buys
             specs.append((f"depth {depth} FFF defaults, standardize=False", "FFF",
                           {"depth": depth, "leaf_width": LEAF_WIDTH, "standardize": False}))
-        if task == "classification":  # what the classifier's input projection and noise buy
+        if task == "classification":
+            # What the classifier's input projection, noise and label smoothing buy.
             specs += [
                 (f"depth {depth} FFF defaults, {name}={value}", "FFF",
                  {"depth": depth, "leaf_width": LEAF_WIDTH, name: value})
-                for name, value in [("projection_rank", None), ("input_noise", 0.0)]
+                for name, value in [("projection_rank", None), ("input_noise", 0.0),
+                                    ("label_smoothing", 0.0)]
             ]
         specs.append((f"depth {depth} MLP({width},) same training width", "MLP",
                       {"hidden_layer_sizes": (width,)}))
