@@ -563,6 +563,30 @@ class LeafHierarchy:
         return total
 
 
+@contextmanager
+def denormals_flushed():
+    """Within this context the calling thread flushes denormal floats to zero; its previous
+    mode comes back on exit.
+
+    Training drives values into the denormal range (below 1.2e-38 in float32): the weights
+    and Adam moments of units that get no gradient decay geometrically, and hardening
+    sharpens the routing until most path probabilities underflow. On x86 CPUs every
+    operation that reads a denormal runs 10 to 100 times slower; a depth-6 fit took 13 times
+    as long (docs/model_quality.rst, "Training speed"). Flushed, they become zeros, which
+    change no float32 sum they take part in. Threads that torch starts within the context
+    inherit the mode; a thread pool started before it keeps its own. Without the compiled
+    training kernel nothing changes.
+    """
+    if _training_kernel is None:
+        yield
+        return
+    previous = _training_kernel.swap_denormal_mode(_training_kernel.FLUSH_DENORMALS)
+    try:
+        yield
+    finally:
+        _training_kernel.swap_denormal_mode(previous)
+
+
 class Trainer:
     """A network, its optimizer and the random streams of one training run.
 
@@ -623,16 +647,19 @@ class Trainer:
                input_noise=None):
         """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``;
         under a leaf hierarchy every leaf starts from the same parameters."""
-        network = FFFNetwork(
-            n_features,
-            n_outputs,
-            params["depth"],
-            params["leaf_width"],
-            params["master_leaf_width"],
-            params["activation"],
-            random_state=seed,
-            projection_rank=params["projection_rank"],
-        ).to(device)
+        # The projection's SVD may start torch's threads: under the mode that fit sets, so
+        # that they inherit it (see denormals_flushed).
+        with denormals_flushed():
+            network = FFFNetwork(
+                n_features,
+                n_outputs,
+                params["depth"],
+                params["leaf_width"],
+                params["master_leaf_width"],
+                params["activation"],
+                random_state=seed,
+                projection_rank=params["projection_rank"],
+            ).to(device)
         trainer = cls(
             network,
             task,
@@ -870,7 +897,8 @@ class Trainer:
             min(schedule.batch_size, X.shape[0]) * X.shape[1]
             * self.network.leaf_hidden_weights.shape[1]
         )
-        with self.rows_on_device(X), training_threads(self.device, step_multiply_adds):
+        with (self.rows_on_device(X), training_threads(self.device, step_multiply_adds),
+              denormals_flushed()):
             try:
                 for epoch in range(schedule.max_epochs):
                     in_network = None

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import make_classification
 
 from fffsklearn import FFFClassifier
 from fffsklearn import _network, _training
@@ -495,3 +496,35 @@ def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_expor
                                       loads[0].node_weights)
     else:
         assert loads == []
+
+
+
+def _flushes_denormals():
+    """Whether this thread treats denormal floats as zero: a product with one as operand."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
+@pytest.mark.skipif(_training_kernel is None or not _training_kernel.FLUSH_DENORMALS,
+                    reason="needs the compiled training kernel on x86-64 or aarch64")
+@pytest.mark.parametrize("flush_before", [False, True])
+def test_training_flushes_denormals_and_then_restores_the_callers_mode(monkeypatch, flush_before):
+    # Hardening's sharpened routing and the decayed weights and moments of units without a
+    # gradient sink below 1.2e-38, where products run many times slower on x86 CPUs.
+    seen = []
+    run_epoch = Trainer.run_epoch
+
+    def spy(self, *args, **kwargs):
+        seen.append(_flushes_denormals())
+        return run_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", spy)
+    X, y = make_classification(300, 6, n_classes=3, n_informative=4, random_state=0)
+    previous = _training_kernel.swap_denormal_mode(
+        _training_kernel.FLUSH_DENORMALS if flush_before else 0)
+    try:
+        FFFClassifier(depth=2, max_iter=8, random_state=0).fit(X, y)
+        after = _flushes_denormals()
+    finally:
+        _training_kernel.swap_denormal_mode(previous)
+    assert seen and all(seen)
+    assert after == flush_before
