@@ -69,7 +69,7 @@ _PARAMETERS_DOC = """
         parameters, and the L2 penalty on every term below the root is ``leaf_shrinkage``
         times ``alpha``'s. A leaf departs from its ancestors only as far as its own rows ask,
         instead of overfitting the small share of the rows it sees; larger values keep the
-        leaves closer together. Try 30 when the FFF fits its training rows far better than
+        leaves closer together. Try 10 when the FFF fits its training rows far better than
         held-out ones; it can cost accuracy where leaves gain from specialising. 0 trains
         each leaf on its own, as the published FFF does. ``predict`` costs the same either
         way; an epoch of ``fit`` takes longer, since the node terms, about twice as many
