@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_classification
 
-from fffsklearn import FFFClassifier
+from fffsklearn import FFFClassifier, FFFRegressor
 from fffsklearn import _network, _training
 from fffsklearn._network import _training_kernel
 from fffsklearn._network import FFFNetwork, load_balancing_loss
@@ -528,3 +528,34 @@ def test_training_flushes_denormals_and_then_restores_the_callers_mode(monkeypat
         _training_kernel.swap_denormal_mode(previous)
     assert seen and all(seen)
     assert after == flush_before
+
+
+@pytest.mark.parametrize(
+    "estimator, depth, n_samples, batch_size, expected",
+    [
+        # A deep tree's leaves get about 12 rows of a step where an epoch keeps 50 steps.
+        (FFFClassifier, 6, 40_000, "auto", 800),
+        (FFFClassifier, 5, 40_000, "auto", 400),
+        (FFFClassifier, 6, 20_000, "auto", 400),
+        (FFFClassifier, 4, 40_000, "auto", 200),
+        (FFFClassifier, 6, 8_000, "auto", 200),
+        (FFFClassifier, 6, 150, "auto", 150),
+        (FFFRegressor, 6, 40_000, "auto", 200),
+        (FFFClassifier, 6, 40_000, 64, 64),
+    ],
+)
+def test_the_mini_batch_that_fit_trains_with(monkeypatch, estimator, depth, n_samples,
+                                             batch_size, expected):
+    schedules = []
+
+    def spy(self, X, y, weight, schedule, **kwargs):
+        schedules.append(schedule)
+        raise KeyboardInterrupt  # nothing completed: fit stops here, before any epoch
+
+    monkeypatch.setattr(Trainer, "fit", spy)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n_samples, 3)).astype(np.float32)
+    y = np.arange(n_samples) % 3
+    with pytest.raises(KeyboardInterrupt):
+        estimator(depth=depth, batch_size=batch_size).fit(X, y)
+    assert schedules[0].batch_size == expected
