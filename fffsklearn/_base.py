@@ -579,21 +579,13 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             std = std / input_scaling[1]
         return (self.input_noise * std).astype(np.float32)
 
-    # Rows per mini-batch under batch_size="auto"; the classifier's grows with the leaves
-    # where the data allow it (docs/model_quality.rst, "Larger mini-batches").
+    # Rows per mini-batch under batch_size="auto", as scikit-learn's MLP.
     _AUTO_BATCH_ROWS = 200
-    _AUTO_BATCH_MIN_STEPS_PER_EPOCH = 50
 
     def _auto_batch_size(self, n_samples):
-        """The mini-batch of ``batch_size="auto"`` for ``n_samples`` training rows (before
-        the cap at ``n_samples``): 200, or for the classifier 200 rows per 16 leaves while an
-        epoch keeps at least 50 steps. A leaf of a deep tree gets about 3 of 200 rows a step
-        and learns little from them; with too few steps an epoch, every leaf does."""
-        if self._task != "classification":
-            return self._AUTO_BATCH_ROWS
-        per_leaves = self._AUTO_BATCH_ROWS * 2**self.depth // 16
-        return max(self._AUTO_BATCH_ROWS,
-                   min(per_leaves, n_samples // self._AUTO_BATCH_MIN_STEPS_PER_EPOCH))
+        """The mini-batch of ``batch_size="auto"`` for ``n_samples`` training rows, before
+        the cap at ``n_samples``."""
+        return self._AUTO_BATCH_ROWS
 
     def _check_training_memory(self, n_features, batch_size):
         """Refuse up front a fit whose working set would not fit in memory: training
