@@ -66,7 +66,7 @@ class OptionalOpenMPBuildExt(build_ext):
             compile_flag, link_flag, optimise = "/openmp", "", ["/O2"]
         else:
             # -Wno-psabi: the 256-bit vector helpers are always inlined, so the ABI note that
-            # GCC prints for them in the baseline (non-AVX) clone does not apply.
+            # GCC prints for them in the kernel's baseline (non-AVX) instance does not apply.
             # -fno-math-errno: no code reads errno, and setting it keeps sqrtf out of vectors.
             compile_flag, link_flag = "-fopenmp", "-fopenmp"
             optimise = ["-O3", "-std=gnu11", "-ffp-contract=fast", "-fno-math-errno",

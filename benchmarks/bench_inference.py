@@ -16,6 +16,8 @@ import torch
 from sklearn.neural_network import MLPClassifier
 from sklearn.utils.validation import validate_data
 
+from fffsklearn.inference import _kernel
+
 from _common import (
     interleaved_best_times,
     classifier_from_arrays,
@@ -63,6 +65,14 @@ def torch_gathered_bmm(arrays, t, X, chunk=2048):
     return torch.cat(out).numpy()
 
 
+def predict_with(model, X, instruction_set):
+    previous = _kernel.use_instruction_set(instruction_set)
+    try:
+        return model.predict(X)
+    finally:
+        _kernel.use_instruction_set(previous)
+
+
 def active_flops(depth, d, leaf, master, o):
     return 2 * (depth * d + d * leaf + leaf * o + d * master + master * o)
 
@@ -73,7 +83,8 @@ def main():
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     gemm = gemm_flops_per_second()
-    print(f"float32 GEMM rate: {gemm / 1e9:.0f} GFLOP/s; {describe_threads()}")
+    print(f"float32 GEMM rate: {gemm / 1e9:.0f} GFLOP/s; {describe_threads()}; "
+          f"kernel instruction sets: {', '.join(_kernel.instruction_sets())} (first in use)")
 
     batches = [1, 256, 10_000] + ([] if args.quick else [1_000_000])
     X_all = rng.standard_normal((max(batches), D)).astype(np.float32)
@@ -130,6 +141,15 @@ def main():
     t1, t2 = (t / len(X10k) * 1e6 for t in interleaved_best_times(
         [lambda: serial.predict(X10k), lambda: parallel.predict(X10k)], rounds=7, min_time=0.0))
     print(f"  batch 10,000: n_jobs=1 {t1:.3f} us/row, n_jobs=2 {t2:.3f} us/row, speed-up {t1 / t2:.2f}x (target >= 1.6x)")
+    instruction_sets = _kernel.instruction_sets()
+    if len(instruction_sets) > 1:
+        # What a CPU without the widest instruction set gets from the same build.
+        widest, narrowest = instruction_sets[0], instruction_sets[-1]
+        wide, narrow = (t / len(X10k) * 1e6 for t in interleaved_best_times(
+            [lambda: predict_with(model, X10k, widest), lambda: predict_with(model, X10k, narrowest)],
+            rounds=3, min_time=0.0))
+        print(f"  batch 10,000: kernel with {widest} {wide:.3f} us/row, with {narrowest} {narrow:.3f} us/row; "
+              f"speed-up of the {narrowest} kernel over the twin {results['dense torch twin'][i10k] / narrow:.1f}x")
 
     depths = range(2, 15, 2 if args.quick else 1)
     print(f"\ndepth sweep: leaf {LEAF}, master leaf {MASTER}, batch 10,000 (dense twin timed on 1,000 rows)")

@@ -1,5 +1,8 @@
 """Every backend sends every row to the same leaf and agrees on outputs."""
 
+import platform
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,21 +16,38 @@ from fffsklearn.inference import _kernel
 from fffsklearn._testing import random_arrays
 
 
+@contextmanager
+def instruction_set(name):
+    """Run the compiled kernel with the named instruction set inside the block."""
+    previous = _kernel.use_instruction_set(name)
+    try:
+        yield
+    finally:
+        _kernel.use_instruction_set(previous)
+
+
 def assert_backends_agree(arrays, X, n_threads=2):
-    """The compiled kernel and the torch backend (on the CPU) against the NumPy reference."""
+    """The compiled kernel, under every instruction set this CPU runs, and the torch backend
+    (on the CPU) against the NumPy reference."""
     ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
     scale = max(1.0, float(np.abs(ref_out).max(initial=0.0)))
     # Every backend accumulates the leaves in float32, whose rounding error grows as sqrt(d):
     # 1e-5 relative up to d=784; at d=2000 the kernel is 1.1e-5 off a float64 computation.
     tolerance = 1e-5 * max(1.0, np.sqrt(X.shape[1] / 784))
-    for backend in ("compiled", "torch"):
+
+    def check(backend, label):
         out, leaves = inference.hard_forward(arrays, X, backend=backend, n_threads=n_threads)
-        np.testing.assert_array_equal(leaves, ref_leaves, err_msg=backend)
+        np.testing.assert_array_equal(leaves, ref_leaves, err_msg=label)
         np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale,
-                                   err_msg=backend)
+                                   err_msg=label)
         np.testing.assert_array_equal(
             inference.apply(arrays, X, backend=backend, n_threads=n_threads), ref_leaves
         )
+
+    for name in _kernel.instruction_sets():
+        with instruction_set(name):
+            check("compiled", f"compiled ({name})")
+    check("torch", "torch")
     return ref_leaves
 
 
@@ -35,6 +55,19 @@ def test_compiled_kernel_is_built_and_is_the_default():
     # CI installs with FFFSKLEARN_REQUIRE_KERNEL=1: predict must run through the C kernel.
     assert _kernel is not None
     assert inference.default_backend() == "compiled"
+
+
+def test_the_kernel_runs_with_the_widest_instruction_set_and_can_narrow_it():
+    names = _kernel.instruction_sets()
+    assert names[-1] == "baseline"
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert len(names) in (1, 2)  # "avx2" first wherever the CPU has AVX2 and FMA
+    with instruction_set("baseline"):
+        assert _kernel.use_instruction_set("baseline") == "baseline"
+    assert _kernel.use_instruction_set(names[0]) == names[0]  # restored after the block
+    with pytest.raises(ValueError, match="not one this CPU supports; choose one of"):
+        _kernel.use_instruction_set("avx1024")
+    assert _kernel.use_instruction_set(names[0]) == names[0]  # a refused name changes nothing
 
 
 def _random_case(seed):

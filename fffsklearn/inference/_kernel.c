@@ -24,13 +24,11 @@
 #include <omp.h>
 #endif
 
-/* One build runs everywhere: process_block is compiled twice, for AVX2+FMA machines and for
- * the baseline, and the loader picks the clone that fits the CPU. Its helpers are inlined
- * into each clone. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_CLONES)
-#define HOT_PATH __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define HOT_PATH
+/* One build runs everywhere: process_block is compiled once for each instruction set below,
+ * and run() calls the widest one this CPU supports, unless use_instruction_set chose a
+ * narrower one. The compute helpers are inlined into each instance. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_DISPATCH)
+#define X86_DISPATCH 1
 #endif
 #define INLINE static inline __attribute__((always_inline))
 
@@ -45,7 +43,7 @@ static const char *const activation_names[] = {FFF_ACTIVATIONS};
 #define N_ACTIVATIONS ((int)(sizeof activation_names / sizeof activation_names[0]))
 #define BLOCK_ROWS 512
 #define TILE_ROWS 4
-#define TILE_COLS 16 /* widest column tile of hidden_layer */
+#define TILE_COLS 16 /* widest column tile of hidden_layer: two vectors of 8 lanes */
 
 enum activation {
     ACT_RELU = FFF_ACT_RELU,
@@ -226,18 +224,19 @@ INLINE const float *input_row(const input_t *in, Py_ssize_t r, Py_ssize_t d, flo
     return scratch;
 }
 
-/* GCC vector types: 8 float or 4 double lanes, compiled to AVX registers in the AVX2 clone
- * and to pairs of SSE registers in the baseline one. */
+/* GCC vector types. The float code is written once for vectors of LANES floats and defined
+ * for the native width of each instance of process_block: 8 lanes (AVX registers) in the AVX2
+ * instance, 4 (SSE or NEON registers) in the baseline one. Wider-than-native vectors would
+ * also compile, but GCC then multiplies a scalar by a vector through the stack, about twenty
+ * times slower. The double code (routing's exact path and norms) multiplies vectors only. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef double v4d __attribute__((vector_size(32)));
 
-INLINE v8f load8(const float *p) { v8f v; memcpy(&v, p, sizeof v); return v; }
-INLINE void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
-INLINE v4d load4d(const double *p) { v4d v; memcpy(&v, p, sizeof v); return v; }
-INLINE v4d load4_as_double(const float *p) {
-    v4f v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, v4d);
-}
+#define VLOAD(VEC, p) ({ VEC v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define VSTORE(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+INLINE v4d load4d(const double *p) { return VLOAD(v4d, p); }
+INLINE v4d load4_as_double(const float *p) { return __builtin_convertvector(VLOAD(v4f, p), v4d); }
 
 INLINE void widen_row(const float *x, Py_ssize_t d, double *out) {
     for (Py_ssize_t k = 0; k < d; k++) out[k] = (double)x[k];
@@ -261,37 +260,41 @@ INLINE double node_logit_double(const double *x, const float *w, Py_ssize_t d) {
     return total;
 }
 
-/* Fast float32 logits of four rows at their four nodes. Each row's sum is a dependent chain;
- * running four rows side by side overlaps their latencies. */
-INLINE void node_logits_float4(const float *const *x, const float *const *w, Py_ssize_t d,
-                               float *logits) {
-    v8f a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};
-    Py_ssize_t k = 0;
-    for (; k + 16 <= d; k += 16) {
-        a0 += load8(x[0] + k) * load8(w[0] + k);
-        b0 += load8(x[0] + k + 8) * load8(w[0] + k + 8);
-        a1 += load8(x[1] + k) * load8(w[1] + k);
-        b1 += load8(x[1] + k + 8) * load8(w[1] + k + 8);
-        a2 += load8(x[2] + k) * load8(w[2] + k);
-        b2 += load8(x[2] + k + 8) * load8(w[2] + k + 8);
-        a3 += load8(x[3] + k) * load8(w[3] + k);
-        b3 += load8(x[3] + k + 8) * load8(w[3] + k + 8);
+/* Fast float32 logits of four rows at their four nodes, with vectors of LANES floats. Each
+ * row's sum is a dependent chain; running four rows side by side, two vectors each, overlaps
+ * their latencies. */
+#define DEFINE_NODE_LOGITS(VEC, LANES)                                                          \
+    INLINE void node_logits##LANES(const float *const *x, const float *const *w, Py_ssize_t d, \
+                                   float *logits) {                                            \
+        VEC a0 = {0}, b0 = {0}, a1 = {0}, b1 = {0}, a2 = {0}, b2 = {0}, a3 = {0}, b3 = {0};     \
+        Py_ssize_t k = 0;                                                                      \
+        for (; k + 2 * LANES <= d; k += 2 * LANES) {                                           \
+            a0 += VLOAD(VEC, x[0] + k) * VLOAD(VEC, w[0] + k);                                 \
+            b0 += VLOAD(VEC, x[0] + k + LANES) * VLOAD(VEC, w[0] + k + LANES);                 \
+            a1 += VLOAD(VEC, x[1] + k) * VLOAD(VEC, w[1] + k);                                 \
+            b1 += VLOAD(VEC, x[1] + k + LANES) * VLOAD(VEC, w[1] + k + LANES);                 \
+            a2 += VLOAD(VEC, x[2] + k) * VLOAD(VEC, w[2] + k);                                 \
+            b2 += VLOAD(VEC, x[2] + k + LANES) * VLOAD(VEC, w[2] + k + LANES);                 \
+            a3 += VLOAD(VEC, x[3] + k) * VLOAD(VEC, w[3] + k);                                 \
+            b3 += VLOAD(VEC, x[3] + k + LANES) * VLOAD(VEC, w[3] + k + LANES);                 \
+        }                                                                                      \
+        if (k + LANES <= d) {                                                                  \
+            a0 += VLOAD(VEC, x[0] + k) * VLOAD(VEC, w[0] + k);                                 \
+            a1 += VLOAD(VEC, x[1] + k) * VLOAD(VEC, w[1] + k);                                 \
+            a2 += VLOAD(VEC, x[2] + k) * VLOAD(VEC, w[2] + k);                                 \
+            a3 += VLOAD(VEC, x[3] + k) * VLOAD(VEC, w[3] + k);                                 \
+            k += LANES;                                                                        \
+        }                                                                                      \
+        VEC sums[TILE_ROWS] = {a0 + b0, a1 + b1, a2 + b2, a3 + b3};                            \
+        for (int r = 0; r < TILE_ROWS; r++) {                                                  \
+            float total = 0.0f;                                                                \
+            for (int j = 0; j < LANES; j++) total += sums[r][j];                               \
+            for (Py_ssize_t j = k; j < d; j++) total += x[r][j] * w[r][j];                     \
+            logits[r] = total;                                                                 \
+        }                                                                                      \
     }
-    if (k + 8 <= d) {
-        a0 += load8(x[0] + k) * load8(w[0] + k);
-        a1 += load8(x[1] + k) * load8(w[1] + k);
-        a2 += load8(x[2] + k) * load8(w[2] + k);
-        a3 += load8(x[3] + k) * load8(w[3] + k);
-        k += 8;
-    }
-    v8f sums[TILE_ROWS] = {a0 + b0, a1 + b1, a2 + b2, a3 + b3};
-    for (int r = 0; r < TILE_ROWS; r++) {
-        float total = 0.0f;
-        for (int j = 0; j < 8; j++) total += sums[r][j];
-        for (Py_ssize_t j = k; j < d; j++) total += x[r][j] * w[r][j];
-        logits[r] = total;
-    }
-}
+DEFINE_NODE_LOGITS(v8f, 8)
+DEFINE_NODE_LOGITS(v4f, 4)
 
 /* In double: squares of float32 values neither overflow nor underflow there. */
 INLINE double euclidean_norm(const float *v, Py_ssize_t d) {
@@ -315,47 +318,81 @@ INLINE double euclidean_norm(const float *v, Py_ssize_t d) {
     return sqrt(sum);
 }
 
-/* hidden[r][0:width] = act(x_r @ W + b) for up to TILE_ROWS rows; W is (d, width) row-major.
- * Rows are taken four at a time and columns sixteen (or eight) at a time, so each weight
- * vector loaded serves four rows and the eight accumulators stay in registers. */
+/* hidden[r][j0 + j] = act(tile[r][j] + b[j0 + j]) for the tile's real rows. */
+INLINE void finish_tile(float tile[TILE_ROWS][TILE_COLS], int n_rows, Py_ssize_t cols,
+                        const float *b, Py_ssize_t j0, Py_ssize_t width, enum activation act,
+                        float *hidden) {
+    for (int r = 0; r < n_rows; r++)
+        for (Py_ssize_t j = 0; j < cols; j++)
+            hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
+}
+
+/* One stage of hidden_layer, with vectors of LANES floats: from column j0, columns 2 * LANES
+ * at a time with four rows times two vectors of accumulators, so each weight vector loaded
+ * serves four rows; then LANES columns with the inputs split into even and odd positions, so
+ * eight independent sums still hide the latency of the multiply-adds. Returns the first column
+ * it leaves to a narrower stage. */
+#define DEFINE_HIDDEN_STAGE(VEC, LANES)                                                         \
+    INLINE Py_ssize_t hidden_stage##LANES(const float *const *x, int n_rows, Py_ssize_t d,     \
+                                          const float *W, const float *b, Py_ssize_t width,   \
+                                          Py_ssize_t j0, enum activation act, float *hidden) {\
+        const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];                            \
+        float tile[TILE_ROWS][TILE_COLS];                                                      \
+        for (; j0 + 2 * LANES <= width; j0 += 2 * LANES) {                                     \
+            VEC a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};                                    \
+            VEC a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};                                    \
+            for (Py_ssize_t k = 0; k < d; k++) {                                               \
+                const float *w = W + k * width + j0;                                           \
+                VEC w0 = VLOAD(VEC, w), w1 = VLOAD(VEC, w + LANES);                            \
+                a00 += x0[k] * w0; a01 += x0[k] * w1;                                          \
+                a10 += x1[k] * w0; a11 += x1[k] * w1;                                          \
+                a20 += x2[k] * w0; a21 += x2[k] * w1;                                          \
+                a30 += x3[k] * w0; a31 += x3[k] * w1;                                          \
+            }                                                                                  \
+            VSTORE(tile[0], a00); VSTORE(tile[0] + LANES, a01);                                \
+            VSTORE(tile[1], a10); VSTORE(tile[1] + LANES, a11);                                \
+            VSTORE(tile[2], a20); VSTORE(tile[2] + LANES, a21);                                \
+            VSTORE(tile[3], a30); VSTORE(tile[3] + LANES, a31);                                \
+            finish_tile(tile, n_rows, 2 * LANES, b, j0, width, act, hidden);                   \
+        }                                                                                      \
+        if (j0 + LANES <= width) {                                                             \
+            VEC e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0}, o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0}; \
+            Py_ssize_t k = 0;                                                                  \
+            for (; k + 2 <= d; k += 2) {                                                       \
+                VEC we = VLOAD(VEC, W + k * width + j0);                                       \
+                VEC wo = VLOAD(VEC, W + (k + 1) * width + j0);                                 \
+                e0 += x0[k] * we; e1 += x1[k] * we; e2 += x2[k] * we; e3 += x3[k] * we;        \
+                o0 += x0[k + 1] * wo; o1 += x1[k + 1] * wo;                                    \
+                o2 += x2[k + 1] * wo; o3 += x3[k + 1] * wo;                                    \
+            }                                                                                  \
+            if (k < d) {                                                                       \
+                VEC we = VLOAD(VEC, W + k * width + j0);                                       \
+                e0 += x0[k] * we; e1 += x1[k] * we; e2 += x2[k] * we; e3 += x3[k] * we;        \
+            }                                                                                  \
+            VSTORE(tile[0], e0 + o0); VSTORE(tile[1], e1 + o1);                                \
+            VSTORE(tile[2], e2 + o2); VSTORE(tile[3], e3 + o3);                                \
+            finish_tile(tile, n_rows, LANES, b, j0, width, act, hidden);                       \
+            j0 += LANES;                                                                       \
+        }                                                                                      \
+        return j0;                                                                             \
+    }
+DEFINE_HIDDEN_STAGE(v8f, 8)
+DEFINE_HIDDEN_STAGE(v4f, 4)
+
+/* hidden[r][0:width] = act(x_r @ W + b) for up to TILE_ROWS rows (a short tile repeats its
+ * first row and discards it): the widest stage that `lanes` allows, then narrower ones, then
+ * the last (fewer than four) columns one at a time. */
 INLINE void hidden_layer(const float *const *rows, int n_rows, Py_ssize_t d, const float *W,
-                         const float *b, Py_ssize_t width, enum activation act, float *hidden) {
-    const float *x0 = rows[0], *x1 = rows[n_rows > 1 ? 1 : 0];
-    const float *x2 = rows[n_rows > 2 ? 2 : 0], *x3 = rows[n_rows > 3 ? 3 : 0];
-    float tile[TILE_ROWS][TILE_COLS];
+                         const float *b, Py_ssize_t width, enum activation act, float *hidden,
+                         int lanes) {
+    const float *x[TILE_ROWS];
+    for (int r = 0; r < TILE_ROWS; r++) x[r] = rows[r < n_rows ? r : 0];
     Py_ssize_t j0 = 0;
-    for (; j0 + 16 <= width; j0 += 16) {
-        v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-        for (Py_ssize_t k = 0; k < d; k++) {
-            const float *w = W + k * width + j0;
-            v8f w0 = load8(w), w1 = load8(w + 8);
-            a00 += x0[k] * w0; a01 += x0[k] * w1;
-            a10 += x1[k] * w0; a11 += x1[k] * w1;
-            a20 += x2[k] * w0; a21 += x2[k] * w1;
-            a30 += x3[k] * w0; a31 += x3[k] * w1;
-        }
-        store8(tile[0], a00); store8(tile[0] + 8, a01);
-        store8(tile[1], a10); store8(tile[1] + 8, a11);
-        store8(tile[2], a20); store8(tile[2] + 8, a21);
-        store8(tile[3], a30); store8(tile[3] + 8, a31);
-        for (int r = 0; r < n_rows; r++)
-            for (int j = 0; j < 16; j++)
-                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
-    }
-    for (; j0 + 8 <= width; j0 += 8) {
-        v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (Py_ssize_t k = 0; k < d; k++) {
-            v8f w0 = load8(W + k * width + j0);
-            a0 += x0[k] * w0; a1 += x1[k] * w0; a2 += x2[k] * w0; a3 += x3[k] * w0;
-        }
-        store8(tile[0], a0); store8(tile[1], a1); store8(tile[2], a2); store8(tile[3], a3);
-        for (int r = 0; r < n_rows; r++)
-            for (int j = 0; j < 8; j++)
-                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
-    }
+    if (lanes >= 8) j0 = hidden_stage8(x, n_rows, d, W, b, width, j0, act, hidden);
+    j0 = hidden_stage4(x, n_rows, d, W, b, width, j0, act, hidden);
     if (j0 < width) {
+        float tile[TILE_ROWS][TILE_COLS];
         Py_ssize_t cols = width - j0;
-        const float *x[TILE_ROWS] = {x0, x1, x2, x3};
         for (int r = 0; r < TILE_ROWS; r++)
             for (Py_ssize_t j = 0; j < cols; j++) tile[r][j] = 0.0f;
         for (Py_ssize_t k = 0; k < d; k++) {
@@ -363,9 +400,7 @@ INLINE void hidden_layer(const float *const *rows, int n_rows, Py_ssize_t d, con
             for (int r = 0; r < TILE_ROWS; r++)
                 for (Py_ssize_t j = 0; j < cols; j++) tile[r][j] += x[r][k] * w[j];
         }
-        for (int r = 0; r < n_rows; r++)
-            for (Py_ssize_t j = 0; j < cols; j++)
-                hidden[r * width + j0 + j] = activate(tile[r][j] + b[j0 + j], act);
+        finish_tile(tile, n_rows, cols, b, j0, width, act, hidden);
     }
 }
 
@@ -429,7 +464,7 @@ static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in) 
  * its sign is the exact sign and so the reference's; inside it (rare) the row's logit is
  * recomputed in double. */
 INLINE void route_tile(const model_t *m, const float *const *rows, int count, workspace_t *w,
-                       int64_t *leaves) {
+                       int64_t *leaves, int lanes) {
     const Py_ssize_t d = m->n_features;
     const double margin_factor = 1.5 * ((double)d + 2.0) * 0x1p-24;
     const double margin_floor = 1.5 * ((double)d + 2.0) * 0x1p-148;
@@ -448,7 +483,10 @@ INLINE void route_tile(const model_t *m, const float *const *rows, int count, wo
             wn[t] = m->node_w + node[t] * d;
             if (w->node_norms[node[t]] < 0.0) w->node_norms[node[t]] = euclidean_norm(wn[t], d);
         }
-        node_logits_float4(x, wn, d, logits);
+        if (lanes >= 8)
+            node_logits8(x, wn, d, logits);
+        else
+            node_logits4(x, wn, d, logits);
         for (int t = 0; t < TILE_ROWS; t++) {
             double bias = (double)m->node_b[node[t]];
             double logit = (double)logits[t] + bias;
@@ -463,9 +501,9 @@ INLINE void route_tile(const model_t *m, const float *const *rows, int count, wo
     for (int t = 0; t < count; t++) leaves[t] = node[t] - (((Py_ssize_t)1 << m->depth) - 1);
 }
 
-HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize_t start,
-                                   Py_ssize_t n_rows, int64_t *leaves, float *outputs,
-                                   workspace_t *w) {
+INLINE void process_block(const model_t *m, const input_t *in, Py_ssize_t start,
+                          Py_ssize_t n_rows, int64_t *leaves, float *outputs, workspace_t *w,
+                          int lanes) {
     const Py_ssize_t d = m->n_features, o = m->n_outputs, l = m->leaf_width;
     const Py_ssize_t n_leaves = (Py_ssize_t)1 << m->depth;
     float *out_rows[TILE_ROWS];
@@ -481,11 +519,11 @@ HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize
             w->rows[r + t] = input_row(in, start + r + t, d, scratch);
             if (block_out) out_rows[t] = block_out + (r + t) * o;
         }
-        route_tile(m, w->rows + r, count, w, leaves + start + r);
+        route_tile(m, w->rows + r, count, w, leaves + start + r, lanes);
         if (!block_out) continue;
         if (m->master_width > 0) {
             hidden_layer(w->rows + r, count, d, m->master_w1, m->master_b1, m->master_width,
-                         m->activation, w->hidden);
+                         m->activation, w->hidden, lanes);
             output_layer(w->hidden, count, m->master_width, m->master_w2, m->master_b2, o,
                          out_rows);
         } else {
@@ -513,19 +551,60 @@ HOT_PATH static void process_block(const model_t *m, const input_t *in, Py_ssize
                 tile[t] = w->rows[w->order[g + t]];
                 out_rows[t] = block_out + w->order[g + t] * o;
             }
-            hidden_layer(tile, count, d, W1, b1, l, m->activation, w->hidden);
+            hidden_layer(tile, count, d, W1, b1, l, m->activation, w->hidden, lanes);
             output_layer(w->hidden, count, l, W2, b2, o, out_rows);
         }
         group_start = group_end;
     }
 }
 
+/* The instances of process_block, widest first, each with the float vectors of its width. */
+typedef void (*block_fn)(const model_t *, const input_t *, Py_ssize_t, Py_ssize_t, int64_t *,
+                         float *, workspace_t *);
+#define BLOCK_INSTANCE(name, attributes, lanes)                                                 \
+    attributes static void name(const model_t *m, const input_t *in, Py_ssize_t start,        \
+                                Py_ssize_t n_rows, int64_t *leaves, float *outputs,           \
+                                workspace_t *w) {                                             \
+        process_block(m, in, start, n_rows, leaves, outputs, w, lanes);                       \
+    }
+#ifdef X86_DISPATCH
+BLOCK_INSTANCE(process_block_avx2, __attribute__((target("arch=x86-64-v3"))), 8)
+#endif
+BLOCK_INSTANCE(process_block_baseline, , 4)
+
+typedef struct {
+    const char *name;
+    block_fn process;
+    int supported; /* by this CPU and its operating system; set when the module loads */
+} instruction_set_t;
+
+static instruction_set_t instruction_sets[] = {
+#ifdef X86_DISPATCH
+    {"avx2", process_block_avx2, 0},
+#endif
+    {"baseline", process_block_baseline, 1},
+};
+#define N_INSTRUCTION_SETS ((int)(sizeof instruction_sets / sizeof instruction_sets[0]))
+static int selected_set; /* index into instruction_sets; written only with the GIL held */
+
+static void detect_instruction_sets(void) {
+#ifdef X86_DISPATCH
+    __builtin_cpu_init();
+#if __GNUC__ >= 12
+    instruction_sets[0].supported = __builtin_cpu_supports("x86-64-v3") != 0;
+#else /* before GCC 12 knows the level by name: its AVX2-era features, all of them from Haswell */
+    instruction_sets[0].supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                    __builtin_cpu_supports("bmi2");
+#endif
+#endif
+    selected_set = 0;
+    while (!instruction_sets[selected_set].supported) selected_set++;
+}
+
 enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2 };
 
-/* Returns RUN_OK, or flags: a thread could not allocate its workspace, or X held NaN or
- * infinity (then the outputs are meaningless and the caller raises). */
 static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outputs,
-               int n_threads) {
+               int n_threads, block_fn process) {
     Py_ssize_t n_blocks = (in->n_rows + BLOCK_ROWS - 1) / BLOCK_ROWS;
     if (n_threads > n_blocks) n_threads = (int)(n_blocks > 0 ? n_blocks : 1);
     int failed = RUN_OK;
@@ -539,7 +618,7 @@ static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outp
             for (Py_ssize_t b = 0; b < n_blocks; b++) {
                 Py_ssize_t start = b * BLOCK_ROWS;
                 Py_ssize_t rows = in->n_rows - start < BLOCK_ROWS ? in->n_rows - start : BLOCK_ROWS;
-                process_block(m, in, start, rows, leaves, outputs, &w);
+                process(m, in, start, rows, leaves, outputs, &w);
             }
             if (w.saw_non_finite) failed |= RUN_NON_FINITE;
             free_workspace(&w);
@@ -616,7 +695,8 @@ static PyObject *hard_forward(PyObject *self, PyObject *args) {
 
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = run(&m, &in, (int64_t *)leaves_view.buf, outputs, n_threads);
+    rc = run(&m, &in, (int64_t *)leaves_view.buf, outputs, n_threads,
+             instruction_sets[selected_set].process);
     Py_END_ALLOW_THREADS
     if (rc & RUN_NO_MEMORY) {
         PyErr_NoMemory();
@@ -637,17 +717,63 @@ done:
     return result;
 }
 
+static PyObject *instruction_sets_supported(PyObject *self, PyObject *unused) {
+    int count = 0;
+    for (int i = 0; i < N_INSTRUCTION_SETS; i++) count += instruction_sets[i].supported;
+    PyObject *names = PyTuple_New(count);
+    if (names == NULL) return NULL;
+    for (int i = 0, j = 0; i < N_INSTRUCTION_SETS; i++) {
+        if (!instruction_sets[i].supported) continue;
+        PyObject *name = PyUnicode_FromString(instruction_sets[i].name);
+        if (name == NULL) {
+            Py_DECREF(names);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, j++, name);
+    }
+    return names;
+}
+
+static PyObject *use_instruction_set(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = 0; i < N_INSTRUCTION_SETS; i++) {
+        if (strcmp(name, instruction_sets[i].name) != 0) continue;
+        if (!instruction_sets[i].supported) break;
+        PyObject *previous = PyUnicode_FromString(instruction_sets[selected_set].name);
+        if (previous != NULL) selected_set = i;
+        return previous;
+    }
+    PyObject *supported = instruction_sets_supported(NULL, NULL);
+    if (supported != NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "Instruction set '%s' is not one this CPU supports; choose one of %R.",
+                     name, supported);
+        Py_DECREF(supported);
+    }
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"hard_forward", hard_forward, METH_VARARGS,
      "hard_forward(arrays, X, leaves_out, outputs_out, n_threads)\n\n"
      "Route every row of X with hard decisions, write its leaf to leaves_out and, unless\n"
      "outputs_out is None, its raw output (chosen leaf plus master leaf) to outputs_out."},
+    {"instruction_sets", instruction_sets_supported, METH_NOARGS,
+     "instruction_sets()\n\n"
+     "Names of the instruction sets this CPU runs the kernel with, widest (and default) first."},
+    {"use_instruction_set", use_instruction_set, METH_VARARGS,
+     "use_instruction_set(name)\n\n"
+     "Run later calls with the named instruction set (one of instruction_sets()) and return\n"
+     "the name of the one used until now. Results agree across instruction sets: leaves\n"
+     "exactly, outputs up to float32 rounding."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel",
                                     "Compiled hard-routed FFF inference.", -1, methods};
 
 PyMODINIT_FUNC PyInit__kernel(void) {
+    detect_instruction_sets();
     PyObject *mod = PyModule_Create(&module);
     if (mod == NULL) return NULL;
 #ifdef _OPENMP
