@@ -7,7 +7,10 @@
  *   leaves_out  1-D int64 buffer of length n, written with each row's leaf
  *   outputs_out 2-D float32 buffer of shape (n, o), or None to route only
  *
- * Rows are processed in blocks, blocks are spread over OpenMP threads with the GIL released.
+ * Rows are processed in blocks, handed to OpenMP threads as they free up, with the GIL released
+ * (dynamic scheduling: a thread that shares its core with another library's spinning workers,
+ * OpenBLAS's after a matrix product for instance, takes fewer blocks instead of holding up
+ * the call).
  * Within a block: (1) each row walks the tree, its node logits accumulated in double from the
  * float32 row, exactly the reference's rule (right iff logit > 0); (2) rows are grouped by
  * leaf and each group runs through its leaf with a register-tiled loop that reads every
@@ -644,7 +647,7 @@ static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outp
         if (alloc_workspace(&w, m, in, rows_per_block) < 0) {
             failed = RUN_NO_MEMORY;
         } else {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)
             for (Py_ssize_t b = 0; b < n_blocks; b++) {
                 Py_ssize_t start = b * rows_per_block;
                 Py_ssize_t rows = in->n_rows - start < rows_per_block ? in->n_rows - start
