@@ -46,6 +46,7 @@ static const char *const activation_names[] = {FFF_ACTIVATIONS};
 #define N_ACTIVATIONS ((int)(sizeof activation_names / sizeof activation_names[0]))
 #define MIN_BLOCK_ROWS 512
 #define MAX_BLOCK_ROWS 2048
+#define MIN_THREAD_ROWS 16        /* rows a thread gets at the least when the input is shared */
 #define ROWS_PER_LEAF 32          /* a block's rows per leaf that its weights are read for */
 #define MAX_CONVERTED_BYTES (8 << 20) /* float32 copies of a block's rows, per thread */
 #define TILE_ROWS 4
@@ -615,9 +616,11 @@ static void detect_instruction_sets(void) {
 enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2 };
 
 /* Rows per block. Each leaf's weights are read once per block (from beyond the core's cache
- * when the tree is deep), so a block should give every leaf about ROWS_PER_LEAF rows: at
- * depth 6, 2048-row blocks read a quarter of the weight bytes a row that 512-row blocks do.
- * It stays within MAX_BLOCK_ROWS and the bytes of float32 copies a thread keeps; then the
+ * when the tree is deep), so a large input is cut into blocks that give every leaf about
+ * ROWS_PER_LEAF rows: at depth 6, 2048-row blocks read a quarter of the weight bytes a row
+ * that 512-row blocks do. That stays within MAX_BLOCK_ROWS and the bytes of float32 copies a
+ * thread keeps. A smaller input is still shared among the threads, down to MIN_THREAD_ROWS
+ * rows each (a row costs about a microsecond; starting a parallel region a few), and the
  * blocks are evened out so that every thread gets as many. */
 static Py_ssize_t block_rows(const model_t *m, const input_t *in, int n_threads) {
     Py_ssize_t target = ROWS_PER_LEAF << m->depth;
@@ -628,7 +631,7 @@ static Py_ssize_t block_rows(const model_t *m, const input_t *in, int n_threads)
         target = copy_limit > MIN_BLOCK_ROWS ? copy_limit : MIN_BLOCK_ROWS;
     Py_ssize_t n = in->n_rows > 0 ? in->n_rows : 1;
     Py_ssize_t n_blocks = (n + target - 1) / target;
-    Py_ssize_t for_threads = (n + MIN_BLOCK_ROWS - 1) / MIN_BLOCK_ROWS;
+    Py_ssize_t for_threads = n / MIN_THREAD_ROWS;
     if (for_threads > n_threads) for_threads = n_threads;
     if (n_blocks < for_threads) n_blocks = for_threads;
     if (n_blocks > n_threads && n_blocks % n_threads) n_blocks += n_threads - n_blocks % n_threads;
