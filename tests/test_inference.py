@@ -118,6 +118,16 @@ def test_rows_exactly_on_a_boundary_go_left(rng):
     assert (leaves < 4).all()  # root decision is the leaf's most significant bit: left
 
 
+@pytest.mark.parametrize("magnitude", [1e-25, 1e20, 3e37])
+def test_rows_whose_squares_leave_the_float32_range_route_exactly(rng, magnitude):
+    # The kernel bounds each row's norm from a float32 sum of squares: these squares underflow
+    # to zero or overflow to infinity although every value is a finite float32.
+    arrays = random_arrays(rng, 4, 7, 3, 0, 2, "identity")
+    X = (rng.standard_normal((50, 7)) * magnitude).astype(np.float32)
+    assert np.isfinite(X).all()
+    assert_backends_agree(arrays, X)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     depth=st.integers(0, 6),
@@ -126,7 +136,7 @@ def test_rows_exactly_on_a_boundary_go_left(rng):
     master=st.integers(0, 6),
     activation=st.sampled_from(ACTIVATIONS),
     seed=st.integers(0, 2**32 - 1),
-    magnitude=st.sampled_from([1e-30, 1e-6, 1.0, 1e6, 1e15]),
+    magnitude=st.sampled_from([1e-30, 1e-6, 1.0, 1e6, 1e15, 1e20]),
     on_boundary=st.booleans(),
     data=st.data(),
 )
