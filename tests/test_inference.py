@@ -156,6 +156,14 @@ def test_hypothesis_parity(
     assert_backends_agree(arrays, X)
 
 
+def test_wide_float64_rows_agree_in_blocks_within_the_copy_budget(rng):
+    # float64 rows are cast to float32 a block at a time, in at most 8 MB per thread: with
+    # 10,000 features that is 209 rows a block.
+    arrays = random_arrays(rng, 3, 10_000, 4, 2, 3, "relu")
+    X = rng.standard_normal((700, 10_000))
+    assert_backends_agree(arrays, X, n_threads=1)
+
+
 def test_batch_does_not_change_a_rows_result(rng):
     arrays = random_arrays(rng, 5, 50, 16, 8, 4, "tanh")
     X = rng.standard_normal((1000, 50)).astype(np.float32)

@@ -664,7 +664,7 @@ static Py_ssize_t block_rows(const model_t *m, const input_t *in, int n_threads)
     if (target > MAX_BLOCK_ROWS) target = MAX_BLOCK_ROWS;
     Py_ssize_t copy_limit = MAX_CONVERTED_BYTES / ((Py_ssize_t)sizeof(float) * m->n_features);
     if (input_needs_cast(in) && target > copy_limit)
-        target = copy_limit > MIN_BLOCK_ROWS ? copy_limit : MIN_BLOCK_ROWS;
+        target = copy_limit > TILE_ROWS ? copy_limit : TILE_ROWS;
     Py_ssize_t n = in->n_rows > 0 ? in->n_rows : 1;
     Py_ssize_t n_blocks = (n + target - 1) / target;
     Py_ssize_t for_threads = n / MIN_THREAD_ROWS;
