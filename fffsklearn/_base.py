@@ -111,10 +111,10 @@ _PARAMETERS_DOC = """
 
     batch_size : int or "auto", default="auto"
         Rows per mini-batch, at most ``n_samples``. "auto" means 200 for ``FFFRegressor``;
-        for ``FFFClassifier``, 200 rows per 16 leaves (about 12 rows per leaf and step) as
-        long as an epoch keeps at least 50 steps, and never fewer than 200:
-        ``max(200, min(200 * 2**depth // 16, n_samples // 50))``. With 40,000 rows that is
-        200 at depth 4, 400 at depth 5 and 800 at depth 6; under 10,000 rows, 200.
+        for ``FFFClassifier``, 25 rows per leaf and step as long as an epoch keeps at least
+        50 steps, and never fewer than 200: ``max(200, min(25 * 2**depth, n_samples // 50))``.
+        With 40,000 rows that is 400 at depth 4 and 800 at depths 5 and 6; under 10,000
+        rows, 200.
 
     learning_rate_init : float, default=1e-2 (FFFClassifier) or 3e-3 (FFFRegressor)
         Learning rate of the Adam optimizer.

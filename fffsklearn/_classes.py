@@ -174,16 +174,17 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
-    # Under batch_size="auto", at least this many steps an epoch (docs/model_quality.rst,
-    # "Larger mini-batches": with fewer, larger batches lost).
+    # Under batch_size="auto", rows of a step per leaf, and at least this many steps an
+    # epoch (docs/model_quality.rst, "Larger mini-batches": with fewer, larger batches lost).
+    _AUTO_BATCH_ROWS_PER_LEAF = 25
     _AUTO_BATCH_MIN_STEPS_PER_EPOCH = 50
 
     def _auto_batch_size(self, n_samples):
-        """200 rows per 16 leaves while an epoch keeps at least 50 steps, and at least 200.
+        """25 rows per leaf while an epoch keeps at least 50 steps, and at least 200.
 
         With 200 rows a step, a leaf of a depth-6 tree gets about 3 of them and learns
         little from each step (docs/model_quality.rst, "Larger mini-batches")."""
-        per_leaves = self._AUTO_BATCH_ROWS * 2**self.depth // 16
+        per_leaves = self._AUTO_BATCH_ROWS_PER_LEAF * 2**self.depth
         return max(self._AUTO_BATCH_ROWS,
                    min(per_leaves, n_samples // self._AUTO_BATCH_MIN_STEPS_PER_EPOCH))
 

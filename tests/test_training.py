@@ -533,11 +533,14 @@ def test_training_flushes_denormals_and_then_restores_the_callers_mode(monkeypat
 @pytest.mark.parametrize(
     "estimator, depth, n_samples, batch_size, expected",
     [
-        # A deep tree's leaves get about 12 rows of a step where an epoch keeps 50 steps.
+        # A leaf gets 25 rows of a step where an epoch keeps 50 steps.
         (FFFClassifier, 6, 40_000, "auto", 800),
-        (FFFClassifier, 5, 40_000, "auto", 400),
+        (FFFClassifier, 6, 100_000, "auto", 1600),
+        (FFFClassifier, 5, 40_000, "auto", 800),
         (FFFClassifier, 6, 20_000, "auto", 400),
-        (FFFClassifier, 4, 40_000, "auto", 200),
+        (FFFClassifier, 4, 40_000, "auto", 400),
+        (FFFClassifier, 4, 15_000, "auto", 300),
+        (FFFClassifier, 3, 40_000, "auto", 200),
         (FFFClassifier, 6, 8_000, "auto", 200),
         (FFFClassifier, 6, 150, "auto", 150),
         (FFFRegressor, 6, 40_000, "auto", 200),
