@@ -119,7 +119,7 @@ def main():
         "make_classification d=40": classification_rows(2_000 if args.quick else 40_000),
     }
     # One batch for every contender, so that an epoch is the same work for each: the
-    # classifier's batch_size="auto" would take more rows at depth 6 on these data sets.
+    # classifier's batch_size="auto" would take more rows at depths 4 and 6 on these data sets.
     batch_size = min(200, len(next(iter(datasets.values()))[0]))
     print(f"{describe_threads()}; batch {batch_size}; FFF fits of {FFF_EPOCHS} epochs; "
           f"best of {rounds} alternating rounds")
