@@ -391,6 +391,8 @@ def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage
     leaf_weights = (network.leaf_hidden_weights, network.leaf_output_weights)
     squared = sum(w.square().sum().item() for w in network.weight_matrices()
                   if all(w is not leaf for leaf in leaf_weights))
+    routing_factor = Trainer._ROUTING_DECAY_FACTOR["classification"]
+    squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
     for index in (0, 2):  # the hidden and output weights; the biases have no penalty
         terms = hierarchy.terms[index]
         squared += terms[:, 0].square().sum().item() + 30.0 * terms[:, 1:].square().sum().item()
@@ -485,11 +487,20 @@ def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_expor
     load = Trainer._load
     monkeypatch.setattr(Trainer, "_load", lambda self, arrays: loads.append(arrays) or load(
         self, arrays))
+    fit = Trainer.fit
+
+    def fit_with_falling_scores(self, *args, validation_score=None, **kwargs):
+        if validation_score is not None:
+            scores = iter(range(0, -100, -1))
+            validation_score = lambda arrays: float(next(scores))  # noqa: E731
+        return fit(self, *args, validation_score=validation_score, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_with_falling_scores)
     model = FFFClassifier(depth=2, max_iter=12, hardening_epochs=0, n_iter_no_change=1,
                           tol=1.0 if early_stopping else 0.0, early_stopping=early_stopping,
                           validation_fraction=0.2, random_state=0).fit(X, y)
     if early_stopping:
-        # A tolerance of 1.0 never counts an epoch as better: the first epoch is kept, and the
+        # Falling scores never count an epoch as better: the first epoch is kept, and the
         # plateau ends the fit two epochs later.
         assert model.n_iter_ == 3 and len(loads) == 1
         np.testing.assert_array_equal(model._trainer.network.to_arrays().node_weights,
@@ -562,3 +573,28 @@ def test_the_mini_batch_that_fit_trains_with(monkeypatch, estimator, depth, n_sa
     with pytest.raises(KeyboardInterrupt):
         estimator(depth=depth, batch_size=batch_size).fit(X, y)
     assert schedules[0].batch_size == expected
+
+
+@pytest.mark.parametrize("task, routing_factor", [("classification", 3.0), ("regression", 1.0)])
+def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, routing_factor):
+    trainer = _trainer(task, 2, 3)
+    network = trainer.network
+    trainer._step(*_batch(task, 3), 1000, torch.zeros(network.n_leaves))
+    decay = {id(p): group["weight_decay"]
+             for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert decay[id(network.leaf_hidden_weights)] > 0
+    for weights in (network.leaf_output_weights, network.master_hidden_weights):
+        assert decay[id(weights)] == decay[id(network.leaf_hidden_weights)]
+    assert decay[id(network.node_weights)] == pytest.approx(
+        routing_factor * decay[id(network.leaf_hidden_weights)])
+    assert decay[id(network.node_biases)] == 0.0
+
+    squared = sum(w.square().sum().item() for w in network.weight_matrices())
+    squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
+    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+                                                          rel=1e-5)
+    # Frozen while hardening, the routing leaves the penalty.
+    trainer.start_hardening()
+    squared -= routing_factor * network.node_weights.square().sum().item()
+    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+                                                          rel=1e-5)
