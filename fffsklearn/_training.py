@@ -705,11 +705,10 @@ class Trainer:
     # + 1), 0.2 and 0.3 (docs/model_quality.rst, "Training recipe: measurements").
     _LEAF_HIERARCHY_LEARNING_RATE_FACTOR = 0.2
 
-    # The classifier's routing neurons take three times ``alpha``'s L2 penalty: where many
-    # features are noise, a deep node's few hundred rows let its split follow them, and the
-    # stronger penalty gained depth 6 up to 2 points; 5 and more cost MNIST-1D, and the
-    # regressor's leaves then balanced less on diabetes (docs/model_quality.rst, "Training
-    # recipe: measurements").
+    # The classifier's routing neurons take three times ``alpha``'s L2 penalty: a deep node
+    # reads every feature but trains on the few rows that reach it, and where many features
+    # are noise its split followed them. 5 and more cost MNIST-1D; the regressor's leaves
+    # balanced less with 3 (docs/model_quality.rst, "Training recipe: measurements").
     _ROUTING_DECAY_FACTOR = {"classification": 3.0, "regression": 1.0}
 
     def _new_optimizer(self):
