@@ -125,10 +125,10 @@ _PARAMETERS_DOC = """
         applied as Adam's coupled weight decay, which is its gradient). Each
         leaf sees only its share of the rows, so FFFs need more of it than a dense MLP.
         FFFClassifier's routing neurons take three times this penalty, which keeps their
-        splits from following features that are noise. FFFRegressor multiplies this penalty and the load-balancing loss by
-        ``min(1, r / 0.2)``, where ``r`` is the mini-batch's mean squared residual of the
-        standardised targets: weights chosen for noisy targets would otherwise hold back the
-        fit of a nearly noiseless one.
+        splits from following features that are noise. FFFRegressor multiplies this penalty
+        and the load-balancing loss by ``min(1, r / 0.2)``, where ``r`` is the mini-batch's
+        mean squared residual of the standardised targets: weights chosen for noisy targets
+        would otherwise hold back the fit of a nearly noiseless one.
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
