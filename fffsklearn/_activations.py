@@ -2,9 +2,10 @@
 inference backend and the ONNX exporter.
 
 Adding one means one entry in each table here, its case in the compiled kernel's
-``activate`` (``inference/_kernel.c``) and in the training kernel's ``activation_slope``
-(``_training_kernel.c``); both builds read ``ACTIVATIONS`` from this file for their codes
-(``setup.py``), and refuse a code they have no case for;
+``activate`` (``inference/_kernel.c``), in the training kernel's ``activation_slope``
+(``_training_kernel.c``) and in the Triton kernels' ``_activate`` (``inference/_triton.py``);
+all three read their codes from ``ACTIVATIONS`` here (the C builds through ``setup.py``) and
+refuse a code they have no case for;
 ``tests/test_inference.py::test_every_backend_covers_every_activation`` and
 ``tests/test_network.py`` (float32 against the formulas) check them all.
 This module imports no torch, so that NumPy inference does not need it loaded.

@@ -2,8 +2,9 @@
 
 Training runs where ``device`` says and fails early when that device is missing; on the CPU,
 small training steps run on one of torch's threads (:func:`training_threads`). Prediction
-runs on the CUDA device that ``device`` names or ("auto") finds if this machine has it, and
-otherwise on the CPU: a model trained on a GPU predicts on a CPU-only machine.
+runs on the CUDA device that ``device`` names or ("auto") finds if this machine has it
+(Triton kernels where Triton is installed, torch operations otherwise), and otherwise on the
+CPU: a model trained on a GPU predicts on a CPU-only machine.
 """
 
 import re
@@ -75,12 +76,14 @@ def prediction_options(device, n_jobs):
     """Keyword arguments of :mod:`fffsklearn.inference` for a ``predict`` call.
 
     The CUDA device that ``device`` names or ("auto") finds, if it is available here, through
-    the torch backend; else the CPU through the default backend with ``n_jobs`` threads.
-    ``device="cpu"`` chooses the CPU on any machine.
+    the Triton backend where Triton is installed, else the torch backend; else the CPU
+    through the default backend with ``n_jobs`` threads. ``device="cpu"`` chooses the CPU on
+    any machine.
     """
     if device != "cpu" and torch.cuda.is_available():
         resolved = torch.device("cuda" if device == "auto" else device)
         if (resolved.index or 0) < torch.cuda.device_count():
-            return {"backend": "torch", "device": resolved}
+            backend = "triton" if inference.triton_available() else "torch"
+            return {"backend": backend, "device": resolved}
     return {"backend": inference.default_backend(),
             "n_threads": inference.effective_n_threads(n_jobs)}

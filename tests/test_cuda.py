@@ -14,6 +14,7 @@ from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 
 from fffsklearn import FFFClassifier, FFFRegressor, inference
+from fffsklearn._device import prediction_options
 from fffsklearn._training import Trainer
 from fffsklearn._testing import random_arrays
 
@@ -30,17 +31,41 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
+CUDA_BACKENDS = ["torch"] + (["triton"] if inference.triton_available() else [])
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("seed", range(50))
-def test_cuda_and_cpu_route_every_row_to_the_same_leaf(seed):
+def test_cuda_and_cpu_route_every_row_to_the_same_leaf(seed, backend):
     rng = np.random.default_rng(seed)
     depth, d = int(rng.integers(0, 11)), int(rng.choice([3, 64, 784]))
     arrays = random_arrays(rng, depth, d, int(rng.choice([4, 16])), int(rng.choice([0, 16])),
                            int(rng.integers(1, 11)), ("relu", "tanh", "logistic", "identity")[seed % 4])
     X = rng.standard_normal((5000, d)).astype(np.float32)
     ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
-    out, leaves = inference.hard_forward(arrays, X, backend="torch", device="cuda")
+    out, leaves = inference.hard_forward(arrays, X, backend=backend, device="cuda")
     np.testing.assert_array_equal(leaves, ref_leaves)
     np.testing.assert_allclose(out, ref_out, rtol=1e-4, atol=1e-4 * max(1, np.abs(ref_out).max()))
+
+
+def test_predict_on_a_gpu_runs_the_triton_kernels_where_triton_is_installed():
+    options = prediction_options("auto", None)
+    assert options["device"].type == "cuda"
+    assert options["backend"] == ("triton" if inference.triton_available() else "torch")
+
+
+def test_triton_and_torch_agree_on_a_million_rows():
+    # The benchmark's batch: 1,000,000 rows of d=784 at depth 8, X on the device.
+    from fffsklearn.inference import _torch, _triton
+
+    if not inference.triton_available():
+        pytest.skip("needs Triton (pip install triton)")
+    arrays = random_arrays(np.random.default_rng(0), 8, 784, 16, 16, 10)
+    X = torch.randn(1_000_000, 784, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    out, leaves = _triton.forward_tensors(arrays, X)
+    ref_out, ref_leaves = _torch.forward_tensors(arrays, X)
+    assert torch.equal(leaves, ref_leaves)
+    assert ((out - ref_out).norm() / ref_out.norm()).item() < 1e-5
 
 
 @pytest.fixture(scope="module")

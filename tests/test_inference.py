@@ -5,6 +5,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,28 +27,38 @@ def instruction_set(name):
         _kernel.use_instruction_set(previous)
 
 
-def assert_backends_agree(arrays, X, n_threads=2):
-    """The compiled kernel, under every instruction set this CPU runs, and the torch backend
-    (on the CPU) against the NumPy reference."""
+# Where the Triton backend runs: on a GPU; on the CPU under Triton's interpreter
+# (tests/conftest.py), too slow for this file's larger cases, which tests/test_triton.py
+# replaces with small ones.
+CUDA = torch.cuda.is_available()
+TRITON_DEVICE = ("cuda" if CUDA else "cpu") if inference.triton_available() else None
+
+
+def assert_backends_agree(arrays, X, n_threads=2, triton=CUDA):
+    """The compiled kernel, under every instruction set this CPU runs, the torch backend
+    (on the CPU) and, if ``triton`` and Triton is installed, the Triton backend against the
+    NumPy reference."""
     ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
     scale = max(1.0, float(np.abs(ref_out).max(initial=0.0)))
     # Every backend accumulates the leaves in float32, whose rounding error grows as sqrt(d):
     # 1e-5 relative up to d=784; at d=2000 the kernel is 1.1e-5 off a float64 computation.
     tolerance = 1e-5 * max(1.0, np.sqrt(X.shape[1] / 784))
 
-    def check(backend, label):
-        out, leaves = inference.hard_forward(arrays, X, backend=backend, n_threads=n_threads)
+    def check(backend, label, device="cpu"):
+        options = dict(backend=backend, n_threads=n_threads, device=device)
+        out, leaves = inference.hard_forward(arrays, X, **options)
         np.testing.assert_array_equal(leaves, ref_leaves, err_msg=label)
         np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale,
                                    err_msg=label)
-        np.testing.assert_array_equal(
-            inference.apply(arrays, X, backend=backend, n_threads=n_threads), ref_leaves
-        )
+        np.testing.assert_array_equal(inference.apply(arrays, X, **options), ref_leaves,
+                                      err_msg=label)
 
     for name in _kernel.instruction_sets():
         with instruction_set(name):
             check("compiled", f"compiled ({name})")
     check("torch", "torch")
+    if triton and TRITON_DEVICE:
+        check("triton", f"triton ({TRITON_DEVICE})", TRITON_DEVICE)
     return ref_leaves
 
 
@@ -114,7 +125,7 @@ def test_rows_exactly_on_a_boundary_go_left(rng):
     arrays = _replace(arrays, node_weights=weights, node_biases=np.zeros(7, np.float32))
     X = np.zeros((4, 6), dtype=np.float32)
     X[:, :2] = [[1, 1], [0.5, 0.5], [3, 3], [-2, -2]]  # logit exactly 0 at the root
-    leaves = assert_backends_agree(arrays, X)
+    leaves = assert_backends_agree(arrays, X, triton=True)
     assert (leaves < 4).all()  # root decision is the leaf's most significant bit: left
 
 
@@ -125,7 +136,7 @@ def test_rows_whose_squares_leave_the_float32_range_route_exactly(rng, magnitude
     arrays = random_arrays(rng, 4, 7, 3, 0, 2, "identity")
     X = (rng.standard_normal((50, 7)) * magnitude).astype(np.float32)
     assert np.isfinite(X).all()
-    assert_backends_agree(arrays, X)
+    assert_backends_agree(arrays, X, triton=True)
 
 
 @settings(max_examples=60, deadline=None)
@@ -153,7 +164,7 @@ def test_hypothesis_parity(
         X64 = X.astype(np.float64)
         X = (X64 - np.outer(X64 @ w + b, w) / (w @ w)).astype(np.float32)
     X[rng.random(X.shape) < 0.1] = 0.0
-    assert_backends_agree(arrays, X)
+    assert_backends_agree(arrays, X, triton=True)
 
 
 def test_wide_float64_rows_agree_in_blocks_within_the_copy_budget(rng):
@@ -268,8 +279,8 @@ def test_kernel_rejects_bad_buffers(rng):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_backend_covers_every_activation(activation):
-    """The registry's every activation: the NumPy reference, the kernel, the torch backend,
-    the training network's straight-through forward (the hard model) and the ONNX export."""
+    """The registry's every activation: the NumPy reference, the kernel, the torch and Triton
+    backends, the training network's straight-through forward (the hard model) and the ONNX export."""
     import torch
 
     from fffsklearn import FFFClassifier
@@ -279,7 +290,7 @@ def test_every_backend_covers_every_activation(activation):
     arrays = random_arrays(rng, 3, 9, 5, 4, 3, activation)
     X = rng.standard_normal((400, 9)).astype(np.float32)
     reference, leaves = inference.hard_forward(arrays, X, backend="reference")
-    assert_backends_agree(arrays, X)
+    assert_backends_agree(arrays, X, triton=True)
 
     network = FFFNetwork.from_arrays(arrays)
     for training in (True, False):  # straight-through in training, hard in evaluation
@@ -289,6 +300,7 @@ def test_every_backend_covers_every_activation(activation):
         np.testing.assert_array_equal(network.routing.hard_one_hot.argmax(1).numpy(), leaves)
 
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("skl2onnx")
     import onnxruntime
 
     from fffsklearn import to_onnx

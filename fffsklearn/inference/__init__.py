@@ -7,8 +7,13 @@ Backends
     released, float32 or float64 input in any memory order without a full copy.
 ``"reference"``
     NumPy (:mod:`fffsklearn.inference._reference`); used when the extension is not built.
+``"torch"``
+    torch operations on any torch device (:mod:`fffsklearn.inference._torch`).
+``"triton"``
+    Two Triton kernels (:mod:`fffsklearn.inference._triton`): the GPU path where Triton is
+    installed; on the CPU only under Triton's interpreter.
 
-Both read the same :class:`~fffsklearn._arrays.FFFArrays`, route with the same rule (right iff
+All read the same :class:`~fffsklearn._arrays.FFFArrays`, route with the same rule (right iff
 the float64-accumulated logit of the float32 input is > 0) and send every row to the same leaf.
 """
 
@@ -32,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised only where the build 
         stacklevel=2,
     )
 
-BACKENDS = ("compiled", "reference", "torch")
+BACKENDS = ("compiled", "reference", "torch", "triton")
 
 # Rows handed to a backend per call: bounds the working set of one predict call whatever the
 # number of rows (outputs of this many rows, plus the backend's own per-thread buffers).
@@ -59,6 +64,16 @@ def effective_n_threads(n_jobs):
 
 
 @lru_cache(maxsize=1)
+def triton_available():
+    """Whether Triton, which torch's CUDA builds bring along, can be imported here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
 def _available_cores():
     # joblib reads the cgroup quota from disk on every call: far too slow for a one-row predict.
     return cpu_count()
@@ -74,12 +89,12 @@ def iter_hard_forward(
     arrays : FFFArrays
     X : ndarray of shape (n_samples, n_features), float32 or float64
     n_threads : int
-    backend : {"compiled", "reference", "torch"} or None
+    backend : {"compiled", "reference", "torch", "triton"} or None
         None picks :func:`default_backend`.
     with_outputs : bool
         If False, only route (``outputs`` is None); that is what ``apply`` needs.
     device : str or torch.device, default="cpu"
-        Where the "torch" backend computes.
+        Where the "torch" and "triton" backends compute.
 
     Yields
     ------
@@ -106,11 +121,19 @@ def iter_hard_forward(
                 yield (rows, *_reference.forward(arrays, chunk))
             else:
                 yield rows, None, _reference.route(arrays, chunk)
-    elif backend == "torch":
+    elif backend in ("torch", "triton"):
         from . import _torch  # torch is imported by the estimators anyway, but not here
 
+        if backend == "triton":
+            if not triton_available():
+                raise ValueError("backend='triton' needs Triton, which torch's CUDA builds "
+                                 "install; pip install triton.")
+            from ._triton import forward_tensors
+        else:
+            forward_tensors = _torch.forward_tensors
         for rows in _batches(X.shape[0], CHUNK_ROWS):
-            yield (rows, *_torch.forward(arrays, X[rows], device, with_outputs))
+            yield (rows, *_torch.forward(arrays, X[rows], device, with_outputs,
+                                         forward_tensors))
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
 

@@ -36,23 +36,26 @@ _TILE_ROWS = 256
 _device_weights = weakref.WeakKeyDictionary()
 
 
-def _weights(arrays, device):
-    per_device = _device_weights.setdefault(arrays, {})
-    key = str(device)
-    if key not in per_device:
+def device_weights(arrays, device, node_dtype):
+    """The model's arrays as tensors on ``device``, float32 but for the routing nodes'
+    ``node_dtype``; cached per model, device and node precision."""
+    per_model = _device_weights.setdefault(arrays, {})
+    key = str(device), node_dtype
+    if key not in per_model:
         def tensor(name, dtype=torch.float32):
             return torch.from_numpy(np.array(getattr(arrays, name))).to(device, dtype)
 
-        per_device[key] = {
-            "node_weights": tensor("node_weights", torch.float64),
-            "node_biases": tensor("node_biases", torch.float64),
+        per_model[key] = {
+            "node_weights": tensor("node_weights", node_dtype),
+            "node_biases": tensor("node_biases", node_dtype),
             **{name: tensor(name) for name in arrays.ARRAY_NAMES[2:]},
         }
-    return per_device[key]
+    return per_model[key]
 
 
-def forward(arrays, X, device, with_outputs=True):
-    """Raw outputs and leaves of ``X`` (an array, or a torch tensor) computed on ``device``.
+def forward(arrays, X, device, with_outputs=True, tensors_forward=None):
+    """Raw outputs and leaves of ``X`` (an array, or a torch tensor) computed on ``device``
+    by ``tensors_forward`` (default: this backend's :func:`forward_tensors`).
 
     Returns
     -------
@@ -68,7 +71,7 @@ def forward(arrays, X, device, with_outputs=True):
         x = torch.from_numpy(np.require(X, np.float32, ["C", "W"]))
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
-    outputs, leaves = forward_tensors(arrays, x, with_outputs)
+    outputs, leaves = (tensors_forward or forward_tensors)(arrays, x, with_outputs)
     return None if outputs is None else outputs.cpu().numpy(), leaves.cpu().numpy()
 
 
@@ -82,7 +85,7 @@ def forward_tensors(arrays, x, with_outputs=True):
     outputs : tensor of shape (n_samples, n_outputs), float32, or None
     leaves : tensor of shape (n_samples,), int64
     """
-    w = _weights(arrays, x.device)
+    w = device_weights(arrays, x.device, torch.float64)
     n, d = x.shape
     step = max(1, _TEMPORARY_BUDGET // (8 * max(d, 1)))
     leaves = torch.empty(n, dtype=torch.long, device=x.device)
