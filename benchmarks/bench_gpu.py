@@ -1,7 +1,7 @@
 """GPU figures of fffsklearn against the dense twin on the same device, in one run.
 
 1. Device copy bandwidth (read + write of a large tensor).
-2. Hard-routed inference (torch backend) of a device-resident batch, d=784, depth 8, leaf 16,
+2. Hard-routed inference (torch and Triton backends) of a device-resident batch, d=784, depth 8, leaf 16,
    master leaf 16, outputs left on the device, against the dense twin of training width 4096
    in float32 and in TF32, and the bandwidth achieved for reading X once; then the same rows
    from and to host memory, as ``predict`` takes them.
@@ -13,11 +13,12 @@
 Targets (issue #16): inference at least 10x the float32 twin and at least 25% of the copy
 bandwidth; a GPU epoch at most 1.5x the twin's; GPU fit at least 5x faster than CPU fit.
 
+With --kernels, first: the Triton kernels' time under other launch settings.
 With --profile, instead: where the time of hard inference and of a GPU fit goes (torch's
 profiler, device time per operation), and the inference time under other settings of the
 torch backend's chunk budget and densely routed nodes.
 
-Usage: python benchmarks/bench_gpu.py [--device cuda] [--quick] [--profile]
+Usage: python benchmarks/bench_gpu.py [--device cuda] [--quick] [--kernels] [--profile]
 (--device cpu runs the same measurements on the CPU, as a smoke test of the script.)
 """
 
@@ -59,17 +60,33 @@ def dense_twin(width, device):
     ).to(device)
 
 
-def inference_figures(device, rows):
+def fff_backends(device):
+    """forward_tensors of the torch backend, and of the Triton backend where it runs (the one
+    predict uses there)."""
+    backends = {"torch": _torch.forward_tensors}
+    if device.type == "cuda" and inference.triton_available():
+        from fffsklearn.inference import _triton
+
+        backends["triton"] = _triton.forward_tensors
+    return backends
+
+
+def copy_bandwidth(device, rows):
     big = torch.empty(rows * D, device=device)
-    copy_s = timed(lambda: big.clone(), device)
-    copy_bw = 2 * big.numel() * 4 / copy_s
-    del big
+    seconds = timed(lambda: big.clone(), device)
+    return 2 * big.numel() * 4 / seconds
+
+
+def inference_figures(device, rows):
+    copy_bw = copy_bandwidth(device, rows)
     print(f"\ndevice copy bandwidth (read + write): {copy_bw / 1e9:,.0f} GB/s")
 
     arrays = random_arrays(np.random.default_rng(0), DEPTH, D, LEAF, MASTER, O)
     X = torch.randn(rows, D, device=device)
     # The device's work alone, for both models: X on the device, outputs left there.
-    fff_s = timed(lambda: _torch.forward_tensors(arrays, X), device)
+    backends = fff_backends(device)
+    fff_s = {name: timed(lambda: forward(arrays, X), device) for name, forward in backends.items()}
+    results = {name: forward(arrays, X) for name, forward in backends.items()}
     twin = dense_twin(2**DEPTH * LEAF, device).eval()
     twin_s = {}
     for precision, tf32 in (("float32", False), ("TF32", True)):
@@ -80,19 +97,73 @@ def inference_figures(device, rows):
         torch.backends.cuda.matmul.allow_tf32 = previous
     X_host = X.cpu().numpy()
     del X
-    host_s = timed(lambda: inference.hard_forward(arrays, X_host, backend="torch",
+    fastest = min(fff_s, key=fff_s.get)
+    host_s = timed(lambda: inference.hard_forward(arrays, X_host, backend=fastest,
                                                   device=device), device, repeat=1)
-    read_bw = X_host.nbytes / fff_s
     print(f"\nhard inference, {rows:,} rows, d={D}, depth {DEPTH}, leaf {LEAF}, master {MASTER}"
           "\n(rows and outputs on the device)")
-    print(f"  fffsklearn torch backend       {fff_s * 1e3:10.2f} ms")
+    for name, seconds in fff_s.items():
+        read_bw = X_host.nbytes / seconds
+        print(f"  fffsklearn {name:<7} backend   {seconds * 1e3:10.2f} ms: reads X once at "
+              f"{read_bw / 1e9:,.0f} GB/s = {read_bw / copy_bw:.0%} of the copy bandwidth")
     for precision, seconds in twin_s.items():
         print(f"  dense twin (width {2**DEPTH * LEAF}), {precision:<7} {seconds * 1e3:10.2f} ms: "
-              f"FFF {seconds / fff_s:.1f}x faster")
-    print(f"  reading X once at {read_bw / 1e9:,.0f} GB/s = {read_bw / copy_bw:.0%} of the copy "
-          "bandwidth (targets: >= 10x the float32 twin, >= 25%)")
-    print(f"  from and to host memory (NumPy rows in chunks, as predict does): "
-          f"{host_s * 1e3:.2f} ms")
+              + ", ".join(f"{name} {seconds / fff:.1f}x faster" for name, fff in fff_s.items()))
+    print("  (targets: >= 10x the float32 twin, >= 25% of the copy bandwidth)")
+    if len(results) == 2:
+        (out_t, leaves_t), (out_k, leaves_k) = results.values()
+        error = ((out_k - out_t).norm() / out_t.norm()).item()
+        print(f"  triton against torch: {(leaves_k != leaves_t).sum().item()} rows in another "
+              f"leaf, outputs ||diff|| / ||torch|| = {error:.1e}")
+    print(f"  from and to host memory, {fastest} backend (NumPy rows in chunks, as predict "
+          f"does): {host_s * 1e3:.2f} ms")
+
+
+def kernel_figures(device, rows):
+    """Inference time of the Triton kernels under other launch settings than the defaults."""
+    from fffsklearn.inference import _triton
+
+    arrays = random_arrays(np.random.default_rng(0), DEPTH, D, LEAF, MASTER, O)
+    X = torch.randn(rows, D, device=device)
+    w = _torch.device_weights(arrays, device, torch.float32)
+    leaves = _triton.route(arrays, X, w)
+    outputs = _triton.evaluate(arrays, X, leaves, w)
+    print(f"\nTriton kernels, {rows:,} rows: launch settings (defaults "
+          f"{_triton.ROUTE_LAUNCH}, {_triton.LEAF_LAUNCH})")
+    route_default, leaf_default = dict(_triton.ROUTE_LAUNCH), dict(_triton.LEAF_LAUNCH)
+    for block_rows, resident, warps in ((2, 1024, 1), (2, 1024, 2), (1, 1024, 1),
+                                        (4, 1024, 1), (4, 1024, 2), (4, 1024, 4),
+                                        (8, 1024, 2), (16, 1024, 8), (8, 0, 2), (16, 0, 4)):
+        _triton.ROUTE_LAUNCH.update(BLOCK_ROWS=block_rows, RESIDENT_MAX_FEATURES=resident,
+                                    num_warps=warps, BLOCK_K=128)
+        try:
+            seconds = timed(lambda: _triton.route(arrays, X, w), device)
+            same = bool((_triton.route(arrays, X, w) == leaves).all())
+            print(f"  route  rows {block_rows:>3} resident {resident:>4} warps {warps}: "
+                  f"{seconds * 1e3:7.2f} ms, same leaves {same}")
+        except Exception as error:  # a setting the compiler refuses: report, go on
+            print(f"  route  rows {block_rows} resident {resident} warps {warps}: {error!r}")
+    _triton.ROUTE_LAUNCH.clear()
+    _triton.ROUTE_LAUNCH.update(route_default)
+    for block_rows, block_k, warps, stages, precision in (
+            (64, 32, 2, 3, "tf32x3"), (64, 32, 2, 2, "tf32x3"), (64, 32, 2, 4, "tf32x3"),
+            (64, 64, 2, 3, "tf32x3"), (128, 32, 4, 3, "tf32x3"), (32, 32, 1, 3, "tf32x3"),
+            (64, 32, 4, 3, "tf32x3"), (64, 32, 4, 3, "ieee"), (64, 32, 2, 3, "tf32")):
+        _triton.LEAF_LAUNCH.update(BLOCK_ROWS=block_rows, BLOCK_K=block_k, num_warps=warps,
+                                   num_stages=stages, PRECISION=precision)
+        label = f"rows {block_rows:>3} k {block_k:>3} warps {warps} stages {stages} {precision:<6}"
+        try:
+            seconds = timed(lambda: _triton.evaluate(arrays, X, leaves, w), device)
+            error = ((_triton.evaluate(arrays, X, leaves, w) - outputs).norm()
+                     / outputs.norm()).item()
+            print(f"  leaves {label}: {seconds * 1e3:7.2f} ms, outputs off the defaults' by "
+                  f"{error:.1e}")
+        except Exception as error:
+            print(f"  leaves {label}: {error!r}")
+    _triton.LEAF_LAUNCH.clear()
+    _triton.LEAF_LAUNCH.update(leaf_default)
+    order_s = timed(lambda: _triton.leaf_order(leaves), device)
+    print(f"  of which sorting the rows by leaf: {order_s * 1e3:.2f} ms")
 
 
 def epoch_figures(device, X, y):
@@ -138,12 +209,13 @@ def profile_figures(device, rows, X, y):
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     arrays = random_arrays(np.random.default_rng(0), DEPTH, D, LEAF, MASTER, O)
     X_big = torch.randn(rows, D, device=device)
-    _torch.forward_tensors(arrays, X_big)
-    with profile(activities=activities) as prof:
-        _torch.forward_tensors(arrays, X_big)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    print(f"\nhard inference, {rows:,} rows: operations by device time")
+    name, forward = list(fff_backends(device).items())[-1]  # what predict uses
+    for _ in range(2):  # the first call compiles
+        with profile(activities=activities) as prof:
+            forward(arrays, X_big)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+    print(f"\nhard inference, {rows:,} rows, {name} backend: operations by device time")
     print(prof.key_averages().table(sort_by=sort_by, row_limit=14, max_name_column_width=60))
 
     print("torch backend settings (inference time, ms)")
@@ -178,6 +250,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller data")
     parser.add_argument("--profile", action="store_true",
                         help="where the time goes, instead of the figures against the targets")
+    parser.add_argument("--kernels", action="store_true",
+                        help="the Triton kernels under other launch settings, then the figures")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -189,6 +263,8 @@ def main():
     if args.profile:
         profile_figures(device, rows, X, y)
         return
+    if args.kernels:
+        kernel_figures(device, rows)
     inference_figures(device, rows)
     epoch_figures(device, X, y)
     fit_figures(device, X, y)
