@@ -324,11 +324,12 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     X_train, X_test, y_train, _ = digits
     X_test = X_test.astype(np.float32)
     # Without the input projection, whose soft mixture here already routes closer to the
-    # hard model, so that the phase has a disagreement to remove.
+    # hard model, so that the phase has a disagreement to remove; on the CPU, as on a GPU's
+    # arithmetic the model trained without the phase disagreed less (0.6% on an H100).
     models = {
         epochs: FFFClassifier(
             depth=3, hardening_epochs=epochs, max_iter=64, n_iter_no_change=64,
-            projection_rank=None, random_state=0,
+            projection_rank=None, device="cpu", random_state=0,
         ).fit(X_train, y_train)
         for epochs in (0, 16)
     }
