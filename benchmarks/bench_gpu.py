@@ -119,6 +119,22 @@ def inference_figures(device, rows):
           f"does): {host_s * 1e3:.2f} ms")
 
 
+def _sweep(kind, launch, variants, run, compare, device):
+    """Time ``run()`` with each of ``variants`` (dicts of launch settings) merged into the
+    ``launch`` dict, print it with ``compare(result)``, and restore ``launch``."""
+    defaults = dict(launch)
+    for variant in variants:
+        launch.update(variant)
+        label = " ".join(f"{name} {value}" for name, value in variant.items())
+        try:
+            seconds = timed(run, device)
+            print(f"  {kind:<6} {label}: {seconds * 1e3:7.2f} ms, {compare(run())}")
+        except Exception as error:  # a setting the compiler refuses: report, go on
+            print(f"  {kind:<6} {label}: {error!r}")
+    launch.clear()
+    launch.update(defaults)
+
+
 def kernel_figures(device, rows):
     """Inference time of the Triton kernels under other launch settings than the defaults."""
     from fffsklearn.inference import _triton
@@ -130,38 +146,23 @@ def kernel_figures(device, rows):
     outputs = _triton.evaluate(arrays, X, leaves, w)
     print(f"\nTriton kernels, {rows:,} rows: launch settings (defaults "
           f"{_triton.ROUTE_LAUNCH}, {_triton.LEAF_LAUNCH})")
-    route_default, leaf_default = dict(_triton.ROUTE_LAUNCH), dict(_triton.LEAF_LAUNCH)
-    for block_rows, resident, warps in ((2, 1024, 1), (2, 1024, 2), (1, 1024, 1),
-                                        (4, 1024, 1), (4, 1024, 2), (4, 1024, 4),
-                                        (8, 1024, 2), (16, 1024, 8), (8, 0, 2), (16, 0, 4)):
-        _triton.ROUTE_LAUNCH.update(BLOCK_ROWS=block_rows, RESIDENT_MAX_FEATURES=resident,
-                                    num_warps=warps, BLOCK_K=128)
-        try:
-            seconds = timed(lambda: _triton.route(arrays, X, w), device)
-            same = bool((_triton.route(arrays, X, w) == leaves).all())
-            print(f"  route  rows {block_rows:>3} resident {resident:>4} warps {warps}: "
-                  f"{seconds * 1e3:7.2f} ms, same leaves {same}")
-        except Exception as error:  # a setting the compiler refuses: report, go on
-            print(f"  route  rows {block_rows} resident {resident} warps {warps}: {error!r}")
-    _triton.ROUTE_LAUNCH.clear()
-    _triton.ROUTE_LAUNCH.update(route_default)
-    for block_rows, block_k, warps, stages, precision in (
-            (64, 32, 2, 3, "tf32x3"), (64, 32, 2, 2, "tf32x3"), (64, 32, 2, 4, "tf32x3"),
-            (64, 64, 2, 3, "tf32x3"), (128, 32, 4, 3, "tf32x3"), (32, 32, 1, 3, "tf32x3"),
-            (64, 32, 4, 3, "tf32x3"), (64, 32, 4, 3, "ieee"), (64, 32, 2, 3, "tf32")):
-        _triton.LEAF_LAUNCH.update(BLOCK_ROWS=block_rows, BLOCK_K=block_k, num_warps=warps,
-                                   num_stages=stages, PRECISION=precision)
-        label = f"rows {block_rows:>3} k {block_k:>3} warps {warps} stages {stages} {precision:<6}"
-        try:
-            seconds = timed(lambda: _triton.evaluate(arrays, X, leaves, w), device)
-            error = ((_triton.evaluate(arrays, X, leaves, w) - outputs).norm()
-                     / outputs.norm()).item()
-            print(f"  leaves {label}: {seconds * 1e3:7.2f} ms, outputs off the defaults' by "
-                  f"{error:.1e}")
-        except Exception as error:
-            print(f"  leaves {label}: {error!r}")
-    _triton.LEAF_LAUNCH.clear()
-    _triton.LEAF_LAUNCH.update(leaf_default)
+    _sweep("route", _triton.ROUTE_LAUNCH,
+           [dict(BLOCK_ROWS=rows_, RESIDENT_MAX_FEATURES=resident, num_warps=warps, BLOCK_K=128)
+            for rows_, resident, warps in ((2, 1024, 1), (2, 1024, 2), (1, 1024, 1),
+                                           (4, 1024, 1), (4, 1024, 2), (4, 1024, 4),
+                                           (8, 1024, 2), (16, 1024, 8), (8, 0, 2), (16, 0, 4))],
+           lambda: _triton.route(arrays, X, w),
+           lambda result: f"same leaves {bool((result == leaves).all())}", device)
+    _sweep("leaves", _triton.LEAF_LAUNCH,
+           [dict(BLOCK_ROWS=rows_, BLOCK_K=k, num_warps=warps, num_stages=stages,
+                 PRECISION=precision)
+            for rows_, k, warps, stages, precision in (
+                (64, 32, 2, 3, "tf32x3"), (64, 32, 2, 2, "tf32x3"), (64, 32, 2, 4, "tf32x3"),
+                (64, 64, 2, 3, "tf32x3"), (128, 32, 4, 3, "tf32x3"), (32, 32, 1, 3, "tf32x3"),
+                (64, 32, 4, 3, "tf32x3"), (64, 32, 4, 3, "ieee"), (64, 32, 2, 3, "tf32"))],
+           lambda: _triton.evaluate(arrays, X, leaves, w),
+           lambda result: ("outputs off the defaults' by "
+                           f"{((result - outputs).norm() / outputs.norm()).item():.1e}"), device)
     order_s = timed(lambda: _triton.leaf_order(leaves), device)
     print(f"  of which sorting the rows by leaf: {order_s * 1e3:.2f} ms")
 
