@@ -124,11 +124,16 @@ _PARAMETERS_DOC = """
         ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch (and
         applied as Adam's coupled weight decay, which is its gradient). Each
         leaf sees only its share of the rows, so FFFs need more of it than a dense MLP.
-        FFFClassifier's routing neurons take three times this penalty, which keeps their
-        splits from following features that are noise. FFFRegressor multiplies this penalty
-        and the load-balancing loss by ``min(1, r / 0.2)``, where ``r`` is the mini-batch's
-        mean squared residual of the standardised targets: weights chosen for noisy targets
-        would otherwise hold back the fit of a nearly noiseless one.
+        FFFClassifier's routing neurons take three times this penalty, and a group lasso:
+        ``20 * alpha * sum_j s_j * ||w_j|| / n_samples``, ``w_j`` the routing weights of
+        feature ``j`` and ``s_j = min(1, 1 / F_j)**2`` with ``F_j`` its ANOVA F statistic
+        (as ``sklearn.feature_selection.f_classif``) on the first fit's training rows. Both
+        keep the splits from following features that are noise; a feature whose class means
+        differ is left almost free, so one that only matters together with others (as in
+        XOR) is penalised as noise and must earn its place. FFFRegressor multiplies this
+        penalty and the load-balancing loss by ``min(1, r / 0.2)``, where ``r`` is the
+        mini-batch's mean squared residual of the standardised targets: weights chosen for
+        noisy targets would otherwise hold back the fit of a nearly noiseless one.
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
@@ -455,6 +460,9 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 if self.standardize:
                     self._input_mean = mean
                     self._input_scale = standardizing_scale(self._input_std)
+            self._routing_feature_penalties = self._routing_feature_penalties_of(
+                X, y_encoded, sample_weight
+            )
         input_scaling = None
         if getattr(self, "_input_mean", None) is not None:  # absent from older pickles
             input_scaling = (self._input_mean, self._input_scale)
@@ -474,6 +482,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
                 seed=int(rng.randint(np.iinfo(np.int32).max - 1)), input_scaling=input_scaling,
                 input_noise=input_noise,
+                # Absent from older pickles, whose training then goes on without it.
+                routing_feature_penalties=getattr(self, "_routing_feature_penalties", None),
             )
             if not first_call:
                 trainer.load_deployed(self.arrays_)
@@ -567,6 +577,12 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         if not np.any(w_train):
             raise ValueError("Sample weights of the training split are all zero.")
         return X_train, X_val, y_train, y_val, w_train
+
+    def _routing_feature_penalties_of(self, X, y_encoded, sample_weight):
+        """Each feature's share of the routing group lasso (see
+        ``_training.routing_feature_penalties``), taken on the first call's training rows,
+        or None for none."""
+        return None
 
     def _input_noise_std(self, X, sample_weight, input_scaling):
         """Standard deviation of the training noise on each network input (``input_noise``
@@ -665,6 +681,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         estimator.arrays_ = arrays
         # The network takes raw rows.
         estimator._input_mean = estimator._input_scale = estimator._input_std = None
+        estimator._routing_feature_penalties = None
         estimator.device_ = "cpu"
         estimator.n_iter_ = 0
         estimator.loss_curve_ = []

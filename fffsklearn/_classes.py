@@ -11,6 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
 from ._base import _ATTRIBUTES_DOC, _PARAMETERS_DOC, BaseFFF
+from ._training import routing_feature_penalties
 
 
 class FFFClassifier(ClassifierMixin, BaseFFF):
@@ -205,6 +206,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             self.class_weight, classes=self.classes_, y=self.classes_[y_encoded]
         )
         return (sample_weight * weights[y_encoded]).astype(np.float32)
+
+    def _routing_feature_penalties_of(self, X, y_encoded, sample_weight):
+        return routing_feature_penalties(X, y_encoded, sample_weight, len(self.classes_))
 
     def _arrays_in_output_units(self):
         return self.arrays_

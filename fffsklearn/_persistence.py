@@ -101,6 +101,14 @@ class FittedStatePersistence:
                 f"{where}: _input_std must be a finite float array of shape "
                 f"({arrays.n_features},), non-negative."
             )
+        penalties = state.get("_routing_feature_penalties")  # None for a regressor
+        if penalties is not None and (
+            not is_feature_vector(penalties) or (penalties < 0).any() or (penalties > 1).any()
+        ):
+            raise ValueError(
+                f"{where}: _routing_feature_penalties must be a finite float array of shape "
+                f"({arrays.n_features},), within [0, 1]."
+            )
         if state.get("n_features_in_") != arrays.n_features:
             raise ValueError(
                 f"{where}: n_features_in_ is {state.get('n_features_in_')!r} but the network "

@@ -166,17 +166,77 @@ def input_statistics(X, sample_weight):
         deviation -= mean
         variance += weight[rows] @ np.square(deviation, out=deviation)
     variance /= weight.sum()
-    # The bound on the rounding error of a float64 variance that StandardScaler uses:
-    # below it a column is constant.
+    return mean, np.where(_constant(variance, mean, n), 0.0, np.sqrt(variance))
+
+
+def _constant(variance, mean, n_samples):
+    """Whether float64 columns of ``variance`` and ``mean`` over ``n_samples`` rows are
+    constant: the bound on the rounding error of a variance that StandardScaler uses."""
     eps = np.finfo(np.float64).eps
-    constant = variance <= n * eps * variance + (n * mean * eps) ** 2
-    return mean, np.where(constant, 0.0, np.sqrt(variance))
+    return variance <= n_samples * eps * variance + (n_samples * mean * eps) ** 2
 
 
 def standardizing_scale(std):
     """The divisor that standardises columns of standard deviation ``std``: a constant
     column gets 1, as in scikit-learn's ``StandardScaler``, and is then only centred."""
     return np.where(std > 0, std, 1.0)
+
+
+def routing_feature_penalties(X, y, sample_weight, n_classes):
+    """Each feature's share of the classifier's routing group lasso: ``min(1, 1 / F)**2``.
+
+    ``F`` is the feature's one-way ANOVA F statistic across the classes, as
+    :func:`sklearn.feature_selection.f_classif` computes it, with the rows weighted by
+    ``sample_weight`` scaled to a mean of 1 (so that scaling the weights changes nothing). A
+    feature whose class means differ no more than chance makes (``F`` near 1 or below) takes
+    the whole penalty, one that separates the classes almost none; a constant feature takes
+    all of it. Read in chunks, twice (class means, then the spread about them), as
+    :func:`input_statistics` reads.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+        Class indices in ``range(n_classes)``.
+    sample_weight : ndarray of shape (n_samples,)
+    n_classes : int
+
+    Returns
+    -------
+    ndarray of shape (n_features,) with values in [0, 1], or None
+        None where F is undefined: fewer than 2 classes with weight, or no more rows than
+        such classes.
+    """
+    weight = np.asarray(sample_weight, dtype=np.float64)
+    weight = weight / weight.mean()
+    n, n_features = X.shape
+    step = max(1, _CHUNK_VALUES // max(1, n_features))
+    chunks = [slice(start, start + step) for start in range(0, n, step)]
+    class_weight = np.bincount(y, weights=weight, minlength=n_classes)
+    present = class_weight > 0
+    k = int(present.sum())
+    if k < 2 or n <= k:
+        return None
+    class_means = np.zeros((n_classes, n_features))
+    for rows in chunks:
+        labels = y[rows]
+        weighted_labels = np.zeros((labels.shape[0], n_classes))
+        weighted_labels[np.arange(labels.shape[0]), labels] = weight[rows]
+        class_means += weighted_labels.T @ X[rows].astype(np.float64)
+    class_means[present] /= class_weight[present, None]
+    mean = class_weight @ class_means / n
+    between = class_weight @ np.square(class_means - mean)
+    within = np.zeros(n_features)
+    for rows in chunks:
+        deviation = X[rows].astype(np.float64)
+        deviation -= class_means[y[rows]]
+        within += weight[rows] @ np.square(deviation, out=deviation)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (between / (k - 1)) / (within / (n - k))
+    # A constant feature is taken as noise; one constant within each class (x / 0)
+    # separates the classes exactly.
+    f[_constant((between + within) / n, mean, n)] = 0.0
+    return np.square(np.minimum(1.0, 1.0 / np.maximum(f, np.finfo(np.float64).tiny)))
 
 
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
@@ -607,13 +667,23 @@ class Trainer:
     label_smoothing : float
         Classification, balancing phase: the share of each row's target spread evenly over
         the classes.
+    routing_feature_penalties : ndarray of shape (n_features,) or None
+        Each network input's share of the group lasso on the routing weights (see
+        :func:`routing_feature_penalties`); None applies none.
     """
 
     def __init__(
         self, network, task, *, learning_rate, alpha, load_balancing, region_leak, seed,
         leaf_shrinkage=0.0, input_scaling=None, input_noise=None, label_smoothing=0.0,
+        routing_feature_penalties=None,
     ):
         self.network = network
+        self.routing_lasso = None
+        if routing_feature_penalties is not None and network.depth:
+            self.routing_lasso = torch.as_tensor(
+                self._ROUTING_GROUP_LASSO * routing_feature_penalties, dtype=torch.float32,
+                device=network.node_biases.device,
+            )
         self.label_smoothing = label_smoothing
         self.input_scaling = input_scaling
         self.input_noise = None if input_noise is None else torch.as_tensor(
@@ -644,7 +714,7 @@ class Trainer:
 
     @classmethod
     def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None,
-               input_noise=None):
+               input_noise=None, routing_feature_penalties=None):
         """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``;
         under a leaf hierarchy every leaf starts from the same parameters."""
         # The projection's SVD may start torch's threads: under the mode that fit sets, so
@@ -672,6 +742,7 @@ class Trainer:
             input_scaling=input_scaling,
             input_noise=input_noise,
             label_smoothing=params.get("label_smoothing", 0.0),
+            routing_feature_penalties=routing_feature_penalties,
         )
         if trainer.leaf_hierarchy is not None:
             trainer.leaf_hierarchy.start_shared()
@@ -710,6 +781,13 @@ class Trainer:
     # are noise its split followed them. 5 and more cost MNIST-1D; the regressor's leaves
     # balanced less with 3 (docs/model_quality.rst, "Training recipe: measurements").
     _ROUTING_DECAY_FACTOR = {"classification": 3.0, "regression": 1.0}
+
+    # The group lasso on each input's routing weights (a column of ``node_weights``), in
+    # units of the L2 penalty's ``alpha / n_samples``, times the input's share: where most
+    # features are noise, deep splits still followed them under the L2 penalty alone, and
+    # depth 6 lost to depth 4. The same penalty on every feature cost MNIST-1D, whose
+    # features all carry signal (docs/model_quality.rst, "Training recipe: measurements").
+    _ROUTING_GROUP_LASSO = 20.0
 
     def _new_optimizer(self):
         """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
@@ -794,6 +872,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["weight_decay"] = decay * group["decay_factor"]
         backward(grad_outputs, grad_probabilities)
+        if self.routing_lasso is not None and not self.hardening:
+            self._add_routing_lasso_gradient(decay)
         if self.leaf_hierarchy is None:
             self.optimizer.step()
         else:
@@ -802,6 +882,15 @@ class Trainer:
             self.optimizer.step(groups)
             self.leaf_hierarchy.step(self.optimizer, terms_group, decay)
         return loss, regulariser_weight
+
+    def _add_routing_lasso_gradient(self, decay):
+        """Add to the routing weights' gradient the (sub)gradient of the group lasso
+        ``decay * sum_j routing_lasso_j * ||node_weights[:, j]||``, 0 for a zero column."""
+        weights = self.network.node_weights.detach()
+        norms = torch.linalg.vector_norm(weights, dim=0)
+        norms.clamp_min_(torch.finfo(weights.dtype).tiny)
+        strength = self.routing_lasso.mul(decay).div_(norms)
+        self.network.node_weights.grad.addcmul_(weights, strength)
 
     def _data_loss(self, outputs, y, row_weight):
         """The weighted data loss ``sum_i row_weight_i * loss_i`` and its gradient.
@@ -1013,7 +1102,7 @@ class Trainer:
             )
         self.network.eval()
         self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
-        mean = total.item() / n + self._l2_penalty(regulariser_total / n, n)
+        mean = total.item() / n + self._weight_penalty(regulariser_total / n, n)
         if not np.isfinite(mean):
             raise FloatingPointError(self._divergence_message(n))
         return mean
@@ -1148,9 +1237,10 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _l2_penalty(self, regulariser_weight, n_samples):
+    def _weight_penalty(self, regulariser_weight, n_samples):
         """``0.5 * alpha * ||W||^2 / n_samples`` over the trained weights, weighted (a
-        leaf hierarchy's node terms below the root by ``leaf_shrinkage``).
+        leaf hierarchy's node terms below the root by ``leaf_shrinkage``), plus the routing
+        group lasso while the routing trains (see ``_add_routing_lasso_gradient``).
 
         Taken on the weights at the end of an epoch: the norms of every weight once per
         epoch rather than once per step, which cost as much as a tenth of a step.
@@ -1163,7 +1253,11 @@ class Trainer:
                 squared += group["decay_factor"] * norms.square().sum().item()
         if self.leaf_hierarchy is not None:
             squared += self.leaf_hierarchy.squared_norm()
-        return 0.5 * regulariser_weight * self.alpha / n_samples * squared
+        lasso = 0.0
+        if self.routing_lasso is not None and self.network.node_weights.requires_grad:
+            norms = torch.linalg.vector_norm(self.network.node_weights, dim=0)
+            lasso = torch.dot(self.routing_lasso, norms).item()
+        return regulariser_weight * self.alpha / n_samples * (0.5 * squared + lasso)
 
     # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.
     _OVERFLOWING_DECAY = 1e20

@@ -102,7 +102,7 @@ def test_loading_a_model_of_another_version_warns(fitted_classifier, digits, edi
 def test_a_model_pickled_before_a_parameter_existed_gets_how_it_trained(fitted_classifier, digits):
     state = fitted_classifier.__getstate__()
     del state["projection_rank"], state["leaf_shrinkage"], state["input_noise"]
-    del state["label_smoothing"], state["_input_std"]
+    del state["label_smoothing"], state["_input_std"], state["_routing_feature_penalties"]
     loaded = FFFClassifier.__new__(FFFClassifier)
     loaded.__setstate__(state)
     assert loaded.get_params()["projection_rank"] is None

@@ -472,6 +472,16 @@ def test_edited_regressor_values_raise_at_load(attribute, value, match):
 
 
 @pytest.mark.parametrize(
+    "value", [np.full(64, 2.0), np.full(64, np.nan), np.ones(63), np.ones(64, dtype=int)]
+)
+def test_edited_routing_feature_penalties_raise_at_load(fitted, value):
+    hostile = pickle.loads(pickle.dumps(fitted))
+    hostile.__dict__["_routing_feature_penalties"] = value
+    with pytest.raises(ValueError, match="_routing_feature_penalties must be a finite float"):
+        pickle.loads(pickle.dumps(hostile))
+
+
+@pytest.mark.parametrize(
     "value", [np.array([1, 1] + list(range(2, 10))), np.r_[np.nan, np.arange(1.0, 10.0)]]
 )
 def test_edited_classes_raise_at_load(fitted, value):

@@ -396,7 +396,7 @@ def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage
     for index in (0, 2):  # the hidden and output weights; the biases have no penalty
         terms = hierarchy.terms[index]
         squared += terms[:, 0].square().sum().item() + 30.0 * terms[:, 1:].square().sum().item()
-    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
                                                           rel=1e-5)
 
 
@@ -591,10 +591,114 @@ def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, r
 
     squared = sum(w.square().sum().item() for w in network.weight_matrices())
     squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
-    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
                                                           rel=1e-5)
     # Frozen while hardening, the routing leaves the penalty.
     trainer.start_hardening()
     squared -= routing_factor * network.node_weights.square().sum().item()
-    assert trainer._l2_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
                                                           rel=1e-5)
+
+
+def _f_classif_penalties(X, y):
+    from sklearn.feature_selection import f_classif
+
+    f, _ = f_classif(X.astype(np.float64), y)
+    return np.minimum(1.0, 1.0 / f) ** 2
+
+
+def test_routing_feature_penalties_are_f_classifs_read_in_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 500)
+    X = rng.standard_normal((500, 6)).astype(np.float32)
+    X[:, 0] += 0.5 * y  # informative: F in the hundreds, a share near 0
+    X[:, 1] += 0.1 * y  # weak: F about 6
+    expected = _f_classif_penalties(X, y)
+    monkeypatch.setattr(_training, "_CHUNK_VALUES", 60)  # 10 rows a chunk
+    penalties = _training.routing_feature_penalties(X, y, np.ones(500), n_classes=5)
+    np.testing.assert_allclose(penalties, expected, rtol=1e-9)
+    assert penalties[0] < 1e-3 < penalties[1] < 0.1 < penalties[2:].mean()
+    # Scaling the weights changes nothing; integer weights count as repeated rows, up to
+    # the degrees of freedom (rows, not the weights' sum).
+    weight = rng.integers(0, 3, 500).astype(np.float64)
+    scaled = _training.routing_feature_penalties(X, y, 7.0 * weight, n_classes=5)
+    np.testing.assert_allclose(
+        scaled, _training.routing_feature_penalties(X, y, weight, n_classes=5), rtol=1e-9
+    )
+    repeats = weight.astype(int)
+    np.testing.assert_allclose(
+        scaled, _f_classif_penalties(np.repeat(X, repeats, axis=0), np.repeat(y, repeats)),
+        rtol=0.05,
+    )
+
+
+def test_routing_feature_penalties_of_degenerate_features_and_classes():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    X = np.column_stack([np.full(6, 0.3), y * 2.0, [0.0, 1, 0, 1, 0, 1]]).astype(np.float32)
+    penalties = _training.routing_feature_penalties(X, y, np.ones(6), n_classes=3)
+    # Constant: all the penalty; constant within each class: none; no class effect: all.
+    np.testing.assert_allclose(penalties, [1.0, 0.0, 1.0], atol=1e-12)
+    assert _training.routing_feature_penalties(X, np.zeros(6, int), np.ones(6), 3) is None
+    assert _training.routing_feature_penalties(X[:2], y[:2], np.ones(2), 3) is None
+
+
+def test_the_routing_group_lasso_gradient_and_penalty():
+    shares = np.array([1.0, 0.5, 0.0, 1.0, 0.25, 1.0])
+    trainer = _training.Trainer.create(
+        6, 3, FFFClassifier(depth=2, leaf_width=4, master_leaf_width=3).get_params(),
+        "classification", "cpu", seed=3, routing_feature_penalties=shares,
+    )
+    weights = trainer.network.node_weights
+    with torch.no_grad():
+        weights[:, 3] = 0.0  # a column the lasso has zeroed: subgradient 0, not NaN
+    weights.grad = torch.zeros_like(weights)
+    trainer._add_routing_lasso_gradient(0.01)
+    columns = weights.detach().numpy()
+    norms = np.linalg.norm(columns, axis=0)
+    strength = trainer._ROUTING_GROUP_LASSO * shares * 0.01
+    expected = columns * np.divide(strength, norms, out=np.zeros(6), where=norms > 0)
+    np.testing.assert_allclose(weights.grad.numpy(), expected, rtol=1e-5, atol=1e-12)
+
+    l2 = sum(w.square().sum().item() for w in trainer.network.weight_matrices())
+    l2 += 2.0 * weights.square().sum().item()  # the routing's factor 3
+    lasso = trainer._ROUTING_GROUP_LASSO * float(shares @ norms)
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(
+        trainer.alpha / 100 * (0.5 * l2 + lasso), rel=1e-5)
+    # Frozen while hardening, the routing leaves both penalties and takes no lasso gradient.
+    trainer.start_hardening()
+    l2 -= 3.0 * weights.square().sum().item()
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * l2,
+                                                              rel=1e-5)
+
+
+def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
+    """Where most features are noise, the group lasso keeps the routing off them."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 1500)
+    X = rng.standard_normal((1500, 40))
+    X[:, :4] += 1.5 * rng.standard_normal((3, 4))[y]  # 4 features whose class means differ
+
+    def noise_share_of_routing(estimator):
+        # The exported weights take raw rows; the features are near unit scale already.
+        norms = np.linalg.norm(estimator.arrays_.node_weights, axis=0)
+        return norms[4:].sum() / norms.sum()
+
+    params = dict(depth=3, max_iter=40, random_state=0)
+    with_lasso = FFFClassifier(**params).fit(X, y)
+    np.testing.assert_array_less(with_lasso._routing_feature_penalties[:4], 0.01)
+    assert with_lasso._routing_feature_penalties[4:].mean() > 0.5
+    monkeypatch.setattr(Trainer, "_ROUTING_GROUP_LASSO", 0.0)
+    without = FFFClassifier(**params).fit(X, y)
+    assert noise_share_of_routing(with_lasso) < 0.5 * noise_share_of_routing(without)
+
+
+def test_only_the_classifier_takes_routing_feature_penalties_from_its_first_call():
+    X, y = make_classification(n_samples=300, n_features=5, random_state=0)
+    classifier = FFFClassifier(depth=2, max_iter=2).partial_fit(X[:100], y[:100], classes=[0, 1])
+    first = classifier._routing_feature_penalties.copy()
+    np.testing.assert_allclose(
+        first, _training.routing_feature_penalties(X[:100], y[:100], np.ones(100), 2)
+    )
+    classifier.partial_fit(X[100:], y[100:])
+    np.testing.assert_array_equal(classifier._routing_feature_penalties, first)
+    assert FFFRegressor(depth=2, max_iter=2).fit(X, y)._routing_feature_penalties is None
