@@ -324,8 +324,7 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
     X_train, X_test, y_train, _ = digits
     X_test = X_test.astype(np.float32)
     # Without the input projection, whose soft mixture here already routes closer to the
-    # hard model, so that the phase has a disagreement to remove; on the CPU, as on a GPU's
-    # arithmetic the model trained without the phase disagreed less (0.6% on an H100).
+    # hard model, so that the phase has a difference to remove.
     models = {
         epochs: FFFClassifier(
             depth=3, hardening_epochs=epochs, max_iter=64, n_iter_no_change=64,
@@ -333,16 +332,24 @@ def test_hardening_phase_makes_the_soft_mixture_the_hard_model(digits):
         ).fit(X_train, y_train)
         for epochs in (0, 16)
     }
-    disagreement = {}
+    on_hard_leaf, probability_gap, disagreement = {}, {}, {}
     for epochs, model in models.items():
         with torch.no_grad():
             soft = FFFNetwork.from_arrays(model.arrays_).soft_forward(
                 torch.from_numpy(X_test), straight_through=False
-            ).outputs
-        disagreement[epochs] = np.mean(soft.numpy().argmax(1) != model.predict(X_test))
+            )
+        leaves = model.apply(X_test)
+        on_hard_leaf[epochs] = soft.leaf_probabilities.numpy()[np.arange(len(leaves)), leaves]
+        soft_proba = torch.softmax(soft.outputs, dim=1).numpy()
+        probability_gap[epochs] = np.abs(soft_proba - model.predict_proba(X_test)).max()
+        disagreement[epochs] = np.mean(soft_proba.argmax(1) != model.predict(X_test))
         assert model.n_iter_ == 64
-    # 16 doublings of the routing logits: the soft mixture then routes like predict.
-    assert disagreement[16] <= 0.01 < disagreement[0]
+    # 16 doublings of the routing logits: the soft mixture then routes like predict (a
+    # mixture over the path probabilities before; measured 0.17 on the hard leaf, and
+    # probabilities up to 0.40 apart).
+    assert on_hard_leaf[0].mean() < 0.5 and on_hard_leaf[16].mean() > 0.99
+    assert probability_gap[16] <= 0.01 < 0.1 < probability_gap[0]
+    assert disagreement[16] <= 0.01
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
