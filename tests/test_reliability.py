@@ -176,6 +176,10 @@ def test_interrupt_in_the_first_epoch_of_a_refit_keeps_the_old_model(monkeypatch
 def test_a_real_sigint_during_fit_leaves_a_consistent_estimator(data):
     X, y = data
     model = FFFClassifier(depth=3, max_iter=100_000, n_iter_no_change=100_000, random_state=0)
+    # Python's own SIGINT handler, as at a terminal: a process started in the background of
+    # a non-interactive shell inherits SIGINT ignored, and the fit would run its 100,000
+    # epochs.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -185,6 +189,7 @@ def test_a_real_sigint_during_fit_leaves_a_consistent_estimator(data):
                 model.fit(X, y)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, inherited)
     if hasattr(model, "arrays_"):
         assert len(model.loss_curve_) == model.n_iter_ >= 1
         assert model.predict(X).shape == (len(X),)
