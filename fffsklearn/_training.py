@@ -143,6 +143,12 @@ _NORMAL_QUANTILES = ndtri((np.arange(2**16) + 0.5) / 2**16)
 _NORMAL_QUANTILES = (_NORMAL_QUANTILES / _NORMAL_QUANTILES.std()).astype(np.float32)
 
 
+def _row_chunks(n_samples, n_features):
+    """Slices of rows holding about ``_CHUNK_VALUES`` values each."""
+    step = max(1, _CHUNK_VALUES // max(1, n_features))
+    return [slice(start, start + step) for start in range(0, n_samples, step)]
+
+
 def input_statistics(X, sample_weight):
     """Weighted mean and standard deviation of every column of ``X``, in float64.
 
@@ -157,8 +163,7 @@ def input_statistics(X, sample_weight):
     """
     weight = np.asarray(sample_weight, dtype=np.float64)
     n, n_features = X.shape
-    step = max(1, _CHUNK_VALUES // max(1, n_features))
-    chunks = [slice(start, start + step) for start in range(0, n, step)]
+    chunks = _row_chunks(n, n_features)
     mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
     variance = np.zeros(n_features)
     for rows in chunks:
@@ -210,8 +215,7 @@ def routing_feature_penalties(X, y, sample_weight, n_classes):
     weight = np.asarray(sample_weight, dtype=np.float64)
     weight = weight / weight.mean()
     n, n_features = X.shape
-    step = max(1, _CHUNK_VALUES // max(1, n_features))
-    chunks = [slice(start, start + step) for start in range(0, n, step)]
+    chunks = _row_chunks(n, n_features)
     class_weight = np.bincount(y, weights=weight, minlength=n_classes)
     present = class_weight > 0
     k = int(present.sum())
