@@ -28,7 +28,8 @@ from ._network import FFFNetwork
 from ._persistence import FittedStatePersistence
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._training import (
-    Schedule, Trainer, input_statistics, standardizing_scale, training_memory_bytes,
+    Schedule, Trainer, input_statistics, principal_directions, standardizing_scale,
+    training_memory_bytes,
 )
 
 _PARAMETERS_DOC = """
@@ -81,7 +82,9 @@ _PARAMETERS_DOC = """
         Each of their first layers is then the shared projection times a small matrix of its
         own, so which directions of the inputs matter is learnt from all the rows rather than
         from each leaf's share of them, and ``alpha``'s L2 penalty on the two factors favours
-        first layers of low rank. ``arrays_`` holds the products, so ``predict`` costs the
+        first layers of low rank. The projection starts on the principal directions of the
+        training rows (as the network sees them, standardised under ``standardize``), those
+        along which they vary most. ``arrays_`` holds the products, so ``predict`` costs the
         same; an epoch of ``fit`` costs less on many features. None trains every first layer
         on its own, as the published FFF does.
 
@@ -478,12 +481,19 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         # starts a fresh one from the current weights, so that changed hyper-parameters
         # (learning_rate_init, load_balancing, ...) take effect.
         if first_call or not incremental or getattr(self, "_trainer", None) is None:
+            seed = int(rng.randint(np.iinfo(np.int32).max - 1))
+            # Only a fresh network starts from them: any other loads its fitted weights.
+            projection_directions = None
+            if first_call and self.projection_rank is not None:
+                projection_directions = principal_directions(
+                    X, sample_weight, self.projection_rank, seed, input_scaling
+                )
             trainer = Trainer.create(
                 X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
-                seed=int(rng.randint(np.iinfo(np.int32).max - 1)), input_scaling=input_scaling,
-                input_noise=input_noise,
+                seed=seed, input_scaling=input_scaling, input_noise=input_noise,
                 # Absent from older pickles, whose training then goes on without it.
                 routing_feature_penalties=getattr(self, "_routing_feature_penalties", None),
+                projection_directions=projection_directions,
             )
             if not first_call:
                 trainer.load_deployed(self.arrays_)

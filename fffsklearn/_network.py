@@ -424,6 +424,13 @@ class FFFNetwork(nn.Module):
         ``input_projection @ leaf_hidden_weights`` and ``input_projection @
         master_hidden_weights``. :meth:`to_arrays` exports the products, so the exported
         model is a plain FFF.
+    projection_directions : ndarray of shape (n_features, k) or None, default=None
+        Orthonormal columns, by decreasing importance, that the projection starts on: the
+        first layers are drawn as without a projection, then projected onto the span of
+        the first ``rank`` columns and rescaled to their drawn norm before being factorised
+        (the estimators pass the principal directions of the training rows, see
+        :func:`~fffsklearn._training.principal_directions`). None factorises the drawn
+        first layers as they are. Ignored without ``projection_rank``.
 
     Attributes
     ----------
@@ -431,13 +438,14 @@ class FFFNetwork(nn.Module):
         What the last forward pass computed besides the outputs.
     input_projection : Parameter of shape (n_features, rank) or None
         The shared projection, started as the balanced factor of the best rank-``rank``
-        approximation (SVD) of the first layers drawn as without it, rescaled to their norm.
+        approximation (SVD) of the first layers drawn as without it, or of their projection
+        onto ``projection_directions``, rescaled to their norm.
     """
 
     def __init__(
         self, n_features, n_outputs, depth=4, leaf_width=16, master_leaf_width=16,
         activation="relu", *, straight_through=True, region_leak=0.0, random_state=None,
-        projection_rank=None,
+        projection_rank=None, projection_directions=None,
     ):
         super().__init__()
         self.depth = depth
@@ -474,7 +482,10 @@ class FFFNetwork(nn.Module):
         self.input_projection = None
         if projection_rank is not None:
             rank = projected_rank(projection_rank, d, n_leaves * l + m)
-            projection, first_layers = _factorise(self._first_layers(), rank, keep_norm=True)
+            first_layers = self._first_layers()
+            if projection_directions is not None:
+                first_layers = _within_span(first_layers, projection_directions[:, :rank])
+            projection, first_layers = _factorise(first_layers, rank, keep_norm=True)
             self.input_projection = nn.Parameter(projection.float().contiguous())
             self.leaf_hidden_weights = nn.Parameter(
                 first_layers[:, : n_leaves * l].float().contiguous()
@@ -725,6 +736,16 @@ def projected_rank(projection_rank, n_features, n_first_layer_columns):
     """The rank of the input projection that ``projection_rank`` asks for: at most the
     number of features and of the first layers' columns (leaves' and master leaf's)."""
     return min(projection_rank, n_features, n_first_layer_columns)
+
+
+def _within_span(matrix, basis):
+    """``matrix``'s columns projected onto the span of ``basis``'s orthonormal columns,
+    float64 on the CPU, rescaled to the Frobenius norm of ``matrix``."""
+    matrix = matrix.detach().to("cpu", torch.float64)
+    basis = torch.as_tensor(basis, dtype=torch.float64)
+    projected = basis @ (basis.T @ matrix)
+    norm = projected.norm()
+    return projected * (matrix.norm() / norm) if norm > 0 else projected
 
 
 def _factorise(matrix, rank, *, keep_norm):

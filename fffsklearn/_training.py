@@ -187,6 +187,65 @@ def standardizing_scale(std):
     return np.where(std > 0, std, 1.0)
 
 
+# Randomized subspace iteration (Halko, Martinsson and Tropp, 2011): directions tracked
+# beyond those asked for, and passes over the rows that refine them. Only the start of the
+# input projection reads them, so an approximate subspace is enough.
+_PRINCIPAL_OVERSAMPLING = 10
+_PRINCIPAL_POWER_ITERATIONS = 3
+
+
+def principal_directions(X, sample_weight, rank, seed, input_scaling=None):
+    """The ``rank`` directions along which the network's inputs vary most: the leading
+    eigenvectors of their weighted covariance, by decreasing variance.
+
+    The inputs are the rows of ``X`` scaled by ``input_scaling`` (``(mean, scale)``, as the
+    trainer scales them) or, without it, the rows as given. The covariance is never formed:
+    randomized subspace iteration multiplies it into ``rank`` plus a few directions, one
+    pass over the rows in chunks at a time (as :func:`input_statistics` reads), so memory
+    grows with ``n_features * rank``, not ``n_features ** 2``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    sample_weight : ndarray of shape (n_samples,)
+    rank : int
+        Directions wanted; at most ``n_features`` are returned.
+    seed : int
+        Seeds the random start of the iteration.
+    input_scaling : tuple of ndarray or None
+
+    Returns
+    -------
+    ndarray of shape (n_features, min(rank, n_features))
+        Orthonormal columns, float64.
+    """
+    weight = np.asarray(sample_weight, dtype=np.float64)
+    weight = weight / weight.sum()
+    n, n_features = X.shape
+    chunks = _row_chunks(n, n_features)
+    if input_scaling is None:
+        mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks)
+        scale = np.ones(n_features)
+    else:
+        mean, scale = input_scaling
+
+    def covariance_times(basis):
+        product = np.zeros_like(basis)
+        for rows in chunks:
+            inputs = (X[rows].astype(np.float64) - mean) / scale
+            product += inputs.T @ (weight[rows, None] * (inputs @ basis))
+        return product
+
+    width = min(n_features, rank + _PRINCIPAL_OVERSAMPLING)
+    start = np.random.RandomState(seed).standard_normal((n_features, width))
+    basis = np.linalg.qr(start)[0]
+    for _ in range(_PRINCIPAL_POWER_ITERATIONS):
+        basis = np.linalg.qr(covariance_times(basis))[0]
+    # Rayleigh-Ritz: the covariance within the subspace, diagonalised.
+    _, vectors = np.linalg.eigh(basis.T @ covariance_times(basis))
+    return basis @ vectors[:, ::-1][:, : min(rank, n_features)]
+
+
 def routing_feature_penalties(X, y, sample_weight, n_classes):
     """Each feature's share of the classifier's routing group lasso: ``min(1, 1 / F)**2``.
 
@@ -718,8 +777,9 @@ class Trainer:
 
     @classmethod
     def create(cls, n_features, n_outputs, params, task, device, seed, input_scaling=None,
-               input_noise=None, routing_feature_penalties=None):
-        """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``;
+               input_noise=None, routing_feature_penalties=None, projection_directions=None):
+        """A fresh network initialised from ``seed``, with the hyper-parameters in ``params``,
+        its input projection started on ``projection_directions`` (see :class:`FFFNetwork`);
         under a leaf hierarchy every leaf starts from the same parameters."""
         # The projection's SVD may start torch's threads: under the mode that fit sets, so
         # that they inherit it (see denormals_flushed).
@@ -733,6 +793,7 @@ class Trainer:
                 params["activation"],
                 random_state=seed,
                 projection_rank=params["projection_rank"],
+                projection_directions=projection_directions,
             ).to(device)
         trainer = cls(
             network,

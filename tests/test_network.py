@@ -392,3 +392,21 @@ def test_compiled_hard_leaf_input_gradient_refuses_inconsistent_buffers():
         call(leaves=leaves[:5])
     with pytest.raises(ValueError, match="out"):
         call(out=torch.empty(6, 5))
+
+
+def test_a_projection_started_on_given_directions_spans_them():
+    plain = FFFNetwork(6, 2, 2, 4, 3, random_state=0)
+    directions = np.linalg.qr(np.random.default_rng(0).standard_normal((6, 4)))[0]
+    started = FFFNetwork(6, 2, 2, 4, 3, random_state=0, projection_rank=2,
+                         projection_directions=directions)
+    first_layers = _first_layers(started.to_arrays())
+    # The product lies in the span of the first 2 directions, at the drawn layers' norm.
+    kept = directions[:, :2]
+    np.testing.assert_allclose(first_layers, kept @ (kept.T @ first_layers), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(first_layers),
+                               np.linalg.norm(_first_layers(plain.to_arrays())), rtol=1e-5)
+    # It is the drawn layers' own component there, not any matrix of that span.
+    drawn = _first_layers(plain.to_arrays())
+    component = kept @ (kept.T @ drawn)
+    np.testing.assert_allclose(first_layers / np.linalg.norm(first_layers),
+                               component / np.linalg.norm(component), atol=1e-6)

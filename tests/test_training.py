@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_classification
+from sklearn.decomposition import PCA
 
 from fffsklearn import FFFClassifier, FFFRegressor
 from fffsklearn import _network, _training
@@ -632,6 +633,38 @@ def test_routing_feature_penalties_are_f_classifs_read_in_chunks(monkeypatch):
     )
 
 
+def _principal_subspace_distance(directions, expected):
+    """The sine of the largest principal angle between two spans of orthonormal columns."""
+    return np.linalg.norm(expected - directions @ (directions.T @ expected), ord=2)
+
+
+def test_principal_directions_are_pcas_read_in_chunks(monkeypatch):
+    rng = np.random.default_rng(0)
+    # Three directions of large and distinct variance among 12 features, plus a mean.
+    X = (rng.standard_normal((400, 3)) * [6.0, 4.0, 3.0]) @ rng.standard_normal((3, 12))
+    X = (X + rng.standard_normal((400, 12)) + 5.0).astype(np.float32)
+    monkeypatch.setattr(_training, "_CHUNK_VALUES", 120)  # 10 rows a chunk
+    directions = _training.principal_directions(X, np.ones(400), 3, seed=0)
+    assert directions.shape == (12, 3)
+    np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-12)
+    pca = PCA(3).fit(X.astype(np.float64))
+    # By decreasing variance, each direction that of PCA up to its sign.
+    np.testing.assert_allclose(np.abs(np.sum(directions * pca.components_.T, axis=0)), 1.0,
+                               atol=1e-6)
+    # Integer weights count as repeated rows; under a scaling, the scaled rows' PCA.
+    weight = rng.integers(0, 3, 400).astype(np.float64)
+    repeated = np.repeat(X, weight.astype(int), axis=0).astype(np.float64)
+    weighted = _training.principal_directions(X, weight, 3, seed=1)
+    assert _principal_subspace_distance(weighted, PCA(3).fit(repeated).components_.T) < 1e-6
+    mean, scale = X.mean(axis=0).astype(np.float64), np.linspace(0.5, 8.0, 12)
+    scaled = _training.principal_directions(X, np.ones(400), 3, seed=2, input_scaling=(mean, scale))
+    expected = PCA(3).fit((X - mean) / scale).components_.T
+    assert _principal_subspace_distance(scaled, expected) < 1e-6
+    # More than there are features: an orthonormal basis of them all.
+    every = _training.principal_directions(X[:, :4], np.ones(400), 32, seed=0)
+    np.testing.assert_allclose(every.T @ every, np.eye(4), atol=1e-12)
+
+
 def test_routing_feature_penalties_of_degenerate_features_and_classes():
     y = np.array([0, 0, 1, 1, 2, 2])
     X = np.column_stack([np.full(6, 0.3), y * 2.0, [0.0, 1, 0, 1, 0, 1]]).astype(np.float32)
@@ -702,3 +735,24 @@ def test_only_the_classifier_takes_routing_feature_penalties_from_its_first_call
     classifier.partial_fit(X[100:], y[100:])
     np.testing.assert_array_equal(classifier._routing_feature_penalties, first)
     assert FFFRegressor(depth=2, max_iter=2).fit(X, y)._routing_feature_penalties is None
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("Estimator", [FFFClassifier, FFFRegressor])
+def test_the_input_projection_starts_on_the_principal_directions_of_the_scaled_rows(Estimator):
+    rng = np.random.default_rng(0)
+    # Standardised, the rows vary along two directions of ten, and a little along the rest.
+    X = rng.standard_normal((300, 2)) @ rng.standard_normal((2, 10)) * np.arange(1.0, 11.0)
+    X = (X + 0.05 * rng.standard_normal((300, 10)) + 3.0).astype(np.float32)
+    y = (X[:, 0] > 3.0).astype(int)
+    # One epoch at a rate too small to move the weights from where they started.
+    model = Estimator(depth=2, projection_rank=2, learning_rate_init=1e-9, max_iter=1,
+                      random_state=0).fit(X, y)
+    first_layers = np.concatenate(
+        (model.arrays_.leaf_hidden_weights.transpose(1, 0, 2).reshape(10, -1),
+         model.arrays_.master_hidden_weights), axis=1,
+    ) * model._input_scale[:, None]  # as the standardised rows meet them
+    scaled = (X - model._input_mean) / model._input_scale
+    principal = PCA(2).fit(scaled).components_.T
+    outside = first_layers - principal @ (principal.T @ first_layers)
+    assert np.linalg.norm(outside) < 1e-3 * np.linalg.norm(first_layers)
