@@ -28,6 +28,7 @@ batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
                                         [--models +both] [--params leaf_shrinkage=30]
+                                        [--seeds 10]
 
 ``--quick`` (what CI runs) takes one seed, depth 4 and at most 5,000 training rows per data
 set. Needs the ``benchmark`` extra (``mnist1d``).
@@ -310,6 +311,8 @@ def main():
                         help="comma-separated subset of: " + ", ".join(DATASETS) + " (default: "
                         "all but " + ", ".join(sorted(LARGE)) + ")")
     parser.add_argument("--n-jobs", type=int, default=2, help="fits run in parallel, one thread each")
+    parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS - 1 (default: 3, or 1 with "
+                        "--quick); ten separate a change from rounding noise on the small sets")
     parser.add_argument("--models", help="only the models whose name contains one of these "
                         "comma-separated strings, for example '+LB,+both'")
     parser.add_argument("--params", help="estimator parameters for every FFF fit, on top of "
@@ -324,6 +327,8 @@ def main():
     if unknown:
         parser.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
     seeds, depths = ([0], [4]) if args.quick else ([0, 1, 2], [4, 6])
+    if args.seeds is not None:
+        seeds = list(range(args.seeds))
     start = time.perf_counter()
     if args.from_json:
         saved = {}
