@@ -164,7 +164,7 @@ def input_statistics(X, sample_weight):
     weight = np.asarray(sample_weight, dtype=np.float64)
     n, n_features = X.shape
     chunks = _row_chunks(n, n_features)
-    mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
+    mean = _weighted_column_mean(X, weight, chunks)
     variance = np.zeros(n_features)
     for rows in chunks:
         deviation = X[rows].astype(np.float64)
@@ -172,6 +172,11 @@ def input_statistics(X, sample_weight):
         variance += weight[rows] @ np.square(deviation, out=deviation)
     variance /= weight.sum()
     return mean, np.where(_constant(variance, mean, n), 0.0, np.sqrt(variance))
+
+
+def _weighted_column_mean(X, weight, chunks):
+    """The ``weight``-weighted mean of every column of ``X``, in float64, read by ``chunks``."""
+    return sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
 
 
 def _constant(variance, mean, n_samples):
@@ -224,7 +229,7 @@ def principal_directions(X, sample_weight, rank, seed, input_scaling=None):
     n, n_features = X.shape
     chunks = _row_chunks(n, n_features)
     if input_scaling is None:
-        mean = sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks)
+        mean = _weighted_column_mean(X, weight, chunks)
         scale = np.ones(n_features)
     else:
         mean, scale = input_scaling
