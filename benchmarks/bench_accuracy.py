@@ -303,6 +303,14 @@ def summarise(results, datasets, depths, quick, checks=True):
 
 
 
+def _parameter_value(text):
+    """A Python literal (``3``, ``None``, ``'tanh'``), or the text itself (``tanh``)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -316,7 +324,7 @@ def main():
     parser.add_argument("--models", help="only the models whose name contains one of these "
                         "comma-separated strings, for example '+LB,+both'")
     parser.add_argument("--params", help="estimator parameters for every FFF fit, on top of "
-                        "each variant's, for example 'leaf_shrinkage=30,alpha=10'")
+                        "each variant's, for example 'leaf_shrinkage=30,activation=tanh'")
     parser.add_argument("--json", help="also write every fit's figures to this file")
     parser.add_argument("--from-json", help="fit nothing: summarise the figures saved in these "
                         "comma-separated files; a later file's figures of a data set and model "
@@ -344,7 +352,7 @@ def main():
         wanted = args.models.split(",")
         jobs = [job for job in jobs if any(part in job[2] for part in wanted)]
     if args.params:
-        extra = {key: ast.literal_eval(value)
+        extra = {key: _parameter_value(value)
                  for key, value in (item.split("=") for item in args.params.split(","))}
         jobs = [(*job[:4], {**job[4], **extra}, job[5]) if job[3] == "FFF" else job
                 for job in jobs]
