@@ -8,8 +8,8 @@ routing neurons and one leaf run per row, however many leaves the tree has.
 
 from ._arrays import FFFArrays
 from ._base import FitInterrupted
-from ._classes import FFFClassifier, FFFRegressor
-from ._persistence import InconsistentFFFVersionWarning, skops_trusted_types
+from ._classes import FFFClassifier, FFFRegressor, skops_trusted_types
+from ._persistence import InconsistentFFFVersionWarning
 from ._version import __version__
 
 __all__ = [

@@ -3,7 +3,6 @@
 import os
 import warnings
 from abc import ABCMeta, abstractmethod
-from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -24,13 +23,9 @@ from . import inference
 from ._arrays import ACTIVATIONS, FFFArrays
 from ._device import prediction_options, training_device
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
-from ._network import FFFNetwork
 from ._persistence import FittedStatePersistence
+from ._preparation import InputPreparation
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
-from ._training import (
-    Schedule, Trainer, input_statistics, principal_directions, standardizing_scale,
-    training_memory_bytes,
-)
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -383,14 +378,13 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             The fitted estimator.
         """
         first_call = not (self.warm_start and hasattr(self, "arrays_"))
-        # Set up before the state is saved, so that a failed fit keeps the context that
-        # scikit-learn's teardown of the callbacks needs.
+        # Set up before the working copy is taken, so that the copy carries the context and
+        # scikit-learn's teardown of the callbacks finds it here, whatever the fit does.
         context = self._init_callback_context(max_subtasks=self.max_iter)
-        with self._restore_state_on_error():
-            self._fit(
-                X, y, sample_weight, first_call=first_call, incremental=False,
-                validation=(X_val, y_val, sample_weight_val), callback_context=context,
-            )
+        self._fit_and_publish(
+            X, y, sample_weight, first_call=first_call, incremental=False,
+            validation=(X_val, y_val, sample_weight_val), callback_context=context,
+        )
         return self
 
     def _partial_fit(self, X, y, sample_weight, classes):
@@ -401,29 +395,96 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             )
         first_call = not hasattr(self, "arrays_")
         context = self._init_callback_context(max_subtasks=1)
-        with self._restore_state_on_error():
-            self._fit(X, y, sample_weight, first_call=first_call, incremental=True,
-                      classes=classes, callback_context=context)
+        self._fit_and_publish(X, y, sample_weight, first_call=first_call, incremental=True,
+                              classes=classes, callback_context=context)
         return self
 
-    @contextmanager
-    def _restore_state_on_error(self):
-        # A failed call must leave a fitted estimator exactly as it was: validate_data sets
-        # n_features_in_ before it rejects X, and training mutates the live network.
-        saved = dict(self.__dict__)
+    def _snapshot(self):
+        """A shallow copy of this estimator as it stands now.
+
+        A fit builds its state on such a copy and publishes it by replacing this estimator's
+        ``__dict__`` in one assignment; predict-type methods read their copy, so that a fit
+        in another thread shows them the old model or the new one, never a mixture."""
+        snapshot = object.__new__(type(self))
+        snapshot.__dict__.update(self.__dict__)
+        return snapshot
+
+    def _fit_and_publish(self, *args, **kwargs):
+        """``_fit`` on a working copy, whose state replaces this estimator's when it succeeds
+        (or is interrupted after an epoch, which keeps that epoch on purpose); a fit that
+        fails leaves this estimator as it was."""
+        staged = self._snapshot()
         try:
-            yield
+            staged._fit(*args, callback_estimator=self, **kwargs)
         except FitInterrupted:
-            raise  # fit kept its last completed epoch on purpose
+            self.__dict__ = staged.__dict__
+            raise
         except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(saved)
+            # The network of a warm start or partial_fit trained in place: the next one starts
+            # afresh from arrays_.
             self.__dict__.pop("_trainer", None)
             raise
+        self.__dict__ = staged.__dict__
 
     def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None,
-             validation=(None, None, None), callback_context=None):
+             validation=(None, None, None), callback_context=None, callback_estimator=None):
+        # Torch and the training code load when a fit starts, not with the package: a
+        # process that only loads a fitted model and predicts never imports them.
+        from ._training import Schedule
+
         device = training_device(self.device)
+        X, y, y_encoded, sample_weight = self._training_data(
+            X, y, sample_weight, first_call, incremental, classes
+        )
+        callback_data = {"X": X, "y": y, "metadata": {"sample_weight": sample_weight}}
+        rng = check_random_state(self.random_state)
+        X, y_encoded, sample_weight, validation_score = self._held_out_scoring(
+            X, y_encoded, sample_weight, validation, rng
+        )
+        if first_call:
+            self._preparation = InputPreparation(
+                standardize=self.standardize, statistics=bool(self.input_noise)
+            ).fit(X, sample_weight, **self._preparation_targets(y_encoded))
+        batch_size = self._batch_size(X)
+        trainer = self._trainer_for(X, sample_weight, rng, device, first_call, incremental)
+
+        max_epochs = 1 if incremental else self.max_iter
+        schedule = Schedule(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            # At most a quarter of max_iter, so that a short fit still mostly balances.
+            hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+        )
+        n_iter = 0 if first_call else self.n_iter_
+        reporter = EpochReporter(self.verbose, max_epochs, type(self).__name__)
+        # The callbacks see the estimator that fit was called on; the fitted estimator they
+        # get is a copy of it that takes this working copy's state.
+        if callback_context is not None:
+            callback_context.call_on_fit_task_begin(estimator=callback_estimator,
+                                                    **callback_data)
+        hooks = EpochHooks(reporter, callback_context, callback_estimator, self, n_iter,
+                           **callback_data)
+        try:
+            result = trainer.fit(
+                X, y_encoded, sample_weight, schedule,
+                validation_score=validation_score,
+                best_loss=np.inf if first_call or self.best_loss_ is None else self.best_loss_,
+                report=hooks,
+            )
+        finally:
+            reporter.close()
+        self._store_result(result, trainer, device, X, first_call, n_iter)
+        if callback_context is not None:
+            callback_context.call_on_fit_task_end(
+                estimator=callback_estimator, **callback_data,
+                reconstruction_attributes=lambda: dict(vars(self)),
+            )
+        self._warn_about_stop(result.stop_reason, incremental, max_epochs)
+
+    def _training_data(self, X, y, sample_weight, first_call, incremental, classes):
+        """The validated rows, targets, encoded targets and row weights of a fit."""
         X, y = validate_data(
             self,
             X,
@@ -440,92 +501,68 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             raise ValueError("Sample weights must contain at least one non-zero weight.")
         if np.any(sample_weight < 0):
             raise ValueError("Sample weights must be non-negative.")
-        callback_data = {"X": X, "y": y, "metadata": {"sample_weight": sample_weight}}
+        return X, y, y_encoded, sample_weight
 
-        rng = check_random_state(self.random_state)
+    def _held_out_scoring(self, X, y_encoded, sample_weight, validation, rng):
+        """The training rows, and the function that scores a model on the validation rows
+        (the user's, or a split of ``X``) under ``early_stopping``, else None."""
         X_val, y_val, weight_val = self._check_validation_data(*validation)
-        validation_score = None
-        if self.early_stopping:  # partial_fit has refused it already
-            if X_val is None:
-                X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
-                    X, y_encoded, sample_weight, rng
-                )
-            inference_options = prediction_options(self.device, self.n_jobs)
-
-            def validation_score(arrays):
-                outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
-                return self._score_outputs(outputs, y_val, weight_val)
-
-        if first_call:
-            self._input_mean = self._input_scale = self._input_std = None
-            if self.standardize or self.input_noise:
-                mean, self._input_std = input_statistics(X, sample_weight)
-                if self.standardize:
-                    self._input_mean = mean
-                    self._input_scale = standardizing_scale(self._input_std)
-            self._routing_feature_penalties = self._routing_feature_penalties_of(
-                X, y_encoded, sample_weight
+        if not self.early_stopping:  # partial_fit has refused it already
+            return X, y_encoded, sample_weight, None
+        if X_val is None:
+            X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
+                X, y_encoded, sample_weight, rng
             )
-        input_scaling = None
-        if getattr(self, "_input_mean", None) is not None:  # absent from older pickles
-            input_scaling = (self._input_mean, self._input_scale)
-        input_noise = self._input_noise_std(X, sample_weight, input_scaling)
+        inference_options = prediction_options(self.device, self.n_jobs)
 
+        def validation_score(arrays):
+            outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
+            return self._score_outputs(outputs, y_val, weight_val)
+
+        return X, y_encoded, sample_weight, validation_score
+
+    def _batch_size(self, X):
+        """Rows per mini-batch for training on ``X``; refuses a fit that would not fit in
+        memory."""
         batch_size = self.batch_size
         if batch_size == "auto":
             batch_size = self._auto_batch_size(X.shape[0])
         batch_size = min(batch_size, X.shape[0])
         self._check_training_memory(X.shape[1], batch_size)
+        return batch_size
 
+    def _trainer_for(self, X, sample_weight, rng, device, first_call, incremental):
+        """The trainer of this call: a fresh one, or ``partial_fit``'s, which goes on."""
         # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
         # starts a fresh one from the current weights, so that changed hyper-parameters
         # (learning_rate_init, load_balancing, ...) take effect.
-        if first_call or not incremental or getattr(self, "_trainer", None) is None:
-            seed = int(rng.randint(np.iinfo(np.int32).max - 1))
-            # Only a fresh network starts from them: any other loads its fitted weights.
-            projection_directions = None
-            if first_call and self.projection_rank is not None:
-                projection_directions = principal_directions(
-                    X, sample_weight, self.projection_rank, seed, input_scaling
-                )
-            trainer = Trainer.create(
-                X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
-                seed=seed, input_scaling=input_scaling, input_noise=input_noise,
-                # Absent from older pickles, whose training then goes on without it.
-                routing_feature_penalties=getattr(self, "_routing_feature_penalties", None),
-                projection_directions=projection_directions,
-            )
-            if not first_call:
-                trainer.load_deployed(self.arrays_)
-        else:
-            trainer = self._trainer
-            trainer.start_balancing()
+        if not (first_call or not incremental or getattr(self, "_trainer", None) is None):
+            self._trainer.start_balancing()
+            return self._trainer
+        from ._training import Trainer
 
-        max_epochs = 1 if incremental else self.max_iter
-        schedule = Schedule(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            # At most a quarter of max_iter, so that a short fit still mostly balances.
-            hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
+        seed = int(rng.randint(np.iinfo(np.int32).max - 1))
+        preparation = self._preparation
+        # Only a fresh network starts from them: any other loads its fitted weights.
+        projection_directions = None
+        if first_call and self.projection_rank is not None:
+            projection_directions = preparation.principal_directions(
+                X, sample_weight, self.projection_rank, seed
+            )
+        trainer = Trainer.create(
+            X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
+            seed=seed, input_scaling=preparation.scaling,
+            input_noise=preparation.noise_std(self.input_noise, X, sample_weight),
+            routing_feature_penalties=preparation.routing_feature_penalties_,
+            projection_directions=projection_directions,
         )
-        n_iter = 0 if first_call else self.n_iter_
-        reporter = EpochReporter(self.verbose, max_epochs, type(self).__name__)
-        if callback_context is not None:
-            callback_context.call_on_fit_task_begin(estimator=self, **callback_data)
-        try:
-            result = trainer.fit(
-                X, y_encoded, sample_weight, schedule,
-                validation_score=validation_score,
-                best_loss=np.inf if first_call or self.best_loss_ is None else self.best_loss_,
-                report=EpochHooks(reporter, callback_context, self, n_iter, **callback_data),
-            )
-        finally:
-            reporter.close()
+        if not first_call:
+            trainer.load_deployed(self.arrays_)
+        return trainer
 
-        arrays = result.arrays
-        self.arrays_ = arrays
+    def _store_result(self, result, trainer, device, X, first_call, n_iter):
+        """Set the fitted attributes from the trainer's ``result``."""
+        self.arrays_ = result.arrays
         self._trainer = trainer
         self.device_ = str(device)
         self.n_iter_ = n_iter + result.n_epochs
@@ -539,12 +576,9 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         else:
             self.validation_scores_ = self.best_validation_score_ = None
         self.leaf_sample_counts_ = self._count_leaves(X)
-        if callback_context is not None:
-            callback_context.call_on_fit_task_end(
-                estimator=self, **callback_data, reconstruction_attributes={}
-            )
 
-        if result.stop_reason == "interrupted":
+    def _warn_about_stop(self, stop_reason, incremental, max_epochs):
+        if stop_reason == "interrupted":
             warnings.warn(
                 f"{type(self).__name__}.fit was interrupted; the estimator keeps the weights "
                 f"of its last completed epoch ({self.n_iter_}). Call fit with warm_start=True "
@@ -552,7 +586,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 UserWarning,
             )
             raise FitInterrupted()
-        if not incremental and result.stop_reason == "max_iter":
+        if not incremental and stop_reason == "max_iter":
             warnings.warn(
                 f"{type(self).__name__}: maximum iterations ({max_epochs}) reached and the "
                 "optimization hasn't converged yet.",
@@ -588,23 +622,10 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             raise ValueError("Sample weights of the training split are all zero.")
         return X_train, X_val, y_train, y_val, w_train
 
-    def _routing_feature_penalties_of(self, X, y_encoded, sample_weight):
-        """Each feature's share of the routing group lasso (see
-        ``_training.routing_feature_penalties``), taken on the first call's training rows,
-        or None for none."""
-        return None
-
-    def _input_noise_std(self, X, sample_weight, input_scaling):
-        """Standard deviation of the training noise on each network input (``input_noise``
-        times the feature's standard deviation, scaled as the input is), or None."""
-        if not self.input_noise:
-            return None
-        std = getattr(self, "_input_std", None)
-        if std is None:  # the first fit took no statistics, or predates input_noise
-            std = input_statistics(X, sample_weight)[1]
-        if input_scaling is not None:
-            std = std / input_scaling[1]
-        return (self.input_noise * std).astype(np.float32)
+    def _preparation_targets(self, y_encoded):
+        """The targets that the input preparation reads besides the rows (see
+        :meth:`InputPreparation.fit`): none, unless the routing penalties need classes."""
+        return {}
 
     # Rows per mini-batch under batch_size="auto", as scikit-learn's MLP.
     _AUTO_BATCH_ROWS = 200
@@ -617,6 +638,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
     def _check_training_memory(self, n_features, batch_size):
         """Refuse up front a fit whose working set would not fit in memory: training
         computes every leaf for every row of a batch, so it grows with ``2**depth``."""
+        from ._training import training_memory_bytes
+
         needed = training_memory_bytes(
             n_features, self._n_network_outputs(), self.depth, self.leaf_width,
             self.master_leaf_width, batch_size, leaf_hierarchy=self.leaf_shrinkage > 0,
@@ -651,6 +674,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         module : fffsklearn.nn.FFFNetwork
             In training mode, straight-through, with this estimator's ``region_leak``.
         """
+        from ._network import FFFNetwork
+
         check_is_fitted(self, "arrays_")
         network = FFFNetwork.from_arrays(self._arrays_in_output_units())
         network.region_leak = self.region_leak
@@ -663,6 +688,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         ``target_attributes(arrays)`` returns the fitted target attributes that give the
         network's outputs their meaning (or raises if they cannot); ``X`` sets the input
         attributes and the leaf counts."""
+        from ._network import FFFNetwork
+
         trained_as = {}
         if isinstance(network, FFFNetwork):
             arrays = network.to_arrays()
@@ -689,9 +716,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             )
         vars(estimator).update(target_attributes(arrays))
         estimator.arrays_ = arrays
-        # The network takes raw rows.
-        estimator._input_mean = estimator._input_scale = estimator._input_std = None
-        estimator._routing_feature_penalties = None
+        estimator._preparation = InputPreparation.identity(arrays.n_features)
         estimator.device_ = "cpu"
         estimator.n_iter_ = 0
         estimator.loss_curve_ = []
@@ -707,6 +732,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
 
     # ----------------------------------------------------------------------------- inference
     def _validate_for_inference(self, X, options):
+        """``X`` validated against this fitted model (a snapshot, see :meth:`_snapshot`)."""
         check_is_fitted(self, "arrays_")
         # The compiled kernel rejects NaN and infinity itself while it routes, which saves a
         # full pass over X; the other backends need validate_data's check.
@@ -719,18 +745,21 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         )
 
     def _map_outputs(self, X, transform):
-        """Validate ``X`` and apply ``transform`` to its raw hard-routed outputs chunk by chunk,
-        so memory stays bounded by the result whatever the number of rows. The result takes
-        its trailing shape and dtype from what ``transform`` returns.
+        """Validate ``X`` and apply ``transform(model, outputs)`` to its raw hard-routed
+        outputs chunk by chunk, so memory stays bounded by the result whatever the number of
+        rows. ``model`` is the snapshot of this estimator that every step of the call reads
+        (see :meth:`_snapshot`). The result takes its trailing shape and dtype from what
+        ``transform`` returns.
 
         Rows whose outputs overflow (inputs far outside the training range, beyond what the
         float32 network can evaluate) raise ``ValueError`` rather than return NaN or inf."""
-        options = prediction_options(self.device, self.n_jobs)
-        X = self._validate_for_inference(X, options)
+        model = self._snapshot()
+        options = prediction_options(model.device, model.n_jobs)
+        X = model._validate_for_inference(X, options)
         result = None
-        for rows, outputs, _ in inference.iter_hard_forward(self.arrays_, X, **options):
+        for rows, outputs, _ in inference.iter_hard_forward(model.arrays_, X, **options):
             with np.errstate(over="ignore", invalid="ignore"):
-                chunk = transform(outputs)
+                chunk = transform(model, outputs)
             finite = np.isfinite(outputs).all(axis=1)
             if chunk.dtype.kind == "f":
                 finite &= np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
@@ -759,9 +788,10 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
             decisions taken from the root down (1 means right).
         """
-        options = prediction_options(self.device, self.n_jobs)
-        X = self._validate_for_inference(X, options)
-        return inference.apply(self.arrays_, X, **options)
+        model = self._snapshot()
+        options = prediction_options(model.device, model.n_jobs)
+        X = model._validate_for_inference(X, options)
+        return inference.apply(model.arrays_, X, **options)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

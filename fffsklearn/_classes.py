@@ -10,8 +10,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 
+from ._arrays import FFFArrays
 from ._base import _ATTRIBUTES_DOC, _PARAMETERS_DOC, BaseFFF
-from ._training import routing_feature_penalties
+from ._preparation import InputPreparation
 
 
 class FFFClassifier(ClassifierMixin, BaseFFF):
@@ -71,9 +72,6 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "label_smoothing": [Interval(Real, 0, 1, closed="left")],
     }
-
-    # Pickles from before label_smoothing trained without it.
-    _PARAMETERS_ADDED_SINCE_0_1 = {**BaseFFF._PARAMETERS_ADDED_SINCE_0_1, "label_smoothing": 0.0}
 
     def __init__(
         self,
@@ -207,8 +205,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         )
         return (sample_weight * weights[y_encoded]).astype(np.float32)
 
-    def _routing_feature_penalties_of(self, X, y_encoded, sample_weight):
-        return routing_feature_penalties(X, y_encoded, sample_weight, len(self.classes_))
+    def _preparation_targets(self, y_encoded):
+        # The routing group lasso weighs each feature by how well it separates the classes.
+        return {"y": y_encoded, "n_classes": len(self.classes_)}
 
     def _arrays_in_output_units(self):
         return self.arrays_
@@ -291,7 +290,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             ``classes_``.
         """
         return self._map_outputs(
-            X, lambda outputs: softmax(outputs.astype(np.float64), axis=1)
+            X, lambda model, outputs: softmax(outputs.astype(np.float64), axis=1)
         )
 
     def predict_log_proba(self, X):
@@ -308,7 +307,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             Log-probabilities; columns follow ``classes_``.
         """
         return self._map_outputs(
-            X, lambda outputs: log_softmax(outputs.astype(np.float64), axis=1)
+            X, lambda model, outputs: log_softmax(outputs.astype(np.float64), axis=1)
         )
 
     def predict(self, X):
@@ -326,7 +325,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         """
         # The softmax is monotone, so its argmax is the argmax of the raw outputs. Labels are
         # written chunk by chunk: no full-length index array besides the result.
-        return self._map_outputs(X, lambda outputs: self.classes_[np.argmax(outputs, axis=1)])
+        return self._map_outputs(
+            X, lambda model, outputs: model.classes_[np.argmax(outputs, axis=1)]
+        )
 
 
 class FFFRegressor(RegressorMixin, BaseFFF):
@@ -503,7 +504,32 @@ class FFFRegressor(RegressorMixin, BaseFFF):
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
             The chosen leaf's plus the master leaf's output, in the units of the targets.
         """
-        y = self._map_outputs(
-            X, lambda outputs: outputs * self._target_scale + self._target_mean
-        )
-        return y.ravel() if self._target_is_1d else y
+        def in_target_units(model, outputs):
+            y = outputs * model._target_scale + model._target_mean
+            return y[:, 0] if model._target_is_1d else y
+
+        return self._map_outputs(X, in_target_units)
+
+
+def skops_trusted_types():
+    """Names of the fffsklearn types to trust when loading a model with ``skops.io.load``.
+
+    The fitted state of the estimators is plain NumPy arrays, so a skops file holds no torch
+    objects and no code; loading rebuilds the model through its validating constructors, and
+    a damaged or edited file raises ``ValueError``.
+
+    Returns
+    -------
+    types : list of str
+        Pass them, with any types of your own pipeline, as ``trusted=`` to
+        :func:`skops.io.load`.
+
+    Examples
+    --------
+    >>> import skops.io as sio  # doctest: +SKIP
+    >>> model = sio.load("model.skops", trusted=skops_trusted_types())  # doctest: +SKIP
+    """
+    return [
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in (FFFArrays, InputPreparation, FFFClassifier, FFFRegressor)
+    ]

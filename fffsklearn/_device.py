@@ -5,12 +5,16 @@ small training steps run on one of torch's threads (:func:`training_threads`). P
 runs on the CUDA device that ``device`` names or ("auto") finds if this machine has it
 (Triton kernels where Triton is installed, torch operations otherwise), and otherwise on the
 CPU: a model trained on a GPU predicts on a CPU-only machine.
+
+Prediction on the CPU needs no torch: where torch is not loaded yet and the machine has no
+NVIDIA driver, no CUDA device can be visible, and torch stays unloaded.
 """
 
+import os
 import re
+import sys
 from contextlib import contextmanager
-
-import torch
+from functools import cache
 
 from . import inference
 
@@ -26,6 +30,8 @@ def training_device(device):
         If ``device`` is not "auto", "cpu", "cuda" or "cuda:N", or a CUDA device is asked for
         and torch sees none, or not that one.
     """
+    import torch
+
     if not _DEVICE_PATTERN.fullmatch(device):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
     if device == "auto":
@@ -60,6 +66,8 @@ def training_threads(device, step_multiply_adds):
     training step's largest product has fewer than ``SINGLE_THREAD_STEP_MULTIPLY_ADDS``
     multiply-adds; the previous thread count comes back on exit. It never raises the count.
     """
+    import torch
+
     previous = torch.get_num_threads()
     if (device.type != "cpu" or previous == 1
             or step_multiply_adds >= SINGLE_THREAD_STEP_MULTIPLY_ADDS):
@@ -80,10 +88,36 @@ def prediction_options(device, n_jobs):
     through the default backend with ``n_jobs`` threads. ``device="cpu"`` chooses the CPU on
     any machine.
     """
-    if device != "cpu" and torch.cuda.is_available():
+    if device != "cpu" and _cuda_visible():
+        import torch
+
         resolved = torch.device("cuda" if device == "auto" else device)
         if (resolved.index or 0) < torch.cuda.device_count():
             backend = "triton" if inference.triton_available() else "torch"
             return {"backend": backend, "device": resolved}
     return {"backend": inference.default_backend(),
             "n_threads": inference.effective_n_threads(n_jobs)}
+
+
+def _cuda_visible():
+    """Whether torch sees a CUDA device, asked of torch only where it is loaded already or
+    this machine has an NVIDIA driver."""
+    if "torch" not in sys.modules and not _nvidia_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@cache
+def _nvidia_driver_present():
+    """Whether this machine has the NVIDIA driver, which CUDA needs (its kernel module on
+    Linux, its user-mode library on Windows; macOS has no CUDA)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if sys.platform.startswith("linux"):  # /dev/dxg: the GPU of a WSL2 machine
+        return any(map(os.path.exists, ("/proc/driver/nvidia/version", "/dev/dxg")))
+    if sys.platform == "win32":
+        system = os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32")
+        return os.path.exists(os.path.join(system, "nvcuda.dll"))
+    return False

@@ -429,7 +429,7 @@ class FFFNetwork(nn.Module):
         first layers are drawn as without a projection, then projected onto the span of
         the first ``rank`` columns and rescaled to their drawn norm before being factorised
         (the estimators pass the principal directions of the training rows, see
-        :func:`~fffsklearn._training.principal_directions`). None factorises the drawn
+        :func:`~fffsklearn._preparation.principal_directions`). None factorises the drawn
         first layers as they are. Ignored without ``projection_rank``.
 
     Attributes

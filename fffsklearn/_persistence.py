@@ -1,5 +1,6 @@
 """Persistence of fitted estimators: what a pickle holds, the checks on loading, and the
-fffsklearn types that a skops file needs trusted.
+fffsklearn types that a skops file needs trusted (``skops_trusted_types``, defined beside
+the estimators).
 
 A fitted estimator is saved as its parameters and plain NumPy arrays (``arrays_`` and the
 target attributes), stamped with the fffsklearn version and state format. Loading warns
@@ -13,6 +14,7 @@ from abc import abstractmethod
 import numpy as np
 
 from ._arrays import FFFArrays
+from ._preparation import InputPreparation
 from ._version import STATE_FORMAT, __version__
 
 
@@ -55,15 +57,7 @@ class FittedStatePersistence:
             )
         if "arrays_" in state:
             self._check_loaded_state(state)
-        for name, value in self._PARAMETERS_ADDED_SINCE_0_1.items():
-            state.setdefault(name, value)
         super().__setstate__(state)
-
-    # Parameters added after the first pickles were written, with the value that describes
-    # how an estimator pickled before them trained, so that get_params and clone work on it.
-    _PARAMETERS_ADDED_SINCE_0_1 = {
-        "leaf_shrinkage": 0.0, "projection_rank": None, "input_noise": 0.0,
-    }
 
     def _check_loaded_state(self, state):
         """Reject a fitted state whose parts do not fit together (an edited or corrupt file).
@@ -84,30 +78,13 @@ class FittedStatePersistence:
         counts = state["leaf_sample_counts_"]
         if counts.dtype.kind not in "iu" or (counts < 0).any():
             raise ValueError(f"{where}: leaf_sample_counts_ must be non-negative integers.")
-        def is_feature_vector(value):
-            return (isinstance(value, np.ndarray) and value.dtype.kind == "f"
-                    and value.shape == (arrays.n_features,) and np.isfinite(value).all())
-
-        mean, scale = state.get("_input_mean"), state.get("_input_scale")
-        if mean is not None or scale is not None:  # standardize=True
-            if not (is_feature_vector(mean) and is_feature_vector(scale)) or (scale <= 0).any():
-                raise ValueError(
-                    f"{where}: _input_mean and _input_scale must be finite float arrays of "
-                    f"shape ({arrays.n_features},), the scale positive."
-                )
-        std = state.get("_input_std")  # None, or absent from older pickles, without statistics
-        if std is not None and (not is_feature_vector(std) or (std < 0).any()):
+        # The preparation checked its own arrays as it was rebuilt.
+        preparation = state.get("_preparation")
+        if (not isinstance(preparation, InputPreparation)
+                or preparation.n_features_in_ != arrays.n_features):
             raise ValueError(
-                f"{where}: _input_std must be a finite float array of shape "
-                f"({arrays.n_features},), non-negative."
-            )
-        penalties = state.get("_routing_feature_penalties")  # None for a regressor
-        if penalties is not None and (
-            not is_feature_vector(penalties) or (penalties < 0).any() or (penalties > 1).any()
-        ):
-            raise ValueError(
-                f"{where}: _routing_feature_penalties must be a finite float array of shape "
-                f"({arrays.n_features},), within [0, 1]."
+                f"{where}: _preparation must be the InputPreparation of the "
+                f"{arrays.n_features} features the network takes."
             )
         if state.get("n_features_in_") != arrays.n_features:
             raise ValueError(
@@ -118,27 +95,3 @@ class FittedStatePersistence:
     @abstractmethod
     def _expected_target_shapes(self, n_outputs):
         """Fitted target attributes (name: shape) that a network with ``n_outputs`` needs."""
-
-
-def skops_trusted_types():
-
-    """Names of the fffsklearn types to trust when loading a model with ``skops.io.load``.
-
-    The fitted state of the estimators is plain NumPy arrays, so a skops file holds no torch
-    objects and no code; loading rebuilds the model through its validating constructors, and
-    a damaged or edited file raises ``ValueError``.
-
-    Returns
-    -------
-    types : list of str
-        Pass them, with any types of your own pipeline, as ``trusted=`` to
-        :func:`skops.io.load`.
-
-    Examples
-    --------
-    >>> import skops.io as sio  # doctest: +SKIP
-    >>> model = sio.load("model.skops", trusted=skops_trusted_types())  # doctest: +SKIP
-    """
-    from ._classes import FFFClassifier, FFFRegressor  # they build on this module
-
-    return [f"{cls.__module__}.{cls.__qualname__}" for cls in (FFFArrays, FFFClassifier, FFFRegressor)]

@@ -71,6 +71,10 @@ class EpochHooks:
     context : sklearn.callback.CallbackContext or None
         The fit's callback context; None where callbacks are not supported.
     estimator : estimator
+        The estimator that the callbacks see.
+    fitted_state : estimator
+        The fit's working copy of it: its attributes, with an epoch's weights, make the
+        fitted estimator that the callbacks get.
     first_epoch : int
         Epochs run before this call (``n_iter_`` of a warm start).
     X, y, metadata
@@ -78,10 +82,11 @@ class EpochHooks:
         ``{"sample_weight": ...}`` or None.
     """
 
-    def __init__(self, reporter, context, estimator, first_epoch, X, y, metadata):
+    def __init__(self, reporter, context, estimator, fitted_state, first_epoch, X, y, metadata):
         self.reporter = reporter
         self.context = context
         self.estimator = estimator
+        self.fitted_state = fitted_state
         self.first_epoch = first_epoch
         self.data = {"X": X, "y": y, "metadata": metadata}
         self.task = None
@@ -99,5 +104,5 @@ class EpochHooks:
             return False
         return self.task.call_on_fit_task_end(
             estimator=self.estimator, **self.data,
-            reconstruction_attributes=lambda: {"arrays_": arrays()},
+            reconstruction_attributes=lambda: {**vars(self.fitted_state), "arrays_": arrays()},
         )

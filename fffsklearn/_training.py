@@ -17,6 +17,7 @@ from scipy.special import ndtri
 from ._arrays import FFFArrays
 from ._device import training_threads
 from ._network import FFFNetwork, _compiled, _training_kernel, projected_rank
+from ._preparation import CHUNK_VALUES
 
 class FusedAdam:
     """Adam with L2 weight decay per parameter group: one fused kernel per group and step.
@@ -132,185 +133,10 @@ def _moment_tensors(optimizer):
     return [tensor for state in optimizer.state.values() for tensor in state.values()]
 
 
-# Values of X read at a time (the statistics' passes, an epoch's batches; 4 MiB in float32):
-# bounds the memory of a pass over a memmap whatever its size.
-_CHUNK_VALUES = 2**20
-
-
 # The standard normal's quantiles at the middles of 65,536 equally likely bins, scaled to unit
 # variance: the compiled input noise (Trainer._with_noise) reads them at 16 random bits.
 _NORMAL_QUANTILES = ndtri((np.arange(2**16) + 0.5) / 2**16)
 _NORMAL_QUANTILES = (_NORMAL_QUANTILES / _NORMAL_QUANTILES.std()).astype(np.float32)
-
-
-def _row_chunks(n_samples, n_features):
-    """Slices of rows holding about ``_CHUNK_VALUES`` values each."""
-    step = max(1, _CHUNK_VALUES // max(1, n_features))
-    return [slice(start, start + step) for start in range(0, n_samples, step)]
-
-
-def input_statistics(X, sample_weight):
-    """Weighted mean and standard deviation of every column of ``X``, in float64.
-
-    Read in chunks of about ``_CHUNK_VALUES`` values (twice: the mean, then the
-    squared deviations from it), so a memmap larger than memory is never loaded whole. A
-    column whose variance is zero, or too small against its mean to be told from rounding,
-    gets standard deviation 0 (see :func:`standardizing_scale`).
-
-    Returns
-    -------
-    mean, std : ndarray of shape (n_features,)
-    """
-    weight = np.asarray(sample_weight, dtype=np.float64)
-    n, n_features = X.shape
-    chunks = _row_chunks(n, n_features)
-    mean = _weighted_column_mean(X, weight, chunks)
-    variance = np.zeros(n_features)
-    for rows in chunks:
-        deviation = X[rows].astype(np.float64)
-        deviation -= mean
-        variance += weight[rows] @ np.square(deviation, out=deviation)
-    variance /= weight.sum()
-    return mean, np.where(_constant(variance, mean, n), 0.0, np.sqrt(variance))
-
-
-def _weighted_column_mean(X, weight, chunks):
-    """The ``weight``-weighted mean of every column of ``X``, in float64, read by ``chunks``."""
-    return sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
-
-
-def _constant(variance, mean, n_samples):
-    """Whether float64 columns of ``variance`` and ``mean`` over ``n_samples`` rows are
-    constant: the bound on the rounding error of a variance that StandardScaler uses."""
-    eps = np.finfo(np.float64).eps
-    return variance <= n_samples * eps * variance + (n_samples * mean * eps) ** 2
-
-
-def standardizing_scale(std):
-    """The divisor that standardises columns of standard deviation ``std``: a constant
-    column gets 1, as in scikit-learn's ``StandardScaler``, and is then only centred."""
-    return np.where(std > 0, std, 1.0)
-
-
-# Randomized subspace iteration (Halko, Martinsson and Tropp, 2011): directions tracked
-# beyond those asked for, and passes over the rows that refine them. Only the start of the
-# input projection reads them, so an approximate subspace is enough.
-_PRINCIPAL_OVERSAMPLING = 10
-_PRINCIPAL_POWER_ITERATIONS = 3
-
-
-def principal_directions(X, sample_weight, rank, seed, input_scaling=None):
-    """The ``rank`` directions along which the network's inputs vary most: the leading
-    eigenvectors of their weighted covariance, by decreasing variance.
-
-    The inputs are the rows of ``X`` scaled by ``input_scaling`` (``(mean, scale)``, as the
-    trainer scales them) or, without it, the rows as given. The covariance is never formed:
-    randomized subspace iteration multiplies it into ``rank`` plus a few directions, one
-    pass over the rows in chunks at a time (as :func:`input_statistics` reads), so memory
-    grows with ``n_features * rank``, not ``n_features ** 2``.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-    sample_weight : ndarray of shape (n_samples,)
-    rank : int
-        Directions wanted; at most ``n_features`` are returned.
-    seed : int
-        Seeds the random start of the iteration.
-    input_scaling : tuple of ndarray or None
-
-    Returns
-    -------
-    ndarray of shape (n_features, min(rank, n_features))
-        Orthonormal columns, float64.
-    """
-    weight = np.asarray(sample_weight, dtype=np.float64)
-    weight = weight / weight.sum()
-    n, n_features = X.shape
-    chunks = _row_chunks(n, n_features)
-    if input_scaling is None:
-        mean = _weighted_column_mean(X, weight, chunks)
-        scale = np.ones(n_features)
-    else:
-        mean, scale = input_scaling
-
-    # The chunks' products in float32, which ran 9 times faster than float64 at 784
-    # features, summed in float64: the rows are centred first, so little is lost.
-    mean, scale, weight32 = (np.asarray(a, dtype=np.float32) for a in (mean, scale, weight))
-
-    def covariance_times(basis):
-        basis32 = basis.astype(np.float32)
-        product = np.zeros_like(basis)
-        for rows in chunks:
-            inputs = np.subtract(X[rows], mean, dtype=np.float32)
-            inputs /= scale
-            product += inputs.T @ (weight32[rows, None] * (inputs @ basis32))
-        return product
-
-    width = min(n_features, rank + _PRINCIPAL_OVERSAMPLING)
-    start = np.random.RandomState(seed).standard_normal((n_features, width))
-    basis = np.linalg.qr(start)[0]
-    for _ in range(_PRINCIPAL_POWER_ITERATIONS):
-        basis = np.linalg.qr(covariance_times(basis))[0]
-    # Rayleigh-Ritz: the covariance within the subspace, diagonalised.
-    _, vectors = np.linalg.eigh(basis.T @ covariance_times(basis))
-    return basis @ vectors[:, ::-1][:, : min(rank, n_features)]
-
-
-def routing_feature_penalties(X, y, sample_weight, n_classes):
-    """Each feature's share of the classifier's routing group lasso: ``min(1, 1 / F)**2``.
-
-    ``F`` is the feature's one-way ANOVA F statistic across the classes, as
-    :func:`sklearn.feature_selection.f_classif` computes it, with the rows weighted by
-    ``sample_weight`` scaled to a mean of 1 (so that scaling the weights changes nothing). A
-    feature whose class means differ no more than chance makes (``F`` near 1 or below) takes
-    the whole penalty, one that separates the classes almost none; a constant feature takes
-    all of it. Read in chunks, twice (class means, then the spread about them), as
-    :func:`input_statistics` reads.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-    y : ndarray of shape (n_samples,)
-        Class indices in ``range(n_classes)``.
-    sample_weight : ndarray of shape (n_samples,)
-    n_classes : int
-
-    Returns
-    -------
-    ndarray of shape (n_features,) with values in [0, 1], or None
-        None where F is undefined: fewer than 2 classes with weight, or no more rows than
-        such classes.
-    """
-    weight = np.asarray(sample_weight, dtype=np.float64)
-    weight = weight / weight.mean()
-    n, n_features = X.shape
-    chunks = _row_chunks(n, n_features)
-    class_weight = np.bincount(y, weights=weight, minlength=n_classes)
-    present = class_weight > 0
-    k = int(present.sum())
-    if k < 2 or n <= k:
-        return None
-    class_means = np.zeros((n_classes, n_features))
-    for rows in chunks:
-        labels = y[rows]
-        weighted_labels = np.zeros((labels.shape[0], n_classes))
-        weighted_labels[np.arange(labels.shape[0]), labels] = weight[rows]
-        class_means += weighted_labels.T @ X[rows].astype(np.float64)
-    class_means[present] /= class_weight[present, None]
-    mean = class_weight @ class_means / n
-    between = class_weight @ np.square(class_means - mean)
-    within = np.zeros(n_features)
-    for rows in chunks:
-        deviation = X[rows].astype(np.float64)
-        deviation -= class_means[y[rows]]
-        within += weight[rows] @ np.square(deviation, out=deviation)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = (between / (k - 1)) / (within / (n - k))
-    # A constant feature is taken as noise; one constant within each class (x / 0)
-    # separates the classes exactly.
-    f[_constant((between + within) / n, mean, n)] = 0.0
-    return np.square(np.minimum(1.0, 1.0 / np.maximum(f, np.finfo(np.float64).tiny)))
 
 
 def training_memory_bytes(n_features, n_outputs, depth, leaf_width, master_leaf_width,
@@ -1232,7 +1058,7 @@ class Trainer:
                        for s in self.input_scaling]
         # X is copied a chunk of whole batches at a time: one gather and one transfer per
         # chunk rather than per batch, and a memmap is never loaded whole.
-        chunk_rows = batch_size * max(1, _CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
+        chunk_rows = batch_size * max(1, CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
         for chunk_start in range(0, n, chunk_rows):
             X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
             X_chunk = X_chunk.to(self.device)
@@ -1254,7 +1080,7 @@ class Trainer:
         """
         if self.device.type == "cuda" and X.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
             rows = torch.empty(X.shape, dtype=torch.float32, device=self.device)
-            step = max(1, _CHUNK_VALUES // max(1, X.shape[1]))
+            step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
             for start in range(0, X.shape[0], step):
                 rows[start : start + step] = torch.tensor(X[start : start + step])
             if self.input_scaling is not None:

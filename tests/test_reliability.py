@@ -3,7 +3,10 @@
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,12 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from joblib import Parallel, delayed
 from sklearn.base import clone
-from sklearn.datasets import load_digits, make_regression
+from sklearn.datasets import load_digits, make_classification, make_regression
 from sklearn.exceptions import NotFittedError
 from sklearn.preprocessing import StandardScaler
 
 from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
 from fffsklearn._arrays import _rebuild
+from fffsklearn._preparation import InputPreparation
 from fffsklearn._testing import random_arrays
 from fffsklearn._training import Trainer
 
@@ -52,6 +56,7 @@ def _edited_pickle(model, **array_edits):
         state[name] = edit(state[name]) if callable(edit) else edit
     hostile = clone(model)
     hostile.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    hostile._preparation = model._preparation
     hostile.__dict__["arrays_"] = _EditedArrays(state)
     return pickle.dumps(hostile)
 
@@ -211,6 +216,49 @@ def test_diverging_fit_raises_a_clear_error_and_keeps_the_old_model(fitted, data
         FFFClassifier(max_iter=3, learning_rate_init=1e20).fit(X, y)
 
 
+# --------------------------------------------------------------------------- cold start
+_LOAD_AND_PREDICT = """
+import pickle, sys
+import numpy as np
+{library}
+already = set(sys.modules)
+{load}
+model.predict(np.zeros((1, model.n_features_in_)))
+print(sorted(name for name in ("torch", "fffsklearn._training", "fffsklearn._network")
+             if name in set(sys.modules) - already))
+"""
+
+
+@pytest.mark.parametrize("Estimator", [FFFClassifier, FFFRegressor])
+@pytest.mark.parametrize("file_format", ["pickle", "skops"])
+def test_loading_a_model_and_predicting_on_the_cpu_imports_no_torch(
+    Estimator, file_format, data, tmp_path
+):
+    """Neither fffsklearn nor the fitted model loads torch to predict on the CPU. (skops
+    imports every scikit-learn module, and with them torch wherever it is installed: what
+    the file format's library loads by itself is not counted.)"""
+    X, y = data
+    model = Estimator(depth=2, max_iter=2, random_state=0).fit(X, y)
+    path = tmp_path / "model"
+    if file_format == "pickle":
+        path.write_bytes(pickle.dumps(model))
+        library = ""
+        load = f"model = pickle.loads(open({str(path)!r}, 'rb').read())"
+    else:
+        sio = pytest.importorskip("skops.io")
+        sio.dump(model, path)
+        library = "import skops.io"
+        load = ("import fffsklearn\n"
+                f"model = skops.io.load({str(path)!r}, "
+                "trusted=fffsklearn.skops_trusted_types())")
+    # CUDA_VISIBLE_DEVICES: on a machine with a GPU, prediction would load torch for it.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    script = _LOAD_AND_PREDICT.format(library=library, load=load)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, check=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
 # --------------------------------------------------------------------------- concurrency
 def test_eight_threads_predicting_a_thousand_times_match_serial(fitted, data):
     X, _ = data
@@ -224,6 +272,86 @@ def test_eight_threads_predicting_a_thousand_times_match_serial(fitted, data):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert all(pool.map(worker, range(8)))
+
+
+def _predictions_during(refit, predict, threads=2):
+    """What ``predict()`` returned in ``threads`` threads that predicted while ``refit()``
+    ran, with whatever ``refit`` raised (or None)."""
+    results, outcome, fitting = [], {}, threading.Event()
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            during = fitting.is_set()
+            try:
+                results.append((during, predict()))
+            except Exception as exc:  # a prediction that raises fails the test
+                results.append((during, exc))
+            time.sleep(1e-4)  # as a server between requests; the fit gets the GIL too
+
+    workers = [threading.Thread(target=serve) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    fitting.set()
+    try:
+        refit()
+    except Exception as exc:
+        outcome["error"] = exc
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    return [r for during, r in results if during], outcome.get("error")
+
+
+def _is_one_of(result, *models):
+    return any(
+        np.array_equal(result, model) for model in models if not isinstance(result, Exception)
+    )
+
+
+@pytest.mark.parametrize("Estimator", [FFFClassifier, FFFRegressor])
+def test_predictions_during_a_refit_in_another_thread_come_from_the_old_or_the_new_model(
+    Estimator, data
+):
+    X, y = data
+    params = dict(depth=2, max_iter=8, hardening_epochs=2, random_state=0)
+    # Other labels and other units, and a network trained on other encoded targets: the
+    # old network read through the new labels or units would match neither model.
+    old_y, new_y = (y, (y + 1) % 10 + 10) if Estimator is FFFClassifier else (y, 50.0 - 3.0 * y)
+    model = Estimator(**params).fit(X, old_y)
+    X_test = X[:40]
+    old = model.predict(X_test)
+    new = Estimator(**params).fit(X, new_y).predict(X_test)
+    assert not np.array_equal(old, new)
+    seen, error = _predictions_during(lambda: model.fit(X, new_y), lambda: model.predict(X_test))
+    assert error is None and seen
+    assert all(_is_one_of(result, old, new) for result in seen)
+    np.testing.assert_array_equal(model.predict(X_test), new)
+
+
+@pytest.mark.parametrize("Estimator", [FFFClassifier, FFFRegressor])
+def test_a_refit_that_fails_in_another_thread_leaves_predictions_on_the_old_model(
+    Estimator, data
+):
+    X, y = data
+    model = Estimator(depth=2, max_iter=5, hardening_epochs=2, random_state=0).fit(X, y)
+    X_test = X[:40]
+    old = model.predict(X_test)
+    errors = []
+
+    def failing_refits():
+        # Fewer features (validated first, the number stored), then weights that fit
+        # refuses; a failure is quick, so many, for the predictions to meet one.
+        for _ in range(200):
+            with pytest.raises(ValueError, match="non-negative") as error:
+                model.fit(X[:, :3], y, sample_weight=-np.ones(len(y)))
+            errors.append(error)
+
+    seen, error = _predictions_during(failing_refits, lambda: model.predict(X_test))
+    assert error is None and len(errors) == 200 and seen
+    assert all(_is_one_of(result, old) for result in seen)
+    assert model.n_features_in_ == X.shape[1]
 
 
 def test_fitting_clones_in_joblib_workers_while_the_parent_predicts(fitted, data):
@@ -459,13 +587,6 @@ def test_invalid_n_jobs_is_refused_before_fitting(cancer, n_jobs, monkeypatch):
         ("_target_scale", np.array([0.0, 1.0]), "_target_scale finite and positive"),
         ("_target_mean", np.array(["a", "b"]), "_target_mean must be finite"),
         ("_target_is_1d", True, "_target_is_1d"),
-        ("_input_scale", np.array([1.0, 0.0, 1.0, 1.0]), "_input_scale must be finite"),
-        ("_input_mean", np.array([0.0, np.nan, 0.0, 0.0]), "_input_scale must be finite"),
-        ("_input_mean", np.zeros(3), "_input_scale must be finite"),
-        ("_input_mean", None, "_input_scale must be finite"),
-        ("_input_std", np.array([1.0, -1.0, 1.0, 1.0]), "_input_std must be a finite"),
-        ("_input_std", np.array([1.0, np.inf, 1.0, 1.0]), "_input_std must be a finite"),
-        ("_input_std", np.ones(5), "_input_std must be a finite"),
     ],
 )
 def test_edited_regressor_values_raise_at_load(attribute, value, match):
@@ -477,12 +598,37 @@ def test_edited_regressor_values_raise_at_load(attribute, value, match):
 
 
 @pytest.mark.parametrize(
-    "value", [np.full(64, 2.0), np.full(64, np.nan), np.ones(63), np.ones(64, dtype=int)]
+    "attribute, value, match",
+    [
+        ("scale_", np.array([1.0, 0.0, 1.0, 1.0]), "mean_ and scale_ must be finite"),
+        ("mean_", np.array([0.0, np.nan, 0.0, 0.0]), "mean_ and scale_ must be finite"),
+        ("mean_", np.zeros(3), "mean_ and scale_ must be finite"),
+        ("mean_", None, "mean_ and scale_ must be finite"),
+        ("std_", np.array([1.0, -1.0, 1.0, 1.0]), "std_ must be a finite"),
+        ("std_", np.array([1.0, np.inf, 1.0, 1.0]), "std_ must be a finite"),
+        ("std_", np.ones(5), "std_ must be a finite"),
+        ("routing_feature_penalties_", np.full(4, 2.0), "routing_feature_penalties_ must be"),
+        ("routing_feature_penalties_", np.full(4, np.nan), "routing_feature_penalties_ must"),
+        ("routing_feature_penalties_", np.ones(3), "routing_feature_penalties_ must be"),
+        ("routing_feature_penalties_", np.ones(4, dtype=int), "routing_feature_penalties_ must"),
+        ("n_features_in_", 5.0, "n_features_in_ must be a positive int"),
+    ],
 )
-def test_edited_routing_feature_penalties_raise_at_load(fitted, value):
+def test_edited_input_statistics_raise_at_load(attribute, value, match):
+    X, y = make_classification(n_samples=100, n_features=4, n_informative=2, random_state=0)
+    hostile = pickle.loads(pickle.dumps(FFFClassifier(depth=1, max_iter=2).fit(X, y)))
+    hostile._preparation.__dict__[attribute] = value
+    with pytest.raises(ValueError, match="Corrupt input preparation: " + match):
+        pickle.loads(pickle.dumps(hostile))
+
+
+@pytest.mark.parametrize("value", [None, "mean", "another model's"])
+def test_a_missing_or_foreign_input_preparation_raises_at_load(fitted, value):
     hostile = pickle.loads(pickle.dumps(fitted))
-    hostile.__dict__["_routing_feature_penalties"] = value
-    with pytest.raises(ValueError, match="_routing_feature_penalties must be a finite float"):
+    if value == "another model's":
+        value = InputPreparation.identity(fitted.n_features_in_ + 1)
+    hostile.__dict__["_preparation"] = value
+    with pytest.raises(ValueError, match="_preparation must be the InputPreparation of the 64"):
         pickle.loads(pickle.dumps(hostile))
 
 

@@ -8,7 +8,7 @@ from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
 
 from fffsklearn import FFFClassifier, FFFRegressor
-from fffsklearn import _network, _training
+from fffsklearn import _network, _preparation, _training
 from fffsklearn._network import _training_kernel
 from fffsklearn._network import FFFNetwork, load_balancing_loss
 from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
@@ -615,16 +615,16 @@ def test_routing_feature_penalties_are_f_classifs_read_in_chunks(monkeypatch):
     X[:, 0] += 0.5 * y  # informative: F in the hundreds, a share near 0
     X[:, 1] += 0.1 * y  # weak: F about 6
     expected = _f_classif_penalties(X, y)
-    monkeypatch.setattr(_training, "_CHUNK_VALUES", 60)  # 10 rows a chunk
-    penalties = _training.routing_feature_penalties(X, y, np.ones(500), n_classes=5)
+    monkeypatch.setattr(_preparation, "CHUNK_VALUES", 60)  # 10 rows a chunk
+    penalties = _preparation.routing_feature_penalties(X, y, np.ones(500), n_classes=5)
     np.testing.assert_allclose(penalties, expected, rtol=1e-9)
     assert penalties[0] < 1e-3 < penalties[1] < 0.1 < penalties[2:].mean()
     # Scaling the weights changes nothing; integer weights count as repeated rows, up to
     # the degrees of freedom (rows, not the weights' sum).
     weight = rng.integers(0, 3, 500).astype(np.float64)
-    scaled = _training.routing_feature_penalties(X, y, 7.0 * weight, n_classes=5)
+    scaled = _preparation.routing_feature_penalties(X, y, 7.0 * weight, n_classes=5)
     np.testing.assert_allclose(
-        scaled, _training.routing_feature_penalties(X, y, weight, n_classes=5), rtol=1e-9
+        scaled, _preparation.routing_feature_penalties(X, y, weight, n_classes=5), rtol=1e-9
     )
     repeats = weight.astype(int)
     np.testing.assert_allclose(
@@ -643,8 +643,8 @@ def test_principal_directions_are_pcas_read_in_chunks(monkeypatch):
     # Three directions of large and distinct variance among 12 features, plus a mean.
     X = (rng.standard_normal((400, 3)) * [6.0, 4.0, 3.0]) @ rng.standard_normal((3, 12))
     X = (X + rng.standard_normal((400, 12)) + 5.0).astype(np.float32)
-    monkeypatch.setattr(_training, "_CHUNK_VALUES", 120)  # 10 rows a chunk
-    directions = _training.principal_directions(X, np.ones(400), 3, seed=0)
+    monkeypatch.setattr(_preparation, "CHUNK_VALUES", 120)  # 10 rows a chunk
+    directions = _preparation.principal_directions(X, np.ones(400), 3, seed=0)
     assert directions.shape == (12, 3)
     np.testing.assert_allclose(directions.T @ directions, np.eye(3), atol=1e-12)
     pca = PCA(3).fit(X.astype(np.float64))
@@ -654,25 +654,25 @@ def test_principal_directions_are_pcas_read_in_chunks(monkeypatch):
     # Integer weights count as repeated rows; under a scaling, the scaled rows' PCA.
     weight = rng.integers(0, 3, 400).astype(np.float64)
     repeated = np.repeat(X, weight.astype(int), axis=0).astype(np.float64)
-    weighted = _training.principal_directions(X, weight, 3, seed=1)
+    weighted = _preparation.principal_directions(X, weight, 3, seed=1)
     assert _principal_subspace_distance(weighted, PCA(3).fit(repeated).components_.T) < 1e-6
     mean, scale = X.mean(axis=0).astype(np.float64), np.linspace(0.5, 8.0, 12)
-    scaled = _training.principal_directions(X, np.ones(400), 3, seed=2, input_scaling=(mean, scale))
+    scaled = _preparation.principal_directions(X, np.ones(400), 3, seed=2, input_scaling=(mean, scale))
     expected = PCA(3).fit((X - mean) / scale).components_.T
     assert _principal_subspace_distance(scaled, expected) < 1e-6
     # More than there are features: an orthonormal basis of them all.
-    every = _training.principal_directions(X[:, :4], np.ones(400), 32, seed=0)
+    every = _preparation.principal_directions(X[:, :4], np.ones(400), 32, seed=0)
     np.testing.assert_allclose(every.T @ every, np.eye(4), atol=1e-12)
 
 
 def test_routing_feature_penalties_of_degenerate_features_and_classes():
     y = np.array([0, 0, 1, 1, 2, 2])
     X = np.column_stack([np.full(6, 0.3), y * 2.0, [0.0, 1, 0, 1, 0, 1]]).astype(np.float32)
-    penalties = _training.routing_feature_penalties(X, y, np.ones(6), n_classes=3)
+    penalties = _preparation.routing_feature_penalties(X, y, np.ones(6), n_classes=3)
     # Constant: all the penalty; constant within each class: none; no class effect: all.
     np.testing.assert_allclose(penalties, [1.0, 0.0, 1.0], atol=1e-12)
-    assert _training.routing_feature_penalties(X, np.zeros(6, int), np.ones(6), 3) is None
-    assert _training.routing_feature_penalties(X[:2], y[:2], np.ones(2), 3) is None
+    assert _preparation.routing_feature_penalties(X, np.zeros(6, int), np.ones(6), 3) is None
+    assert _preparation.routing_feature_penalties(X[:2], y[:2], np.ones(2), 3) is None
 
 
 def test_the_routing_group_lasso_gradient_and_penalty():
@@ -718,8 +718,8 @@ def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
 
     params = dict(depth=3, max_iter=40, random_state=0)
     with_lasso = FFFClassifier(**params).fit(X, y)
-    np.testing.assert_array_less(with_lasso._routing_feature_penalties[:4], 0.01)
-    assert with_lasso._routing_feature_penalties[4:].mean() > 0.5
+    np.testing.assert_array_less(with_lasso._preparation.routing_feature_penalties_[:4], 0.01)
+    assert with_lasso._preparation.routing_feature_penalties_[4:].mean() > 0.5
     monkeypatch.setattr(Trainer, "_ROUTING_GROUP_LASSO", 0.0)
     without = FFFClassifier(**params).fit(X, y)
     assert noise_share_of_routing(with_lasso) < 0.5 * noise_share_of_routing(without)
@@ -728,13 +728,13 @@ def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
 def test_only_the_classifier_takes_routing_feature_penalties_from_its_first_call():
     X, y = make_classification(n_samples=300, n_features=5, random_state=0)
     classifier = FFFClassifier(depth=2, max_iter=2).partial_fit(X[:100], y[:100], classes=[0, 1])
-    first = classifier._routing_feature_penalties.copy()
+    first = classifier._preparation.routing_feature_penalties_.copy()
     np.testing.assert_allclose(
-        first, _training.routing_feature_penalties(X[:100], y[:100], np.ones(100), 2)
+        first, _preparation.routing_feature_penalties(X[:100], y[:100], np.ones(100), 2)
     )
     classifier.partial_fit(X[100:], y[100:])
-    np.testing.assert_array_equal(classifier._routing_feature_penalties, first)
-    assert FFFRegressor(depth=2, max_iter=2).fit(X, y)._routing_feature_penalties is None
+    np.testing.assert_array_equal(classifier._preparation.routing_feature_penalties_, first)
+    assert FFFRegressor(depth=2, max_iter=2).fit(X, y)._preparation.routing_feature_penalties_ is None
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -751,8 +751,8 @@ def test_the_input_projection_starts_on_the_principal_directions_of_the_scaled_r
     first_layers = np.concatenate(
         (model.arrays_.leaf_hidden_weights.transpose(1, 0, 2).reshape(10, -1),
          model.arrays_.master_hidden_weights), axis=1,
-    ) * model._input_scale[:, None]  # as the standardised rows meet them
-    scaled = (X - model._input_mean) / model._input_scale
+    ) * model._preparation.scale_[:, None]  # as the standardised rows meet them
+    scaled = (X - model._preparation.mean_) / model._preparation.scale_
     principal = PCA(2).fit(scaled).components_.T
     outside = first_layers - principal @ (principal.T @ first_layers)
     assert np.linalg.norm(outside) < 1e-3 * np.linalg.norm(first_layers)
