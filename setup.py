@@ -16,6 +16,7 @@ import tempfile
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+
 def _package_constant(module, name):
     """The literal value of ``name`` in ``fffsklearn/<module>.py``, read without importing it
     (the build runs before the package's dependencies are importable)."""

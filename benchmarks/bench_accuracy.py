@@ -124,7 +124,10 @@ DATASETS = {
         "classification",
         lambda: _split(
             *make_classification(
-                n_samples=50_000, n_features=400, n_informative=40, n_classes=10,
+                n_samples=50_000,
+                n_features=400,
+                n_informative=40,
+                n_classes=10,
                 random_state=0,
             ),
             0.2,
@@ -147,7 +150,7 @@ UNSCALED = {"digits_raw", "digits_unit", "mnist1d_40k_unit"}
 LARGE = {"mnist1d_40k", "mnist1d_40k_unit", "make_classification_400"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(name, quick):
     """Float32 training and held-out splits of data set ``name``, standardised on the
     training split unless the data set is one of ``UNSCALED``."""
@@ -178,9 +181,11 @@ def make_model(task, family, params, seed):
 def soft_score(model, X, y):
     """Held-out score of the soft path-probability mixture of a fitted FFF."""
     with torch.no_grad():
-        outputs = FFFNetwork.from_arrays(model.arrays_).soft_forward(
-                torch.from_numpy(X), straight_through=False
-            ).outputs.numpy()
+        outputs = (
+            FFFNetwork.from_arrays(model.arrays_)
+            .soft_forward(torch.from_numpy(X), straight_through=False)
+            .outputs.numpy()
+        )
     return model._score_outputs(outputs, model._encode_targets(y, first_call=False))
 
 
@@ -214,31 +219,64 @@ def run_job(dataset, quick, label, family, params, seed):
 
 def jobs_for(dataset, depths, seeds, quick):
     task = DATASETS[dataset][0]
-    specs = [(f"MLP({LEAF_WIDTH + MASTER_LEAF_WIDTH},) same active width", "MLP",
-              {"hidden_layer_sizes": (LEAF_WIDTH + MASTER_LEAF_WIDTH,)})]
+    specs = [
+        (
+            f"MLP({LEAF_WIDTH + MASTER_LEAF_WIDTH},) same active width",
+            "MLP",
+            {"hidden_layer_sizes": (LEAF_WIDTH + MASTER_LEAF_WIDTH,)},
+        )
+    ]
     for depth in depths:
         width = 2**depth * LEAF_WIDTH
         specs += [
-            (f"depth {depth} FFF {variant}", "FFF", {"depth": depth, "leaf_width": LEAF_WIDTH, **extra})
+            (
+                f"depth {depth} FFF {variant}",
+                "FFF",
+                {"depth": depth, "leaf_width": LEAF_WIDTH, **extra},
+            )
             for variant, extra in FFF_VARIANTS.items()
         ]
         if dataset in UNSCALED:  # what the estimators' own standardisation buys
-            specs.append((f"depth {depth} FFF defaults, standardize=False", "FFF",
-                          {"depth": depth, "leaf_width": LEAF_WIDTH, "standardize": False}))
+            specs.append(
+                (
+                    f"depth {depth} FFF defaults, standardize=False",
+                    "FFF",
+                    {"depth": depth, "leaf_width": LEAF_WIDTH, "standardize": False},
+                )
+            )
         if task == "classification":
             # What the classifier's input projection, noise and label smoothing buy.
             specs += [
-                (f"depth {depth} FFF defaults, {name}={value}", "FFF",
-                 {"depth": depth, "leaf_width": LEAF_WIDTH, name: value})
-                for name, value in [("projection_rank", None), ("input_noise", 0.0),
-                                    ("label_smoothing", 0.0)]
+                (
+                    f"depth {depth} FFF defaults, {name}={value}",
+                    "FFF",
+                    {"depth": depth, "leaf_width": LEAF_WIDTH, name: value},
+                )
+                for name, value in [
+                    ("projection_rank", None),
+                    ("input_noise", 0.0),
+                    ("label_smoothing", 0.0),
+                ]
             ]
-        specs.append((f"depth {depth} MLP({width},) same training width", "MLP",
-                      {"hidden_layer_sizes": (width,)}))
-    specs.append((f"HistGradientBoosting{'Classifier' if task == 'classification' else 'Regressor'}",
-                  "HGB", {}))
-    return [(dataset, quick, label, family, params, seed)
-            for label, family, params in specs for seed in seeds]
+        specs.append(
+            (
+                f"depth {depth} MLP({width},) same training width",
+                "MLP",
+                {"hidden_layer_sizes": (width,)},
+            )
+        )
+    specs.append(
+        (
+            f"HistGradientBoosting{'Classifier' if task == 'classification' else 'Regressor'}",
+            "HGB",
+            {},
+        )
+    )
+    return [
+        (dataset, quick, label, family, params, seed)
+        for label, family, params in specs
+        for seed in seeds
+    ]
 
 
 def _expected_cost(dataset, quick, label, family, params, seed):
@@ -249,23 +287,31 @@ def _expected_cost(dataset, quick, label, family, params, seed):
 
 def summarise(results, datasets, depths, quick, checks=True):
     def pick(dataset, model, key="score"):
-        return np.array([r[key] for r in results if r["dataset"] == dataset and r["model"] == model])
+        return np.array(
+            [r[key] for r in results if r["dataset"] == dataset and r["model"] == model]
+        )
 
     for dataset in datasets:
         task, _ = DATASETS[dataset]
         X_train, X_test, *_ = load(dataset, quick)
         metric = "accuracy" if task == "classification" else "R^2"
-        print(f"\n## {dataset}: {len(X_train)} training rows, {len(X_test)} held out, "
-              f"{X_train.shape[1]} features; held-out {metric} (mean ± std over seeds)")
-        print(f"{'model':<46}{metric:>17}{'leaf entropy':>14}{'soft-hard':>11}{'epochs':>8}"
-              f"{'fit s':>8}")
+        print(
+            f"\n## {dataset}: {len(X_train)} training rows, {len(X_test)} held out, "
+            f"{X_train.shape[1]} features; held-out {metric} (mean ± std over seeds)"
+        )
+        print(
+            f"{'model':<46}{metric:>17}{'leaf entropy':>14}{'soft-hard':>11}{'epochs':>8}"
+            f"{'fit s':>8}"
+        )
         for model in dict.fromkeys(r["model"] for r in results if r["dataset"] == dataset):
             scores = pick(dataset, model)
             line = f"{model:<46}{scores.mean():>9.4f} ± {scores.std():.4f}"
             if model.startswith("depth") and " FFF " in model:
-                line += (f"{pick(dataset, model, 'entropy').mean():>14.3f}"
-                         f"{pick(dataset, model, 'gap').mean():>+11.2f}"
-                         f"{pick(dataset, model, 'epochs').mean():>8.0f}")
+                line += (
+                    f"{pick(dataset, model, 'entropy').mean():>14.3f}"
+                    f"{pick(dataset, model, 'gap').mean():>+11.2f}"
+                    f"{pick(dataset, model, 'epochs').mean():>8.0f}"
+                )
             else:
                 line += " " * 33
             print(line + f"{pick(dataset, model, 'fit_s').mean():>8.1f}")
@@ -273,34 +319,57 @@ def summarise(results, datasets, depths, quick, checks=True):
     if not checks:
         return
     print("\n## Acceptance checks")
-    entropy_lb = min(pick(ds, f"depth {d} FFF {v}", "entropy").min()
-                     for ds in datasets for d in depths for v in ("+LB", "+both (defaults)"))
-    entropy_off = min(pick(ds, f"depth {d} FFF {v}", "entropy").min()
-                      for ds in datasets for d in depths for v in ("vanilla", "+master"))
-    print(f"leaf entropy with load balancing, lowest over data sets, depths, seeds: "
-          f"{entropy_lb:.3f} (>= 0.9); without: {entropy_off:.3f}")
+    entropy_lb = min(
+        pick(ds, f"depth {d} FFF {v}", "entropy").min()
+        for ds in datasets
+        for d in depths
+        for v in ("+LB", "+both (defaults)")
+    )
+    entropy_off = min(
+        pick(ds, f"depth {d} FFF {v}", "entropy").min()
+        for ds in datasets
+        for d in depths
+        for v in ("vanilla", "+master")
+    )
+    print(
+        f"leaf entropy with load balancing, lowest over data sets, depths, seeds: "
+        f"{entropy_lb:.3f} (>= 0.9); without: {entropy_off:.3f}"
+    )
     classification = [ds for ds in datasets if DATASETS[ds][0] == "classification"]
     if classification:
-        gain = np.mean([pick(ds, f"depth {d} FFF +both (defaults)") - pick(ds, f"depth {d} FFF vanilla")
-                        for ds in classification for d in depths])
-        print(f"+both minus vanilla, mean over classification data sets, depths and seeds: "
-              f"{100 * gain:+.2f} points (> 0)")
-    worst_gap = max(pick(ds, f"depth {d} FFF +both (defaults)", "gap").mean()
-                    for ds in datasets for d in depths)
-    print(f"soft-minus-hard gap of the defaults, largest over data sets and depths: "
-          f"{worst_gap:+.2f} points (<= 1)")
+        gain = np.mean(
+            [
+                pick(ds, f"depth {d} FFF +both (defaults)") - pick(ds, f"depth {d} FFF vanilla")
+                for ds in classification
+                for d in depths
+            ]
+        )
+        print(
+            f"+both minus vanilla, mean over classification data sets, depths and seeds: "
+            f"{100 * gain:+.2f} points (> 0)"
+        )
+    worst_gap = max(
+        pick(ds, f"depth {d} FFF +both (defaults)", "gap").mean() for ds in datasets for d in depths
+    )
+    print(
+        f"soft-minus-hard gap of the defaults, largest over data sets and depths: "
+        f"{worst_gap:+.2f} points (<= 1)"
+    )
     active = f"MLP({LEAF_WIDTH + MASTER_LEAF_WIDTH},) same active width"
-    print("defaults minus MLP of the same active width (> 0) | minus MLP of the same training "
-          "width, in points:")
+    print(
+        "defaults minus MLP of the same active width (> 0) | minus MLP of the same training "
+        "width, in points:"
+    )
     for ds in datasets:
         cells = []
         for d in depths:
             defaults = pick(ds, f"depth {d} FFF +both (defaults)").mean()
             training = pick(ds, f"depth {d} MLP({2**d * LEAF_WIDTH},) same training width").mean()
-            cells.append(f"depth {d}: {100 * (defaults - pick(ds, active).mean()):+6.2f} | "
-                         f"{100 * (defaults - training):+6.2f}")
+            cells.append(
+                f"depth {d}: {100 * (defaults - pick(ds, active).mean()):+6.2f} | "
+                f"{100 * (defaults - training):+6.2f}"
+            )
         print(f"  {ds:<22}" + "    ".join(cells))
-
 
 
 def _parameter_value(text):
@@ -313,22 +382,43 @@ def _parameter_value(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one seed, depth 4, at most 5,000 training rows per data set")
-    parser.add_argument("--datasets", default=",".join(ds for ds in DATASETS if ds not in LARGE),
-                        help="comma-separated subset of: " + ", ".join(DATASETS) + " (default: "
-                        "all but " + ", ".join(sorted(LARGE)) + ")")
-    parser.add_argument("--n-jobs", type=int, default=2, help="fits run in parallel, one thread each")
-    parser.add_argument("--seeds", type=int, help="seeds 0 to SEEDS - 1 (default: 3, or 1 with "
-                        "--quick); ten separate a change from rounding noise on the small sets")
-    parser.add_argument("--models", help="only the models whose name contains one of these "
-                        "comma-separated strings, for example '+LB,+both'")
-    parser.add_argument("--params", help="estimator parameters for every FFF fit, on top of "
-                        "each variant's, for example 'leaf_shrinkage=30,activation=tanh'")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, depth 4, at most 5,000 training rows per data set",
+    )
+    parser.add_argument(
+        "--datasets",
+        default=",".join(ds for ds in DATASETS if ds not in LARGE),
+        help="comma-separated subset of: " + ", ".join(DATASETS) + " (default: "
+        "all but " + ", ".join(sorted(LARGE)) + ")",
+    )
+    parser.add_argument(
+        "--n-jobs", type=int, default=2, help="fits run in parallel, one thread each"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        help="seeds 0 to SEEDS - 1 (default: 3, or 1 with "
+        "--quick); ten separate a change from rounding noise on the small sets",
+    )
+    parser.add_argument(
+        "--models",
+        help="only the models whose name contains one of these "
+        "comma-separated strings, for example '+LB,+both'",
+    )
+    parser.add_argument(
+        "--params",
+        help="estimator parameters for every FFF fit, on top of "
+        "each variant's, for example 'leaf_shrinkage=30,activation=tanh'",
+    )
     parser.add_argument("--json", help="also write every fit's figures to this file")
-    parser.add_argument("--from-json", help="fit nothing: summarise the figures saved in these "
-                        "comma-separated files; a later file's figures of a data set and model "
-                        "replace an earlier file's")
+    parser.add_argument(
+        "--from-json",
+        help="fit nothing: summarise the figures saved in these "
+        "comma-separated files; a later file's figures of a data set and model "
+        "replace an earlier file's",
+    )
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     unknown = set(datasets) - set(DATASETS)
@@ -352,15 +442,18 @@ def main():
         wanted = args.models.split(",")
         jobs = [job for job in jobs if any(part in job[2] for part in wanted)]
     if args.params:
-        extra = {key: _parameter_value(value)
-                 for key, value in (item.split("=") for item in args.params.split(","))}
-        jobs = [(*job[:4], {**job[4], **extra}, job[5]) if job[3] == "FFF" else job
-                for job in jobs]
+        extra = {
+            key: _parameter_value(value)
+            for key, value in (item.split("=") for item in args.params.split(","))
+        }
+        jobs = [(*job[:4], {**job[4], **extra}, job[5]) if job[3] == "FFF" else job for job in jobs]
     # Longest fits first, so that the processes finish together.
     jobs.sort(key=lambda job: -_expected_cost(*job))
-    print(f"{len(jobs)} fits on {args.n_jobs} processes; seeds {seeds}, depths {depths}, "
-          f"leaf width {LEAF_WIDTH}, master leaf width {MASTER_LEAF_WIDTH}"
-          + (f"; every FFF also with {args.params}" if args.params else ""))
+    print(
+        f"{len(jobs)} fits on {args.n_jobs} processes; seeds {seeds}, depths {depths}, "
+        f"leaf width {LEAF_WIDTH}, master leaf width {MASTER_LEAF_WIDTH}"
+        + (f"; every FFF also with {args.params}" if args.params else "")
+    )
     # Workers import this file as a module, so that each keeps its own cache of data sets.
     from bench_accuracy import run_job as imported_run_job
 

@@ -57,8 +57,9 @@ def _models():
 
 def _cold_start(path):
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, path], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, path], capture_output=True, text=True, check=True
+    ).stdout.split()
     return time.perf_counter() - start, int(out[0]) * 1024, out[1] == "True"
 
 
@@ -77,17 +78,22 @@ def main(argv=None):
         for _ in range(rounds):  # alternated, so a burst of load hits every model alike
             for name, path in paths.items():
                 seconds, rss, torch_loaded = _cold_start(path)
-                best[name] = (min(best[name][0], seconds), max(best[name][1], rss),
-                              torch_loaded)
-    print(f"Fresh process: import, unpickle, predict one row; best of {rounds} "
-          f"(Python {sys.version.split()[0]})")
+                best[name] = (min(best[name][0], seconds), max(best[name][1], rss), torch_loaded)
+    print(
+        f"Fresh process: import, unpickle, predict one row; best of {rounds} "
+        f"(Python {sys.version.split()[0]})"
+    )
     mlp, hgb = best["MLPClassifier"], best["HistGradientBoosting"]
-    print(f"{'model':22s} {'seconds':>8s} {'peak MiB':>9s} {'torch':>6s} "
-          f"{'time/MLP':>9s} {'time/HGB':>9s} {'mem/MLP':>8s} {'mem/HGB':>8s}")
+    print(
+        f"{'model':22s} {'seconds':>8s} {'peak MiB':>9s} {'torch':>6s} "
+        f"{'time/MLP':>9s} {'time/HGB':>9s} {'mem/MLP':>8s} {'mem/HGB':>8s}"
+    )
     for name, (seconds, rss, torch_loaded) in best.items():
-        print(f"{name:22s} {seconds:8.2f} {rss / 2**20:9.0f} {str(torch_loaded):>6s} "
-              f"{seconds / mlp[0]:9.2f} {seconds / hgb[0]:9.2f} "
-              f"{rss / mlp[1]:8.2f} {rss / hgb[1]:8.2f}")
+        print(
+            f"{name:22s} {seconds:8.2f} {rss / 2**20:9.0f} {torch_loaded!s:>6s} "
+            f"{seconds / mlp[0]:9.2f} {seconds / hgb[0]:9.2f} "
+            f"{rss / mlp[1]:8.2f} {rss / hgb[1]:8.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ import time
 import warnings
 
 import numpy as np
+from _common import describe_threads
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import balanced_accuracy_score, recall_score
 from sklearn.model_selection import train_test_split
 
-from _common import describe_threads
 from fffsklearn import FFFClassifier
 
 SEEDS = (0, 1, 2)
@@ -33,8 +33,13 @@ SEEDS = (0, 1, 2)
 
 def data(seed):
     X, y = make_classification(
-        n_samples=8000, n_features=20, n_informative=10, n_classes=3,
-        weights=[0.8, 0.15, 0.05], class_sep=0.8, random_state=seed,
+        n_samples=8000,
+        n_features=20,
+        n_informative=10,
+        n_classes=3,
+        weights=[0.8, 0.15, 0.05],
+        class_sep=0.8,
+        random_state=seed,
     )
     return train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
 
@@ -82,21 +87,30 @@ def run(option, seed):
 
 
 def main():
-    options = ["defaults", "class_weight='balanced'", "early_stopping, validation_fraction=0.1",
-               "early_stopping, the same rows as X_val"]
+    options = [
+        "defaults",
+        "class_weight='balanced'",
+        "early_stopping, validation_fraction=0.1",
+        "early_stopping, the same rows as X_val",
+    ]
     try:
         scoring_monitor()
         options.append("ScoringMonitor every epoch")
     except ImportError:
         print("scikit-learn has no sklearn.callback: the ScoringMonitor row is left out")
     print(f"{describe_threads()}; seeds {SEEDS}")
-    print(f"{'option':<42}{'accuracy':>10}{'balanced':>10}{'rare recall':>13}"
-          f"{'fit s':>8}{'epochs':>8}")
+    print(
+        f"{'option':<42}{'accuracy':>10}{'balanced':>10}{'rare recall':>13}"
+        f"{'fit s':>8}{'epochs':>8}"
+    )
     for option in options:
         results = np.array([run(option, seed) for seed in SEEDS])
         accuracy, balanced, rare, seconds, epochs = results.mean(axis=0)
-        print(f"{option:<42}{accuracy:>10.4f}{balanced:>10.4f}{rare:>13.4f}{seconds:>8.1f}"
-              f"{epochs:>8.0f}", flush=True)
+        print(
+            f"{option:<42}{accuracy:>10.4f}{balanced:>10.4f}{rare:>13.4f}{seconds:>8.1f}"
+            f"{epochs:>8.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

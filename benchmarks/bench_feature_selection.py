@@ -14,6 +14,8 @@ import time
 import warnings
 
 import numpy as np
+import torch
+from bench_accuracy import load
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectKBest, f_classif
@@ -21,8 +23,6 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from threadpoolctl import threadpool_limits
 
-import torch
-from bench_accuracy import load
 from fffsklearn import FFFClassifier
 
 DATASET = "make_classification_400"
@@ -45,14 +45,16 @@ def score(model_name, k, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[40, 100],
-                        help="features SelectKBest keeps")
+    parser.add_argument(
+        "--k", type=int, nargs="+", default=[40, 100], help="features SelectKBest keeps"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     cases = [(name, k) for name in ("FFF depth 4", "FFF depth 6") for k in [0, *args.k]]
     cases += [("MLP(32,)", k) for k in (0, args.k[0])]
-    results = Parallel(n_jobs=2)(delayed(score)(name, k, seed)
-                                 for name, k in cases for seed in SEEDS)
+    results = Parallel(n_jobs=2)(
+        delayed(score)(name, k, seed) for name, k in cases for seed in SEEDS
+    )
     print(f"{DATASET}: held-out accuracy, mean ± std over seeds {SEEDS}")
     for name, k in cases:
         scores = [s for n, kk, s in results if (n, kk) == (name, k)]

@@ -13,7 +13,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from _common import classifier_from_arrays, routed_arrays
 
 from fffsklearn._testing import PeakSampler, anonymous_rss_bytes
@@ -27,8 +26,9 @@ def main():
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "X.f32")
-        writer = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
-                                           shape=(args.rows, args.features))
+        writer = np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float32, shape=(args.rows, args.features)
+        )
         for start in range(0, args.rows, 1_000_000):
             stop = min(start + 1_000_000, args.rows)
             writer[start:stop] = rng.standard_normal((stop - start, args.features), np.float32)
@@ -37,8 +37,11 @@ def main():
         X = np.load(path, mmap_mode="r")
         arrays = routed_arrays(np.asarray(X[:10_000]), 8, 16, 16, 10)
         model = classifier_from_arrays(arrays)
-        print(f"X: {args.rows:,} x {args.features} float32 memmap ({X.nbytes / 2**20:,.0f} MiB on disk); "
-              f"model depth 8, leaf 16, master 16, 10 classes")
+        print(
+            f"X: {args.rows:,} x {args.features} float32 memmap "
+            f"({X.nbytes / 2**20:,.0f} MiB on disk); "
+            f"model depth 8, leaf 16, master 16, 10 classes"
+        )
         for method, output_bytes in [
             ("predict", args.rows * 8),
             ("predict_proba", args.rows * 10 * 8),
@@ -49,9 +52,11 @@ def main():
                 result = getattr(model, method)(X)
             seconds = time.perf_counter() - start
             above = sampler.peak - baseline
-            print(f"{method:<14} output {output_bytes / 2**20:>8,.0f} MiB   peak above baseline "
-                  f"{above / 2**20:>8,.0f} MiB   working set beyond output "
-                  f"{(above - output_bytes) / 2**20:>6,.0f} MiB   {seconds:.1f} s")
+            print(
+                f"{method:<14} output {output_bytes / 2**20:>8,.0f} MiB   peak above baseline "
+                f"{above / 2**20:>8,.0f} MiB   working set beyond output "
+                f"{(above - output_bytes) / 2**20:>6,.0f} MiB   {seconds:.1f} s"
+            )
             del result
 
 

@@ -18,12 +18,12 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
+from _common import describe_threads
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 
-from _common import describe_threads
 from fffsklearn import FFFClassifier
 
 SEEDS = (0, 1, 2)
@@ -47,8 +47,10 @@ def text_like(seed):
 
 def main():
     X, _ = text_like(0)
-    print(f"{describe_threads()}; {N_ROWS} rows x {N_FEATURES} features, "
-          f"{X.nnz / np.prod(X.shape):.1%} non-zero; seeds {SEEDS}")
+    print(
+        f"{describe_threads()}; {N_ROWS} rows x {N_FEATURES} features, "
+        f"{X.nnz / np.prod(X.shape):.1%} non-zero; seeds {SEEDS}"
+    )
     contenders = {
         "FFFClassifier(depth=4), X.toarray()": lambda: FFFClassifier(depth=4),
         "MLPClassifier((32,)), CSR": lambda: MLPClassifier((32,), early_stopping=True),
@@ -69,9 +71,11 @@ def main():
             seconds.append(time.perf_counter() - start)
             scores.append(model.score(X_test.toarray() if dense else X_test, y_test))
         print(f"{name:<40}{np.mean(scores):>10.4f}{np.mean(seconds):>8.1f}", flush=True)
-    print(f"dense copy of the training rows: {X.shape[0] * 0.75 * X.shape[1] * 4 / 2**20:.0f} MiB"
-          f" against {(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) * 0.75 / 2**20:.0f}"
-          " MiB as CSR")
+    print(
+        f"dense copy of the training rows: {X.shape[0] * 0.75 * X.shape[1] * 4 / 2**20:.0f} MiB"
+        f" against {(X.data.nbytes + X.indices.nbytes + X.indptr.nbytes) * 0.75 / 2**20:.0f}"
+        " MiB as CSR"
+    )
 
 
 if __name__ == "__main__":

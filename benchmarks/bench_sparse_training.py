@@ -38,8 +38,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from fffsklearn import FFFClassifier
-from fffsklearn import _training
+from fffsklearn import FFFClassifier, _training
 from fffsklearn._network import FFFNetwork, SoftForward
 
 
@@ -49,7 +48,9 @@ class PathSparseNetwork(FFFNetwork):
     def soft_forward(self, X, *, straight_through, region_leak=0.0, generator=None):
         if not self.training or self.depth == 0:
             return super().soft_forward(
-                X, straight_through=straight_through, region_leak=region_leak,
+                X,
+                straight_through=straight_through,
+                region_leak=region_leak,
                 generator=generator,
             )
         n, depth, n_leaves = X.shape[0], self.depth, self.n_leaves
@@ -120,8 +121,10 @@ class PathSparseNetwork(FFFNetwork):
 
         probabilities = routing.leaf_probabilities
         detached = SoftForward(
-            routing.outputs.detach(), None,
-            None if probabilities is None else probabilities.detach(), routing.hard_one_hot,
+            routing.outputs.detach(),
+            None,
+            None if probabilities is None else probabilities.detach(),
+            routing.hard_one_hot,
         )
         return detached, backward
 
@@ -142,7 +145,8 @@ class PathSparseNetwork(FFFNetwork):
         hidden_weights = self.leaf_hidden_weights.view(d, n_leaves, width).transpose(0, 1)
         hidden = torch.baddbmm(
             self.leaf_hidden_biases.view(n_leaves, 1, width),
-            blocks.view(n_leaves, block, d), hidden_weights,
+            blocks.view(n_leaves, block, d),
+            hidden_weights,
         )
         hidden = self._activation(hidden)
         output_weights = self.leaf_output_weights.view(-1, n_leaves, width).permute(1, 2, 0)
@@ -172,8 +176,12 @@ def datasets(train_rows):
     for name, (X_train, X_test, y_train, y_test) in out.items():
         X_train, y_train = X_train[:train_rows], y_train[:train_rows]
         scaler = StandardScaler().fit(X_train)
-        out[name] = (scaler.transform(X_train).astype(np.float32),
-                     scaler.transform(X_test).astype(np.float32), y_train, y_test)
+        out[name] = (
+            scaler.transform(X_train).astype(np.float32),
+            scaler.transform(X_test).astype(np.float32),
+            y_train,
+            y_test,
+        )
     return out
 
 
@@ -186,49 +194,82 @@ def run(name, data, depth, mode, seed, max_iter):
         start = time.perf_counter()
         model.fit(X_train, y_train)
         seconds = time.perf_counter() - start
-    return dict(data=name, depth=depth, mode=mode, seed=seed,
-                accuracy=model.score(X_test, y_test), epoch_s=seconds / model.n_iter_,
-                epochs=model.n_iter_)
+    return dict(
+        data=name,
+        depth=depth,
+        mode=mode,
+        seed=seed,
+        accuracy=model.score(X_test, y_test),
+        epoch_s=seconds / model.n_iter_,
+        epochs=model.n_iter_,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2,000 rows, depth 6 and 8, one seed, 5 epochs")
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 rows, depth 6 and 8, one seed, 5 epochs"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--depths", default="6,8,10")
     parser.add_argument("--max-iter", type=int, default=50, help="epoch budget of every fit")
-    parser.add_argument("--train-rows", type=int, default=10_000,
-                        help="training rows per data set at most (MNIST-1D has 8,000)")
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=10_000,
+        help="training rows per data set at most (MNIST-1D has 8,000)",
+    )
     parser.add_argument("--n-jobs", type=int, default=2, help="fits in parallel, one thread each")
     args = parser.parse_args()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     depths = [6, 8] if args.quick else [int(d) for d in args.depths.split(",")]
     data = datasets(2000 if args.quick else args.train_rows)
     max_iter = min(args.max_iter, 5) if args.quick else args.max_iter
-    jobs = [(name, depth, mode, seed) for name in data for depth in depths
-            for mode in ("full", "path-sparse") for seed in seeds]
+    jobs = [
+        (name, depth, mode, seed)
+        for name in data
+        for depth in depths
+        for mode in ("full", "path-sparse")
+        for seed in seeds
+    ]
     results = Parallel(n_jobs=args.n_jobs)(
         delayed(run)(name, data[name], depth, mode, seed, max_iter)
         for name, depth, mode, seed in jobs
     )
-    rows = ", ".join(f"{name} {len(d[0])} training / {len(d[1])} held-out rows" for name, d in data.items())
+    rows = ", ".join(
+        f"{name} {len(d[0])} training / {len(d[1])} held-out rows" for name, d in data.items()
+    )
     print(f"max_iter={max_iter}, seeds {seeds}, one thread per fit; {rows}")
-    print(f"{'data':<22}{'depth':>6}{'full acc':>10}{'sparse acc':>12}{'diff (pt)':>11}"
-          f"{'full s/ep':>11}{'sparse s/ep':>13}{'speed-up':>10}")
+    print(
+        f"{'data':<22}{'depth':>6}{'full acc':>10}{'sparse acc':>12}{'diff (pt)':>11}"
+        f"{'full s/ep':>11}{'sparse s/ep':>13}{'speed-up':>10}"
+    )
     for name in data:
         for depth in depths:
-            pick = {mode: [r for r in results if r["data"] == name and r["depth"] == depth
-                           and r["mode"] == mode] for mode in ("full", "path-sparse")}
+            pick = {
+                mode: [
+                    r
+                    for r in results
+                    if r["data"] == name and r["depth"] == depth and r["mode"] == mode
+                ]
+                for mode in ("full", "path-sparse")
+            }
             acc = {m: np.array([r["accuracy"] for r in rs]) for m, rs in pick.items()}
             sec = {m: np.median([r["epoch_s"] for r in rs]) for m, rs in pick.items()}
-            print(f"{name:<22}{depth:>6}{acc['full'].mean():>10.4f}{acc['path-sparse'].mean():>12.4f}"
-                  f"{100 * (acc['path-sparse'].mean() - acc['full'].mean()):>+11.2f}"
-                  f"{sec['full']:>11.3f}{sec['path-sparse']:>13.3f}"
-                  f"{sec['full'] / sec['path-sparse']:>10.1f}", flush=True)
+            print(
+                f"{name:<22}{depth:>6}{acc['full'].mean():>10.4f}{acc['path-sparse'].mean():>12.4f}"
+                f"{100 * (acc['path-sparse'].mean() - acc['full'].mean()):>+11.2f}"
+                f"{sec['full']:>11.3f}{sec['path-sparse']:>13.3f}"
+                f"{sec['full'] / sec['path-sparse']:>10.1f}",
+                flush=True,
+            )
             for mode, rs in pick.items():
-                print(f"    {mode:<12} accuracy by seed "
-                      + " ".join(f"{r['accuracy']:.4f}" for r in rs)
-                      + "  epochs " + " ".join(str(r["epochs"]) for r in rs))
+                print(
+                    f"    {mode:<12} accuracy by seed "
+                    + " ".join(f"{r['accuracy']:.4f}" for r in rs)
+                    + "  epochs "
+                    + " ".join(str(r["epochs"]) for r in rs)
+                )
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ def main():
                 inside.apply(X_test) == in_front[-1].apply(in_front[0].transform(X_test))
             )
             probability = np.abs(inside.predict_proba(X_test) - in_front.predict_proba(X_test))
-            print(f"depth {depth} seed {seed}: accuracy {inside.score(X_test, y_test):.4f} "
-                  f"inside, {in_front.score(X_test, y_test):.4f} with a scaler in front; "
-                  f"same predictions {same:.4f}, same leaves {leaves:.4f}, largest probability "
-                  f"difference {probability.max():.2e}, epochs {inside.n_iter_} and "
-                  f"{in_front[-1].n_iter_}")
+            print(
+                f"depth {depth} seed {seed}: accuracy {inside.score(X_test, y_test):.4f} "
+                f"inside, {in_front.score(X_test, y_test):.4f} with a scaler in front; "
+                f"same predictions {same:.4f}, same leaves {leaves:.4f}, largest probability "
+                f"difference {probability.max():.2e}, epochs {inside.n_iter_} and "
+                f"{in_front[-1].n_iter_}"
+            )
 
 
 if __name__ == "__main__":

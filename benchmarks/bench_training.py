@@ -29,13 +29,13 @@ import warnings
 
 import numpy as np
 import torch
+from _common import describe_threads
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from _common import describe_threads
 from fffsklearn import FFFClassifier
 from fffsklearn._training import FusedAdam
 
@@ -59,8 +59,13 @@ def classification_rows(n_rows):
 
 def fff_epoch_seconds(X, y, depth, **params):
     model = FFFClassifier(
-        depth=depth, leaf_width=LEAF_WIDTH, master_leaf_width=MASTER_LEAF_WIDTH,
-        max_iter=FFF_EPOCHS, n_iter_no_change=FFF_EPOCHS, device="cpu", random_state=0,
+        depth=depth,
+        leaf_width=LEAF_WIDTH,
+        master_leaf_width=MASTER_LEAF_WIDTH,
+        max_iter=FFF_EPOCHS,
+        n_iter_no_change=FFF_EPOCHS,
+        device="cpu",
+        random_state=0,
         **params,
     )
     start = time.perf_counter()
@@ -73,13 +78,15 @@ def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2,
     held on ``device`` as one tensor."""
     width = 2**depth * LEAF_WIDTH
     generator = torch.Generator(device=device).manual_seed(0)
-    net = nn.Sequential(
-        nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, N_CLASSES)
-    ).to(device)
+    net = nn.Sequential(nn.Linear(X.shape[1], width), nn.ReLU(), nn.Linear(width, N_CLASSES)).to(
+        device
+    )
     defaults = FFFClassifier().get_params()
     weight_decay = defaults["alpha"] / len(X)  # the FFF's L2 penalty per row, as Adam's decay
-    groups = [{"params": [net[0].weight, net[2].weight], "weight_decay": weight_decay},
-              {"params": [net[0].bias, net[2].bias], "weight_decay": 0.0}]
+    groups = [
+        {"params": [net[0].weight, net[2].weight], "weight_decay": weight_decay},
+        {"params": [net[0].bias, net[2].bias], "weight_decay": 0.0},
+    ]
     if optimizer_class is FusedAdam:
         optimizer = FusedAdam(groups, lr=defaults["learning_rate_init"])
     else:
@@ -121,11 +128,15 @@ def main():
     # One batch for every contender, so that an epoch is the same work for each: the
     # classifier's batch_size="auto" would take more rows at depths 4 and 6 on these data sets.
     batch_size = min(200, len(next(iter(datasets.values()))[0]))
-    print(f"{describe_threads()}; batch {batch_size}; FFF fits of {FFF_EPOCHS} epochs; "
-          f"best of {rounds} alternating rounds")
-    print(f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'shared':>9}{'twin':>9}"
-          f"{'twin F':>9}{'MLP':>9}{'FFF/twin':>10}{'FFF/twin F':>12}{'FFF/MLP':>9}"
-          f"{'shared/FFF':>12}")
+    print(
+        f"{describe_threads()}; batch {batch_size}; FFF fits of {FFF_EPOCHS} epochs; "
+        f"best of {rounds} alternating rounds"
+    )
+    print(
+        f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'shared':>9}{'twin':>9}"
+        f"{'twin F':>9}{'MLP':>9}{'FFF/twin':>10}{'FFF/twin F':>12}{'FFF/MLP':>9}"
+        f"{'shared/FFF':>12}"
+    )
     worst_twin = worst_fused_twin = worst_mlp = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -133,8 +144,9 @@ def main():
             for depth in (4, 6):
                 contenders = (
                     lambda: fff_epoch_seconds(X, y, depth, batch_size=batch_size),
-                    lambda: fff_epoch_seconds(X, y, depth, batch_size=batch_size,
-                                              leaf_shrinkage=30.0),
+                    lambda: fff_epoch_seconds(
+                        X, y, depth, batch_size=batch_size, leaf_shrinkage=30.0
+                    ),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, torch.optim.Adam),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, FusedAdam),
                     lambda: mlp_epoch_seconds(X, y, depth),
@@ -147,14 +159,17 @@ def main():
                 worst_twin = max(worst_twin, fff / twin)
                 worst_fused_twin = max(worst_fused_twin, fff / fused_twin)
                 worst_mlp = max(worst_mlp, fff / mlp)
-                print(f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}"
-                      f"{shared:>9.3f}{twin:>9.3f}{fused_twin:>9.3f}{mlp:>9.3f}"
-                      f"{fff / twin:>10.2f}{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}"
-                      f"{shared / fff:>12.2f}", flush=True)
+                print(
+                    f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}"
+                    f"{shared:>9.3f}{twin:>9.3f}{fused_twin:>9.3f}{mlp:>9.3f}"
+                    f"{fff / twin:>10.2f}{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}"
+                    f"{shared / fff:>12.2f}",
+                    flush=True,
+                )
     print(f"\nFFF epoch / dense twin epoch, largest: {worst_twin:.2f} (<= 1.3)")
-    print(f"FFF epoch / dense twin epoch with the FFF's optimizer, largest: "
-          f"{worst_fused_twin:.2f}")
+    print(f"FFF epoch / dense twin epoch with the FFF's optimizer, largest: {worst_fused_twin:.2f}")
     print(f"FFF epoch / MLPClassifier epoch, largest: {worst_mlp:.2f} (<= 1)")
+
 
 if __name__ == "__main__":
     main()

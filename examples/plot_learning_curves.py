@@ -12,8 +12,8 @@ the soft mixture. The training objective drops there because the frozen routing'
 load-balancing and L2 terms leave it.
 
 This example fits ``FFFClassifier(depth=4, leaf_width=16)`` with and without load balancing
-on digits, next to the MLPs of the same active width (32 hidden units, what one FFF prediction evaluates) and of the same
-training width (256), and plots both curves.
+on digits, next to the MLPs of the same active width (32 hidden units, what one FFF
+prediction evaluates) and of the same training width (256), and plots both curves.
 """
 
 import warnings

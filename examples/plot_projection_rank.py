@@ -46,7 +46,7 @@ with warnings.catch_warnings():
 
 print("projection_rank  training accuracy  cross-validated accuracy  seconds (3 fits)")
 for rank, (scores, seconds) in results.items():
-    print(f"{str(rank):>15}  {scores['train_score'].mean():17.3f}  "
+    print(f"{rank!s:>15}  {scores['train_score'].mean():17.3f}  "
           f"{scores['test_score'].mean():24.3f}  {seconds:16.1f}")
 
 labels = [f"{rank}" + (" (default)" if rank == 32 else "") for rank in ranks]

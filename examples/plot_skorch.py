@@ -23,13 +23,13 @@ import warnings
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier
-from skorch.callbacks import Checkpoint, LRScheduler
-from skorch.dataset import ValidSplit
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.preprocessing import StandardScaler
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Checkpoint, LRScheduler
+from skorch.dataset import ValidSplit
 
 from fffsklearn.nn import FFFNetwork
 from fffsklearn.skorch import Hardening, LoadBalancing, to_estimator
@@ -90,7 +90,8 @@ model = to_estimator(net, X_train)
 print(f"skorch net, held-out accuracy:      {net.score(X_test, y_test):.4f}")
 print(f"converted FFFClassifier, accuracy:  {model.score(X_test, y_test):.4f}")
 print(f"same predictions: {bool((model.predict(X_test) == net.predict(X_test)).all())}")
-for name, predict in [("skorch (torch)", net.predict_proba), ("fffsklearn (C)", model.predict_proba)]:
+predictors = [("skorch (torch)", net.predict_proba), ("fffsklearn (C)", model.predict_proba)]
+for name, predict in predictors:
     predict(X_test)
     start = time.perf_counter()
     for _ in range(20):
@@ -101,7 +102,9 @@ history = net.history
 fig, (loss_ax, balance_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
 loss_ax.plot(history[:, "train_loss"], label="train loss")
 loss_ax.plot(history[:, "valid_loss"], label="validation loss")
-loss_ax.axvline(MAX_EPOCHS - HARDENING_EPOCHS, color="grey", linestyle=":", label="hardening starts")
+loss_ax.axvline(
+    MAX_EPOCHS - HARDENING_EPOCHS, color="grey", linestyle=":", label="hardening starts"
+)
 loss_ax.set_xlabel("epoch")
 loss_ax.legend()
 penalty = [np.mean([batch["load_balancing"] for batch in epoch["batches"]

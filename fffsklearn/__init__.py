@@ -18,9 +18,9 @@ __all__ = [
     "FFFRegressor",
     "FitInterrupted",
     "InconsistentFFFVersionWarning",
+    "__version__",
     "skops_trusted_types",
     "to_onnx",
-    "__version__",
 ]
 
 

@@ -35,7 +35,7 @@ class SoftForward:
         One-hot matrix of each row's hard leaf (no gradient).
     """
 
-    __slots__ = ("outputs", "right_probabilities", "leaf_probabilities", "hard_one_hot")
+    __slots__ = ("hard_one_hot", "leaf_probabilities", "outputs", "right_probabilities")
 
     def __init__(self, outputs, right_probabilities, leaf_probabilities, hard_one_hot):
         self.outputs = outputs
@@ -382,7 +382,8 @@ class _SoftForwardFunction(torch.autograd.Function):
     def backward(ctx, grad_outputs, grad_probabilities, _right, _hard):
         routing_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         grads = _soft_backward(
-            ctx.saved_tensors, ctx.swap, ctx.activation, grad_outputs, grad_probabilities, routing_trains
+            ctx.saved_tensors, ctx.swap, ctx.activation, grad_outputs, grad_probabilities,
+            routing_trains,
         )
         return (None, *grads, None, None, None)
 

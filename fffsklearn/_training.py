@@ -19,6 +19,7 @@ from ._device import training_threads
 from ._network import FFFNetwork, _compiled, _training_kernel, projected_rank
 from ._preparation import CHUNK_VALUES
 
+
 class FusedAdam:
     """Adam with L2 weight decay per parameter group: one fused kernel per group and step.
 

@@ -15,8 +15,8 @@ from sklearn.preprocessing import StandardScaler
 
 from fffsklearn import FFFClassifier, FFFRegressor, inference
 from fffsklearn._device import prediction_options
-from fffsklearn._training import Trainer
 from fffsklearn._testing import random_arrays
+from fffsklearn._training import Trainer
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU; torch sees none on this machine"
@@ -40,7 +40,8 @@ def test_cuda_and_cpu_route_every_row_to_the_same_leaf(seed, backend):
     rng = np.random.default_rng(seed)
     depth, d = int(rng.integers(0, 11)), int(rng.choice([3, 64, 784]))
     arrays = random_arrays(rng, depth, d, int(rng.choice([4, 16])), int(rng.choice([0, 16])),
-                           int(rng.integers(1, 11)), ("relu", "tanh", "logistic", "identity")[seed % 4])
+                           int(rng.integers(1, 11)),
+                           ("relu", "tanh", "logistic", "identity")[seed % 4])
     X = rng.standard_normal((5000, d)).astype(np.float32)
     ref_out, ref_leaves = inference.hard_forward(arrays, X, backend="reference")
     out, leaves = inference.hard_forward(arrays, X, backend=backend, device="cuda")

@@ -71,7 +71,9 @@ def test_persistence_round_trip(fitted_classifier, digits, tmp_path, dump_load):
     else:
         joblib.dump(fitted_classifier, tmp_path / "model.joblib")
         loaded = joblib.load(tmp_path / "model.joblib")
-    np.testing.assert_array_equal(loaded.predict_proba(X_test), fitted_classifier.predict_proba(X_test))
+    np.testing.assert_array_equal(
+        loaded.predict_proba(X_test), fitted_classifier.predict_proba(X_test)
+    )
     np.testing.assert_array_equal(loaded.apply(X_test), fitted_classifier.apply(X_test))
     assert "_trainer" not in loaded.__dict__
 
@@ -200,7 +202,8 @@ def test_bad_input_raises_and_loses_nothing(fitted_classifier, digits, corrupt, 
     bad = BAD_X[corrupt](X_test[:20] if method != "fit" else X_train[:60])
     y = y_test[:20] if method != "fit" else y_train[:60]
     with pytest.raises((ValueError, TypeError)) as info:
-        getattr(model, method)(bad, y) if method in ("score", "fit") else getattr(model, method)(bad)
+        args = (bad, y) if method in ("score", "fit") else (bad,)
+        getattr(model, method)(*args)
     if corrupt == "sparse":
         assert "sparse" in str(info.value).lower()
     np.testing.assert_array_equal(model.predict_proba(X_test), before)
@@ -444,7 +447,9 @@ def test_backends_and_threads_give_the_same_predictions(fitted_classifier, digit
     np.testing.assert_allclose(compiled[0], reference[0], rtol=1e-5, atol=1e-5)
     one = clone(fitted_classifier).set_params(n_jobs=1)
     one.__dict__.update({k: v for k, v in fitted_classifier.__dict__.items() if k.endswith("_")})
-    np.testing.assert_array_equal(one.predict_proba(X_test), fitted_classifier.predict_proba(X_test))
+    np.testing.assert_array_equal(
+        one.predict_proba(X_test), fitted_classifier.predict_proba(X_test)
+    )
 
 
 def test_cpu_inference_uses_the_compiled_kernel(fitted_classifier):

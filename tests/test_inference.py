@@ -9,12 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fffsklearn import FFFArrays
-from fffsklearn import inference
+from fffsklearn import FFFArrays, inference
 from fffsklearn._arrays import ACTIVATIONS
-from fffsklearn.inference import _kernel
-
 from fffsklearn._testing import random_arrays
+from fffsklearn.inference import _kernel
 
 
 @contextmanager
@@ -280,7 +278,8 @@ def test_kernel_rejects_bad_buffers(rng):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_backend_covers_every_activation(activation):
     """The registry's every activation: the NumPy reference, the kernel, the torch and Triton
-    backends, the training network's straight-through forward (the hard model) and the ONNX export."""
+    backends, the training network's straight-through forward (the hard model) and the ONNX
+    export."""
     import torch
 
     from fffsklearn import FFFClassifier

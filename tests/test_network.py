@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from fffsklearn import _network
 from fffsklearn._activations import torch_activation
 from fffsklearn._arrays import ACTIVATIONS
-from fffsklearn import _network
 from fffsklearn._network import FFFNetwork, _SoftForwardFunction
 from fffsklearn.inference import _reference
+
+needs_training_kernel = pytest.mark.skipif(
+    _network._training_kernel is None, reason="the C training extension is not built"
+)
 
 _PLAIN_ACTIVATIONS = {
     "relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "identity": lambda t: t,
@@ -85,7 +89,7 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
                   if p is not None and p.requires_grad]
 
     def fused():
-        outputs, probabilities, _, hard = _SoftForwardFunction.apply(
+        outputs, probabilities, _, _ = _SoftForwardFunction.apply(
             X, *network.parameters_in_forward_order(), swap, straight_through, activation
         )
         return outputs, probabilities
@@ -167,7 +171,7 @@ def test_straight_through_forward_is_the_hard_model_and_trains_the_routing():
     assert network.node_weights.grad.abs().sum() > 0
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 @pytest.mark.parametrize("depth", [0, 1, 3, 6, 9])
 @pytest.mark.parametrize("leak", [False, True])
 def test_compiled_routing_matches_the_torch_routing(depth, leak):
@@ -194,7 +198,7 @@ def test_compiled_routing_matches_the_torch_routing(depth, leak):
         )
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_compiled_routing_refuses_inconsistent_buffers():
     logits = torch.zeros(4, 3)
     outputs = (torch.empty(4, 4), torch.empty(4, 4), torch.empty(4, 3),
@@ -240,7 +244,7 @@ def _hard_leaf_case(n, n_features, depth, leaf_width, activation, seed):
     return X, hidden, leaves, grad_outputs, parameters[4], parameters[5], activation_backward
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("leaf_width", [1, 3, 8, 16, 24, 32, 40])
 @pytest.mark.parametrize("depth, n_features", [(0, 1), (2, 7), (5, 13)])
@@ -278,7 +282,7 @@ def test_compiled_hard_leaf_layers_match_the_dense_products(
                 torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"gradient {index}")
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_compiled_hard_leaf_layers_refuse_inconsistent_buffers():
     X, hidden, leaves, grad_outputs, weights, biases, _ = _hard_leaf_case(
         20, 4, 2, 3, "relu", seed=0
@@ -332,7 +336,8 @@ def _first_layers(arrays):
 def test_input_projection_is_folded_into_the_exported_first_layers(rank):
     network = FFFNetwork(7, 3, 3, 4, 2, "tanh", random_state=0, projection_rank=rank)
     with torch.no_grad():  # trained away from the factorised start
-        network.input_projection.add_(torch.randn(7, rank, generator=torch.Generator().manual_seed(1)))
+        generator = torch.Generator().manual_seed(1)
+        network.input_projection.add_(torch.randn(7, rank, generator=generator))
     arrays = network.to_arrays()
     assert np.linalg.matrix_rank(_first_layers(arrays), tol=1e-4) == rank
     X = np.random.default_rng(0).standard_normal((60, 7)).astype(np.float32)
@@ -359,10 +364,12 @@ def test_a_full_rank_projection_starts_from_the_drawn_first_layers():
                                np.linalg.norm(_first_layers(plain.to_arrays())), rtol=1e-5)
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 @pytest.mark.parametrize("leaf_width", [1, 3, 8, 16, 24])
 @pytest.mark.parametrize("depth, rank", [(0, 1), (2, 5), (4, 32)])
-def test_compiled_hard_leaf_input_gradient_is_each_row_block_times_its_leaf(depth, rank, leaf_width):
+def test_compiled_hard_leaf_input_gradient_is_each_row_block_times_its_leaf(
+    depth, rank, leaf_width
+):
     generator = torch.Generator().manual_seed(leaf_width + depth)
     n, n_leaves = 50, 2**depth
     grad_hidden = torch.randn(n, leaf_width, generator=generator)
@@ -374,7 +381,7 @@ def test_compiled_hard_leaf_input_gradient_is_each_row_block_times_its_leaf(dept
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_compiled_hard_leaf_input_gradient_refuses_inconsistent_buffers():
     kernel = _network._training_kernel
     grad_hidden, weights, out = torch.zeros(6, 3), torch.zeros(4, 12), torch.empty(6, 4)

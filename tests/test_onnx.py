@@ -17,9 +17,13 @@ from fffsklearn import to_onnx  # noqa: E402  (needs the optional extra)
 
 def run(model_proto, X, with_leaves=False):
     if with_leaves:
-        leaves = next(o for n in model_proto.graph.node for o in n.output if o.startswith("fff_leaves"))
+        leaves = next(
+            o for n in model_proto.graph.node for o in n.output if o.startswith("fff_leaves")
+        )
         model_proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(leaves))
-    session = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model_proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     return session.run(None, {"X": np.asarray(X, dtype=np.float32)})
 
 
@@ -29,7 +33,9 @@ def digits():
     return StandardScaler().fit_transform(X).astype(np.float32), y
 
 
-@pytest.mark.parametrize("depth, master, activation", [(0, 16, "relu"), (3, 0, "tanh"), (5, 8, "logistic")])
+@pytest.mark.parametrize(
+    "depth, master, activation", [(0, 16, "relu"), (3, 0, "tanh"), (5, 8, "logistic")]
+)
 def test_classifier_matches_and_walks_the_same_leaves(digits, depth, master, activation):
     X, y = digits
     model = FFFClassifier(depth=depth, master_leaf_width=master, activation=activation,

@@ -498,7 +498,7 @@ def test_edited_skops_file_raises_at_load(fitted, edit, message):
         sio.loads(hostile, trusted=skops_trusted_types())
 
 
-# --------------------------------------------------------------------------- clients and red team (issue #17)
+# ----------------------------------------------------------- clients and red team (issue #17)
 @pytest.fixture(scope="module")
 def cancer():
     from sklearn.datasets import load_breast_cancer
@@ -518,7 +518,9 @@ def test_bagging_an_fff_on_bagging_defaults(cancer):
     assert np.isfinite(regressor.fit(X[:201], X[:201, 0]).predict(X[201:])).all()
 
 
-@pytest.mark.parametrize("zero_rows, batch_size", [(slice(3, None), "auto"), (slice(0, None, 2), 8)])
+@pytest.mark.parametrize(
+    "zero_rows, batch_size", [(slice(3, None), "auto"), (slice(0, None, 2), 8)]
+)
 def test_fitting_with_mostly_zero_sample_weights(cancer, zero_rows, batch_size):
     X, y = cancer
     weights = np.ones(300)

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits, make_friedman1
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
+from fffsklearn import FFFClassifier, FFFRegressor
 from fffsklearn.nn import FFFNetwork, Hardening, load_balancing_loss
 
 from .test_inference import assert_backends_agree

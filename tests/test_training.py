@@ -7,11 +7,13 @@ import torch.nn.functional as F
 from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
 
-from fffsklearn import FFFClassifier, FFFRegressor
-from fffsklearn import _network, _preparation, _training
-from fffsklearn._network import _training_kernel
-from fffsklearn._network import FFFNetwork, load_balancing_loss
+from fffsklearn import FFFClassifier, FFFRegressor, _network, _preparation, _training
+from fffsklearn._network import FFFNetwork, _training_kernel, load_balancing_loss
 from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
+
+needs_training_kernel = pytest.mark.skipif(
+    _network._training_kernel is None, reason="the C training extension is not built"
+)
 
 
 def _trainer(task, depth, n_outputs, region_leak=0.0, leaf_shrinkage=0.0, projection_rank=None):
@@ -157,7 +159,7 @@ def test_fused_adam_updates_as_torch_adam():
     assert np.isclose(float(fused.state[ours[0]]["step"]), 7)
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.6])
 def test_compiled_cross_entropy_matches_torch_and_refuses_unknown_classes(smoothing):
     generator = torch.Generator().manual_seed(0)
@@ -256,7 +258,7 @@ def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monke
     hierarchy = LeafHierarchy(network, shrinkage=30.0)
     leaves = [parameter.detach().clone() for parameter, _ in hierarchy.views]
     n_leaves = 2**depth
-    for (parameter, shape), terms, before in zip(hierarchy.views, hierarchy.terms, leaves):
+    for (_, shape), terms, before in zip(hierarchy.views, hierarchy.terms, leaves):
         assert terms.shape == (shape[0], 2 * n_leaves - 1, shape[2])
         # The root's term is the mean leaf; below it, siblings' terms cancel out on average.
         torch.testing.assert_close(terms[:, 0], before.view(shape).mean(dim=1))
@@ -316,7 +318,7 @@ def test_leaf_hierarchy_gathers_the_leaves_gradients_below_each_node(depth):
             torch.testing.assert_close(terms.grad[:, node], want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 @pytest.mark.parametrize("depth", [0, 1, 4])
 def test_leaf_hierarchy_step_is_the_same_compiled_or_not(depth, monkeypatch):
     # The compiled step (one pass per parameter, on one thread or two) against
@@ -352,7 +354,7 @@ def test_leaf_hierarchy_step_is_the_same_compiled_or_not(depth, monkeypatch):
     assert not torch.equal(results[0][0], _random_hierarchy(depth, seed=1).terms[0])
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_leaf_hierarchy_refuses_malformed_buffers():
     terms = np.zeros((2, 7 * 3), dtype=np.float32)
     with pytest.raises(ValueError, match="2\\*\\*\\(depth"):
@@ -429,7 +431,7 @@ def test_a_fresh_trainer_starts_every_leaf_from_the_same_parameters():
         assert not terms[:, 1:].any()
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_compiled_noise_is_standard_normal_times_each_columns_std():
     from scipy import stats
 
@@ -455,7 +457,7 @@ def test_compiled_noise_is_standard_normal_times_each_columns_std():
     assert not np.array_equal(other, rows)
 
 
-@pytest.mark.skipif(_network._training_kernel is None, reason="the C training extension is not built")
+@needs_training_kernel
 def test_compiled_noise_refuses_malformed_buffers():
     from fffsklearn._training import _NORMAL_QUANTILES
 
@@ -493,7 +495,7 @@ def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_expor
     def fit_with_falling_scores(self, *args, validation_score=None, **kwargs):
         if validation_score is not None:
             scores = iter(range(0, -100, -1))
-            validation_score = lambda arrays: float(next(scores))  # noqa: E731
+            validation_score = lambda arrays: float(next(scores))
         return fit(self, *args, validation_score=validation_score, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", fit_with_falling_scores)
@@ -657,7 +659,9 @@ def test_principal_directions_are_pcas_read_in_chunks(monkeypatch):
     weighted = _preparation.principal_directions(X, weight, 3, seed=1)
     assert _principal_subspace_distance(weighted, PCA(3).fit(repeated).components_.T) < 1e-6
     mean, scale = X.mean(axis=0).astype(np.float64), np.linspace(0.5, 8.0, 12)
-    scaled = _preparation.principal_directions(X, np.ones(400), 3, seed=2, input_scaling=(mean, scale))
+    scaled = _preparation.principal_directions(
+        X, np.ones(400), 3, seed=2, input_scaling=(mean, scale)
+    )
     expected = PCA(3).fit((X - mean) / scale).components_.T
     assert _principal_subspace_distance(scaled, expected) < 1e-6
     # More than there are features: an orthonormal basis of them all.
@@ -734,7 +738,8 @@ def test_only_the_classifier_takes_routing_feature_penalties_from_its_first_call
     )
     classifier.partial_fit(X[100:], y[100:])
     np.testing.assert_array_equal(classifier._preparation.routing_feature_penalties_, first)
-    assert FFFRegressor(depth=2, max_iter=2).fit(X, y)._preparation.routing_feature_penalties_ is None
+    regressor = FFFRegressor(depth=2, max_iter=2).fit(X, y)
+    assert regressor._preparation.routing_feature_penalties_ is None
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

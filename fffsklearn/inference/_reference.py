@@ -10,6 +10,7 @@ import numpy as np
 
 from .._activations import NUMPY_ACTIVATIONS
 
+
 def route(arrays, X):
     """Leaf index of each row of float32 ``X`` (hard routing: right iff logit > 0)."""
     n = X.shape[0]
@@ -40,7 +41,9 @@ def forward(arrays, X):
     starts = np.searchsorted(leaves[order], np.arange(arrays.n_leaves + 1))
     for leaf in np.flatnonzero(np.diff(starts)):
         rows = order[starts[leaf] : starts[leaf + 1]]
-        hidden = activate(X[rows] @ arrays.leaf_hidden_weights[leaf] + arrays.leaf_hidden_biases[leaf])
+        hidden = activate(
+            X[rows] @ arrays.leaf_hidden_weights[leaf] + arrays.leaf_hidden_biases[leaf]
+        )
         outputs[rows] = hidden @ arrays.leaf_output_weights[leaf] + arrays.leaf_output_biases[leaf]
     if arrays.master_leaf_width:
         master = activate(X @ arrays.master_hidden_weights + arrays.master_hidden_biases)
