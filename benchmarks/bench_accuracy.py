@@ -27,7 +27,7 @@ sets need no download. The split is fixed; the seeds vary the models' initialisa
 batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
-                                        [--models +both] [--params leaf_shrinkage=30]
+                                        [--models +both] [--params alpha=10]
                                         [--seeds 10]
 
 ``--quick`` (what CI runs) takes one seed, depth 4 and at most 5,000 training rows per data
@@ -410,7 +410,7 @@ def main():
     parser.add_argument(
         "--params",
         help="estimator parameters for every FFF fit, on top of "
-        "each variant's, for example 'leaf_shrinkage=30,activation=tanh'",
+        "each variant's, for example 'alpha=10,activation=tanh'",
     )
     parser.add_argument("--json", help="also write every fit's figures to this file")
     parser.add_argument(

@@ -218,10 +218,11 @@ def epoch_figures(device, X, y):
     print(f"\none training epoch, {len(X):,} x {D}, batch {BATCH} (seconds)")
     print(f"{'depth':>7}{'FFF graphs':>12}{'FFF eager':>11}{'twin':>9}{'graphs/twin':>13}")
     for depth in (6, 8):
-        params = FFFClassifier(depth=depth, leaf_width=LEAF, master_leaf_width=MASTER).get_params()
+        estimator = FFFClassifier(depth=depth, leaf_width=LEAF, master_leaf_width=MASTER)
+        recipe = estimator._recipe(len(X), incremental=False)
         seconds = []
         for graphs in (True, False):
-            trainer = Trainer.create(D, O, params, "classification", device, seed=0)
+            trainer = Trainer.create(D, O, recipe, device, seed=0)
             trainer.use_cuda_graphs = graphs
             with trainer.rows_on_device(X):
                 seconds.append(timed(lambda: trainer.run_epoch(X, y, weights, BATCH), device))

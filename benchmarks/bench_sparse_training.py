@@ -27,7 +27,6 @@ page (docs/model_quality.rst, "Sparse training").
 
 import argparse
 import time
-from unittest import mock
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from fffsklearn import FFFClassifier, _training
+from fffsklearn import FFFClassifier
 from fffsklearn._network import FFFNetwork, SoftForward
 
 
@@ -104,11 +103,9 @@ class PathSparseNetwork(FFFNetwork):
             leaf_probabilities = X.new_zeros(n, n_leaves).scatter(1, leaves, probabilities)
         return SoftForward(outputs, None, leaf_probabilities, hard_one_hot)
 
-    def training_pass(self, X, *, straight_through, region_leak=0.0, generator=None):
+    def training_pass(self, X, *, straight_through):
         """The trainer's forward and backward, by autograd of :meth:`soft_forward`."""
-        routing = self.soft_forward(
-            X, straight_through=straight_through, region_leak=region_leak, generator=generator
-        )
+        routing = self.soft_forward(X, straight_through=straight_through)
 
         def backward(grad_outputs, grad_leaf_probabilities):
             for parameter in self.parameters():
@@ -185,11 +182,18 @@ def datasets(train_rows):
     return out
 
 
+class PathSparseClassifier(FFFClassifier):
+    """FFFClassifier training a :class:`PathSparseNetwork`, through the estimators' research
+    seam."""
+
+    _network_class = PathSparseNetwork
+
+
 def run(name, data, depth, mode, seed, max_iter):
     X_train, X_test, y_train, y_test = data
-    model = FFFClassifier(depth=depth, max_iter=max_iter, random_state=seed, device="cpu")
-    network = PathSparseNetwork if mode == "path-sparse" else FFFNetwork
-    with threadpool_limits(1), mock.patch.object(_training, "FFFNetwork", network):
+    Estimator = PathSparseClassifier if mode == "path-sparse" else FFFClassifier
+    model = Estimator(depth=depth, max_iter=max_iter, random_state=seed, device="cpu")
+    with threadpool_limits(1):
         torch.set_num_threads(1)
         start = time.perf_counter()
         model.fit(X_train, y_train)

@@ -4,9 +4,7 @@ For each data set and depth, with ``leaf_width=16``, ``master_leaf_width=16`` an
 batch size, this times:
 
 - ``FFFClassifier.fit`` with ``max_iter=8`` (6 balancing and 2 hardening epochs), divided by
-  the epochs it ran: set-up, validation and the final leaf count included; "FFF" with the
-  defaults, "shared" with ``leaf_shrinkage=30`` (the leaves shared along the tree, whose
-  node terms train in place of the leaves);
+  the epochs it ran: set-up, validation and the final leaf count included, with the defaults;
 - a plain torch loop that trains the dense twin (one hidden layer of the training width
   ``2**depth * 16``, ReLU) with Adam, the same learning rate, weight decay and batch size,
   the data held as one tensor and indexed per mini-batch: "twin" uses
@@ -37,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from fffsklearn import FFFClassifier
-from fffsklearn._training import FusedAdam
+from fffsklearn._optim import FusedAdam
 
 LEAF_WIDTH = MASTER_LEAF_WIDTH = 16
 FFF_EPOCHS = 8
@@ -83,13 +81,18 @@ def dense_twin_epoch_seconds(X, y, depth, batch_size, optimizer_class, epochs=2,
     )
     defaults = FFFClassifier().get_params()
     weight_decay = defaults["alpha"] / len(X)  # the FFF's L2 penalty per row, as Adam's decay
-    groups = [
-        {"params": [net[0].weight, net[2].weight], "weight_decay": weight_decay},
-        {"params": [net[0].bias, net[2].bias], "weight_decay": 0.0},
-    ]
+    weights, biases = [net[0].weight, net[2].weight], [net[0].bias, net[2].bias]
     if optimizer_class is FusedAdam:
-        optimizer = FusedAdam(groups, lr=defaults["learning_rate_init"])
+        optimizer = FusedAdam(
+            [{"params": weights, "decay_factor": 1.0}, {"params": biases, "decay_factor": 0.0}],
+            lr=defaults["learning_rate_init"],
+        )
+        optimizer.set_weight_decay(weight_decay)
     else:
+        groups = [
+            {"params": weights, "weight_decay": weight_decay},
+            {"params": biases, "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.Adam(groups, lr=defaults["learning_rate_init"], fused=True)
     X_tensor, y_tensor = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
     synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
@@ -133,9 +136,8 @@ def main():
         f"best of {rounds} alternating rounds"
     )
     print(
-        f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'shared':>9}{'twin':>9}"
+        f"{'data':<26}{'depth':>6}{'width':>7}{'FFF s/epoch':>13}{'twin':>9}"
         f"{'twin F':>9}{'MLP':>9}{'FFF/twin':>10}{'FFF/twin F':>12}{'FFF/MLP':>9}"
-        f"{'shared/FFF':>12}"
     )
     worst_twin = worst_fused_twin = worst_mlp = 0.0
     with warnings.catch_warnings():
@@ -144,9 +146,6 @@ def main():
             for depth in (4, 6):
                 contenders = (
                     lambda: fff_epoch_seconds(X, y, depth, batch_size=batch_size),
-                    lambda: fff_epoch_seconds(
-                        X, y, depth, batch_size=batch_size, leaf_shrinkage=30.0
-                    ),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, torch.optim.Adam),
                     lambda: dense_twin_epoch_seconds(X, y, depth, batch_size, FusedAdam),
                     lambda: mlp_epoch_seconds(X, y, depth),
@@ -155,15 +154,14 @@ def main():
                 for _ in range(rounds):
                     for i, contender in enumerate(contenders):
                         best[i] = min(best[i], contender())
-                fff, shared, twin, fused_twin, mlp = best
+                fff, twin, fused_twin, mlp = best
                 worst_twin = max(worst_twin, fff / twin)
                 worst_fused_twin = max(worst_fused_twin, fff / fused_twin)
                 worst_mlp = max(worst_mlp, fff / mlp)
                 print(
                     f"{name:<26}{depth:>6}{2**depth * LEAF_WIDTH:>7}{fff:>13.3f}"
-                    f"{shared:>9.3f}{twin:>9.3f}{fused_twin:>9.3f}{mlp:>9.3f}"
-                    f"{fff / twin:>10.2f}{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}"
-                    f"{shared / fff:>12.2f}",
+                    f"{twin:>9.3f}{fused_twin:>9.3f}{mlp:>9.3f}"
+                    f"{fff / twin:>10.2f}{fff / fused_twin:>12.2f}{fff / mlp:>9.2f}",
                     flush=True,
                 )
     print(f"\nFFF epoch / dense twin epoch, largest: {worst_twin:.2f} (<= 1.3)")

@@ -26,6 +26,7 @@ from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._persistence import FittedStatePersistence
 from ._preparation import InputPreparation
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
+from ._recipe import Recipe, Schedule
 
 _PARAMETERS_DOC = """
     depth : int, default=4
@@ -53,23 +54,6 @@ _PARAMETERS_DOC = """
         doubles every routing logit each epoch, so that the soft mixture converges to the
         hard routing that ``predict`` uses. The phase takes at most a quarter of
         ``max_iter``; 0 skips it. ``partial_fit`` only balances.
-
-    region_leak : float, default=0.0
-        Training only: probability, per node and row, of swapping the node's two branches.
-        Counters overfitting of deep trees with narrow leaves.
-
-    leaf_shrinkage : float, default=0.0
-        Training only: when positive, shares the leaves' parameters along the tree. Each
-        leaf's weights and biases then train as the sum, over the nodes of its path, of one
-        term per node, shared by the leaves below that node; every leaf starts from the same
-        parameters, and the L2 penalty on every term below the root is ``leaf_shrinkage``
-        times ``alpha``'s. A leaf departs from its ancestors only as far as its own rows ask,
-        instead of overfitting the small share of the rows it sees; larger values keep the
-        leaves closer together. Try 10 when the FFF fits its training rows far better than
-        held-out ones; it can cost accuracy where leaves gain from specialising. 0 trains
-        each leaf on its own, as the published FFF does. ``predict`` costs the same either
-        way; an epoch of ``fit`` takes longer, since the node terms, about twice as many
-        values as the leaves, train with Adam.
 
     projection_rank : int or None, default=32 (FFFClassifier) or None (FFFRegressor)
         Training only: the leaves and the master leaf read the rows through one shared
@@ -226,8 +210,6 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         "master_leaf_width": [Interval(Integral, 0, None, closed="left")],
         "load_balancing": [Interval(Real, 0, None, closed="left")],
         "hardening_epochs": [Interval(Integral, 0, None, closed="left")],
-        "region_leak": [Interval(Real, 0, 0.5, closed="both")],
-        "leaf_shrinkage": [Interval(Real, 0, None, closed="left")],
         "projection_rank": [Interval(Integral, 1, None, closed="left"), None],
         "input_noise": [Interval(Real, 0, None, closed="left")],
         "activation": [StrOptions(set(ACTIVATIONS))],
@@ -253,40 +235,41 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
 
     _task = None  # "classification" or "regression", set by the subclasses
 
+    # The research seam: a subclass that sets an FFFNetwork subclass here (a forward of its
+    # own) trains that network; None trains FFFNetwork.
+    _network_class = None
+
+    @abstractmethod
     def __init__(
         self,
-        depth=4,
-        leaf_width=16,
-        master_leaf_width=16,
-        load_balancing=1.0,
-        hardening_epochs=16,
-        region_leak=0.0,
-        leaf_shrinkage=0.0,
-        projection_rank=None,
-        input_noise=0.0,
-        activation="relu",
-        standardize=True,
-        max_iter=200,
-        batch_size="auto",
-        learning_rate_init=3e-3,
-        alpha=3.0,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        tol=1e-4,
-        warm_start=False,
-        random_state=None,
-        verbose=0,
-        device="auto",
-        n_jobs=None,
+        depth,
+        leaf_width,
+        master_leaf_width,
+        load_balancing,
+        hardening_epochs,
+        projection_rank,
+        input_noise,
+        activation,
+        standardize,
+        max_iter,
+        batch_size,
+        learning_rate_init,
+        alpha,
+        early_stopping,
+        validation_fraction,
+        n_iter_no_change,
+        tol,
+        warm_start,
+        random_state,
+        verbose,
+        device,
+        n_jobs,
     ):
         self.depth = depth
         self.leaf_width = leaf_width
         self.master_leaf_width = master_leaf_width
         self.load_balancing = load_balancing
         self.hardening_epochs = hardening_epochs
-        self.region_leak = region_leak
-        self.leaf_shrinkage = leaf_shrinkage
         self.projection_rank = projection_rank
         self.input_noise = input_noise
         self.activation = activation
@@ -428,10 +411,6 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
 
     def _fit(self, X, y, sample_weight, *, first_call, incremental, classes=None,
              validation=(None, None, None), callback_context=None, callback_estimator=None):
-        # Torch and the training code load when a fit starts, not with the package: a
-        # process that only loads a fitted model and predicts never imports them.
-        from ._training import Schedule
-
         device = training_device(self.device)
         X, y, y_encoded, sample_weight = self._training_data(
             X, y, sample_weight, first_call, incremental, classes
@@ -445,33 +424,25 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             self._preparation = InputPreparation(
                 standardize=self.standardize, statistics=bool(self.input_noise)
             ).fit(X, sample_weight, **self._preparation_targets(y_encoded))
-        batch_size = self._batch_size(X)
-        trainer = self._trainer_for(X, sample_weight, rng, device, first_call, incremental)
-
-        max_epochs = 1 if incremental else self.max_iter
-        schedule = Schedule(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            # At most a quarter of max_iter, so that a short fit still mostly balances.
-            hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
-            n_iter_no_change=self.n_iter_no_change,
-            tol=self.tol,
-        )
+        recipe = self._recipe(X.shape[0], incremental)
+        self._check_training_memory(X.shape[1], recipe.schedule.batch_size)
+        trainer = self._trainer_for(X, sample_weight, rng, device, first_call, incremental,
+                                    recipe)
         n_iter = 0 if first_call else self.n_iter_
-        reporter = EpochReporter(self.verbose, max_epochs, type(self).__name__)
+        reporter = EpochReporter(self.verbose, recipe.schedule.max_epochs, type(self).__name__)
         # The callbacks see the estimator that fit was called on; the fitted estimator they
         # get is a copy of it that takes this working copy's state.
         if callback_context is not None:
             callback_context.call_on_fit_task_begin(estimator=callback_estimator,
                                                     **callback_data)
-        hooks = EpochHooks(reporter, callback_context, callback_estimator, self, n_iter,
-                           **callback_data)
+        report = EpochHooks(reporter, callback_context, callback_estimator, self, n_iter,
+                            **callback_data)
         try:
             result = trainer.fit(
-                X, y_encoded, sample_weight, schedule,
+                X, y_encoded, sample_weight, recipe.schedule,
                 validation_score=validation_score,
                 best_loss=np.inf if first_call or self.best_loss_ is None else self.best_loss_,
-                report=hooks,
+                hooks=[report],
             )
         finally:
             reporter.close()
@@ -481,7 +452,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 estimator=callback_estimator, **callback_data,
                 reconstruction_attributes=lambda: dict(vars(self)),
             )
-        self._warn_about_stop(result.stop_reason, incremental, max_epochs)
+        self._warn_about_stop(result.stop_reason, incremental, recipe.schedule.max_epochs)
 
     def _training_data(self, X, y, sample_weight, first_call, incremental, classes):
         """The validated rows, targets, encoded targets and row weights of a fit."""
@@ -521,18 +492,38 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
 
         return X, y_encoded, sample_weight, validation_score
 
-    def _batch_size(self, X):
-        """Rows per mini-batch for training on ``X``; refuses a fit that would not fit in
-        memory."""
+    def _recipe(self, n_samples, incremental):
+        """The recipe of a fit on ``n_samples`` rows (``partial_fit``'s one epoch when
+        ``incremental``): this estimator's parameters and the numbers its class adds."""
         batch_size = self.batch_size
         if batch_size == "auto":
-            batch_size = self._auto_batch_size(X.shape[0])
-        batch_size = min(batch_size, X.shape[0])
-        self._check_training_memory(X.shape[1], batch_size)
-        return batch_size
+            batch_size = self._auto_batch_size(n_samples)
+        max_epochs = 1 if incremental else self.max_iter
+        schedule = Schedule(
+            max_epochs=max_epochs,
+            batch_size=min(batch_size, n_samples),
+            # At most a quarter of max_iter, so that a short fit still mostly balances.
+            hardening_epochs=0 if incremental else min(self.hardening_epochs, max_epochs // 4),
+            n_iter_no_change=self.n_iter_no_change,
+            tol=self.tol,
+        )
+        return Recipe(
+            depth=self.depth, leaf_width=self.leaf_width,
+            master_leaf_width=self.master_leaf_width, activation=self.activation,
+            projection_rank=self.projection_rank, loss=self._loss(),
+            learning_rate=self.learning_rate_init, alpha=self.alpha,
+            load_balancing=self.load_balancing, input_noise=self.input_noise,
+            routing_decay_factor=self._ROUTING_DECAY_FACTOR,
+            routing_group_lasso=self._ROUTING_GROUP_LASSO, schedule=schedule,
+        )
 
-    def _trainer_for(self, X, sample_weight, rng, device, first_call, incremental):
-        """The trainer of this call: a fresh one, or ``partial_fit``'s, which goes on."""
+    @abstractmethod
+    def _loss(self):
+        """The data loss of training (a :mod:`fffsklearn._losses` object)."""
+
+    def _trainer_for(self, X, sample_weight, rng, device, first_call, incremental, recipe):
+        """The trainer of this call: a fresh one, or ``partial_fit``'s, which goes on with the
+        recipe it was made with (the schedule is the call's)."""
         # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
         # starts a fresh one from the current weights, so that changed hyper-parameters
         # (learning_rate_init, load_balancing, ...) take effect.
@@ -550,11 +541,11 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 X, sample_weight, self.projection_rank, seed
             )
         trainer = Trainer.create(
-            X.shape[1], self._n_network_outputs(), self.get_params(), self._task, device,
-            seed=seed, input_scaling=preparation.scaling,
-            input_noise=preparation.noise_std(self.input_noise, X, sample_weight),
+            X.shape[1], self._n_network_outputs(), recipe, device, seed,
+            input_scaling=preparation.scaling,
+            input_noise=preparation.noise_std(recipe.input_noise, X, sample_weight),
             routing_feature_penalties=preparation.routing_feature_penalties_,
-            projection_directions=projection_directions,
+            projection_directions=projection_directions, network_class=self._network_class,
         )
         if not first_call:
             trainer.load_deployed(self.arrays_)
@@ -642,8 +633,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
 
         needed = training_memory_bytes(
             n_features, self._n_network_outputs(), self.depth, self.leaf_width,
-            self.master_leaf_width, batch_size, leaf_hierarchy=self.leaf_shrinkage > 0,
-            projection_rank=self.projection_rank,
+            self.master_leaf_width, batch_size, projection_rank=self.projection_rank,
         )
         available = _physical_memory_bytes()
         if available is not None and needed > TRAINING_MEMORY_FRACTION * available:
@@ -672,14 +662,12 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         Returns
         -------
         module : fffsklearn.nn.FFFNetwork
-            In training mode, straight-through, with this estimator's ``region_leak``.
+            In training mode, straight-through.
         """
         from ._network import FFFNetwork
 
         check_is_fitted(self, "arrays_")
-        network = FFFNetwork.from_arrays(self._arrays_in_output_units())
-        network.region_leak = self.region_leak
-        return network.train()
+        return FFFNetwork.from_arrays(self._arrays_in_output_units()).train()
 
     @classmethod
     def _from_network(cls, network, X, params, target_attributes):

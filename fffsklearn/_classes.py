@@ -80,8 +80,6 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         master_leaf_width=16,
         load_balancing=1.0,
         hardening_epochs=16,
-        region_leak=0.0,
-        leaf_shrinkage=0.0,
         projection_rank=32,
         input_noise=0.1,
         activation="relu",
@@ -108,8 +106,6 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             master_leaf_width=master_leaf_width,
             load_balancing=load_balancing,
             hardening_epochs=hardening_epochs,
-            region_leak=region_leak,
-            leaf_shrinkage=leaf_shrinkage,
             projection_rank=projection_rank,
             input_noise=input_noise,
             activation=activation,
@@ -177,6 +173,18 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     # epoch (docs/model_quality.rst, "Larger mini-batches": with fewer, larger batches lost).
     _AUTO_BATCH_ROWS_PER_LEAF = 25
     _AUTO_BATCH_MIN_STEPS_PER_EPOCH = 50
+
+    # A deep routing neuron reads every feature but trains on the few rows that reach it:
+    # where many features are noise, its split followed them under alpha's penalty alone.
+    _ROUTING_DECAY_FACTOR = 3.0
+    # The group lasso on each feature's routing weights, in units of alpha / n_samples,
+    # times the feature's share (low for a feature whose class means differ).
+    _ROUTING_GROUP_LASSO = 20.0
+
+    def _loss(self):
+        from ._losses import CrossEntropy
+
+        return CrossEntropy(self.label_smoothing)
 
     def _auto_batch_size(self, n_samples):
         """25 rows per leaf while an epoch keeps at least 50 steps, and at least 200.
@@ -364,6 +372,70 @@ class FFFRegressor(RegressorMixin, BaseFFF):
     """
 
     _task = "regression"
+
+    # The routing neurons take alpha's penalty as the leaves do: the leaves balanced less
+    # with more.
+    _ROUTING_DECAY_FACTOR = 1.0
+    # No feature shares (they come from class means): no group lasso.
+    _ROUTING_GROUP_LASSO = 0.0
+    # The regularisers fade below this mean squared residual of the standardised targets,
+    # a training R^2 above 0.8 (see SquaredError).
+    _REGULARISER_FADE_MSE = 0.2
+
+    def __init__(
+        self,
+        depth=4,
+        leaf_width=16,
+        master_leaf_width=16,
+        load_balancing=1.0,
+        hardening_epochs=16,
+        projection_rank=None,
+        input_noise=0.0,
+        activation="relu",
+        standardize=True,
+        max_iter=200,
+        batch_size="auto",
+        learning_rate_init=3e-3,
+        alpha=3.0,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        tol=1e-4,
+        warm_start=False,
+        random_state=None,
+        verbose=0,
+        device="auto",
+        n_jobs=None,
+    ):
+        super().__init__(
+            depth=depth,
+            leaf_width=leaf_width,
+            master_leaf_width=master_leaf_width,
+            load_balancing=load_balancing,
+            hardening_epochs=hardening_epochs,
+            projection_rank=projection_rank,
+            input_noise=input_noise,
+            activation=activation,
+            standardize=standardize,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            alpha=alpha,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            n_iter_no_change=n_iter_no_change,
+            tol=tol,
+            warm_start=warm_start,
+            random_state=random_state,
+            verbose=verbose,
+            device=device,
+            n_jobs=n_jobs,
+        )
+
+    def _loss(self):
+        from ._losses import SquaredError
+
+        return SquaredError(self._REGULARISER_FADE_MSE)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):

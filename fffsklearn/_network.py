@@ -540,27 +540,6 @@ class FFFNetwork(nn.Module):
             self.input_projection,
         )
 
-    def leaf_parameter_views(self):
-        """The four leaf parameters, each with the shape of a 3-D view whose middle axis
-        runs over the leaves.
-
-        Returns
-        -------
-        list of (parameter, view_shape)
-            ``parameter.view(view_shape)`` has shape ``(outer, 2**depth, inner)``, the leaves
-            in order (left to right) along the middle axis.
-        """
-        n_leaves = self.n_leaves
-        leaf_width = self.leaf_hidden_biases.shape[0] // n_leaves
-        return [
-            (self.leaf_hidden_weights,
-             (self.leaf_hidden_weights.shape[0], n_leaves, leaf_width)),
-            (self.leaf_hidden_biases, (1, n_leaves, leaf_width)),
-            (self.leaf_output_weights,
-             (self.leaf_output_weights.shape[0], n_leaves, leaf_width)),
-            (self.leaf_output_biases, (1, n_leaves, self.leaf_output_biases.shape[1])),
-        ]
-
     def weight_matrices(self):
         """The parameters that the L2 penalty ``alpha`` applies to (no biases)."""
         weights = (
@@ -619,7 +598,7 @@ class FFFNetwork(nn.Module):
         )
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot)
 
-    def training_pass(self, X, *, straight_through, region_leak=0.0, generator=None):
+    def training_pass(self, X, *, straight_through):
         """What :meth:`soft_forward` computes, outside autograd, and the backward of it.
 
         A training step that differentiates its own loss by hand skips autograd's
@@ -628,8 +607,9 @@ class FFFNetwork(nn.Module):
 
         Parameters
         ----------
-        X, straight_through, region_leak, generator
-            As for :meth:`soft_forward`.
+        X, straight_through
+            As for :meth:`soft_forward` (without region leak: the estimators' trainer does
+            not swap branches).
 
         Returns
         -------
@@ -641,7 +621,7 @@ class FFFNetwork(nn.Module):
             respect to ``routing.outputs`` and ``routing.leaf_probabilities``; either may be
             None, and the second may be any tensor broadcastable to (n_samples, n_leaves).
         """
-        swap = self._region_leak_swaps(X, region_leak, generator)
+        swap = None
         parameters = self.parameters_in_forward_order()
         with torch.no_grad():
             outputs, leaf_probabilities, right, hard_one_hot, saved = _soft_forward(

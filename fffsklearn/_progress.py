@@ -59,7 +59,8 @@ class EpochReporter:
 
 
 class EpochHooks:
-    """What a fit calls around each epoch: the verbose reporter and scikit-learn's callbacks.
+    """Hook of the training loop (:mod:`fffsklearn._phases`): the verbose report and
+    scikit-learn's callbacks around each epoch.
 
     Each epoch is a subtask ("epoch") of the fit's callback context; at its end the callbacks
     get a copy of the estimator fitted with that epoch's weights (built only if a callback
@@ -91,18 +92,18 @@ class EpochHooks:
         self.data = {"X": X, "y": y, "metadata": metadata}
         self.task = None
 
-    def epoch_begin(self):
+    def on_epoch_begin(self, trainer):
         if self.context is not None:
             self.task = self.context.subcontext(task_name="epoch")
             self.task.call_on_fit_task_begin(estimator=self.estimator, **self.data)
 
-    def epoch_end(self, epoch, loss, score, leaf_counts, arrays):
-        """Report epoch ``epoch`` (from 1 in this call); ``arrays()`` gives its fitted
-        weights. Returns whether a callback asked to stop."""
-        self.reporter.epoch(self.first_epoch + epoch, loss, score, leaf_counts)
-        if self.task is None:
-            return False
-        return self.task.call_on_fit_task_end(
+    def on_epoch_end(self, trainer, epoch):
+        self.reporter.epoch(self.first_epoch + epoch.index + 1, epoch.loss, epoch.score,
+                            epoch.leaf_counts)
+        if self.task is not None and self.task.call_on_fit_task_end(
             estimator=self.estimator, **self.data,
-            reconstruction_attributes=lambda: {**vars(self.fitted_state), "arrays_": arrays()},
-        )
+            reconstruction_attributes=lambda: {**vars(self.fitted_state),
+                                               "arrays_": epoch.arrays()},
+        ):
+            trainer.stop_reason = "callback"
+            epoch.stop()

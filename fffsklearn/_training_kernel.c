@@ -1,7 +1,7 @@
 /* The CPU training step's own arithmetic, for float32 tensors: the soft routing (the path
  * probabilities of every leaf, each row's hard leaf, and their backward), the layers of
  * each row's hard leaf in the straight-through forward and its backward, and the
- * classifier's loss with its gradient; and the leaf hierarchy's sums of node terms.
+ * classifier's loss with its gradient.
  *
  * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
  * and the dense leaf products) take about thirty small tensor operations per training step,
@@ -710,191 +710,6 @@ done:
     return result;
 }
 
-/* The leaf hierarchy (fffsklearn/_training.py, LeafHierarchy): a leaf parameter viewed as
- * (outer, n_leaves, inner) is the sum, over the nodes of each leaf's path, of node terms
- * (outer, n_tree_nodes, inner) in heap order (node n's children are 2n + 1 and 2n + 2; leaf j
- * is node n_leaves - 1 + j). Both directions visit every node once, top-down or bottom-up,
- * where torch took two operations per level and parameter. */
-
-/* The (outer, n_tree_nodes * inner) terms and (outer, n_leaves * inner) leaves of one call. */
-static int hierarchy_buffers(PyObject *terms_obj, PyObject *leaves_obj, Py_ssize_t inner,
-                             int terms_output, int leaves_output, buffer_t *terms,
-                             buffer_t *leaves, Py_ssize_t *n_leaves) {
-    if (inner < 1) {
-        PyErr_SetString(PyExc_ValueError, "inner must be positive.");
-        return -1;
-    }
-    if (get_dense(terms_obj, terms, "terms", -1, -1, terms_output) < 0) return -1;
-    Py_ssize_t outer = terms->view.shape[0], n_terms = terms->view.shape[1] / inner;
-    if (n_terms * inner != terms->view.shape[1] || depth_of(n_terms / 2) < 0 ||
-        n_terms % 2 == 0) {
-        PyErr_SetString(PyExc_ValueError, "terms must hold 2**(depth + 1) - 1 nodes.");
-        return -1;
-    }
-    *n_leaves = (n_terms + 1) / 2;
-    return get_dense(leaves_obj, leaves, "leaves", outer, *n_leaves * inner, leaves_output);
-}
-
-/* One outer row: the leaves' (n_leaves, inner) parameters from the (n_terms, inner) node
- * terms, top-down; sums[n] receives the sum of the terms from the root to internal node n. */
-static inline void compose_row(const float *terms, float *leaves, float *sums,
-                               Py_ssize_t n_leaves, Py_ssize_t inner) {
-    for (Py_ssize_t n = 0; n < 2 * n_leaves - 1; n++) {
-        float *out = n < n_leaves - 1 ? sums + n * inner : leaves + (n - n_leaves + 1) * inner;
-        const float *term = terms + n * inner;
-        if (n == 0) {
-            memcpy(out, term, inner * sizeof(float));
-            continue;
-        }
-        const float *parent = sums + (n - 1) / 2 * inner;
-        for (Py_ssize_t k = 0; k < inner; k++) out[k] = parent[k] + term[k];
-    }
-}
-
-HOT_PATH
-static void compose_loop(const float *terms, float *leaves, float *sums, Py_ssize_t outer,
-                         Py_ssize_t n_leaves, Py_ssize_t inner) {
-    for (Py_ssize_t o = 0; o < outer; o++)
-        compose_row(terms + o * (2 * n_leaves - 1) * inner, leaves + o * n_leaves * inner, sums,
-                    n_leaves, inner);
-}
-
-/* hierarchy_compose(terms, leaves_out, inner) */
-static PyObject *hierarchy_compose(PyObject *self, PyObject *args) {
-    PyObject *terms_obj, *leaves_obj;
-    Py_ssize_t inner, n_leaves;
-    if (!PyArg_ParseTuple(args, "OOn", &terms_obj, &leaves_obj, &inner)) return NULL;
-    buffer_t terms = {0}, leaves = {0};
-    PyObject *result = NULL;
-    if (hierarchy_buffers(terms_obj, leaves_obj, inner, 0, 1, &terms, &leaves, &n_leaves) < 0)
-        goto done;
-    float *sums = malloc((n_leaves > 1 ? n_leaves - 1 : 1) * inner * sizeof(float));
-    if (sums == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    compose_loop(terms.view.buf, leaves.view.buf, sums, terms.view.shape[0], n_leaves, inner);
-    Py_END_ALLOW_THREADS
-    free(sums);
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    release(&terms), release(&leaves);
-    return result;
-}
-
-/* torch.optim.Adam's update of n parameters q with moments m and v, from gradients g plus
- * the coupled L2 decay times q; the coefficients as adam_step_rows computes them. A loop
- * without branches, which the compiler vectorises (-fno-math-errno lets it for sqrtf). */
-static inline void adam_update(float *restrict q, float *restrict m, float *restrict v,
-                               const float *restrict g, Py_ssize_t n, float decay,
-                               float step_size, float take1, float keep2, float take2,
-                               float correction2_sqrt, float epsilon) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        float gradient = g[i] + decay * q[i];
-        m[i] += take1 * (gradient - m[i]);
-        v[i] = keep2 * v[i] + take2 * gradient * gradient;
-        q[i] -= step_size * m[i] / (sqrtf(v[i]) / correction2_sqrt + epsilon);
-    }
-}
-
-/* One Adam step of every node term from the leaves' gradients, then the leaves' new sums.
- * Per outer row, the node gradients are gathered bottom-up into `scratch` (a node's is the
- * sum of its children's, before their decay), each term takes torch.optim.Adam's update with
- * coupled L2 decay (root_decay at the root, node_decay below it), and the leaves are composed
- * top-down, with `scratch` holding the sums at the internal nodes. One pass over the terms
- * and their moments, where gather, Adam and compose took three (see LeafHierarchy.step). */
-HOT_PATH
-static void adam_step_rows(const float *grad_leaves, float *terms, float *exp_avg,
-                           float *exp_avg_sq, float *leaves, float *scratch, Py_ssize_t begin,
-                           Py_ssize_t end, Py_ssize_t n_leaves, Py_ssize_t inner,
-                           float root_decay, float node_decay, double lr, double beta1,
-                           double beta2, double eps, double step) {
-    Py_ssize_t n_terms = 2 * n_leaves - 1, block = n_terms * inner;
-    /* As torch's fused Adam: coefficients in double, the update in float. */
-    float step_size = (float)(lr / (1.0 - pow(beta1, step)));
-    float correction2_sqrt = (float)sqrt(1.0 - pow(beta2, step));
-    float take1 = (float)(1.0 - beta1), keep2 = (float)beta2, take2 = (float)(1.0 - beta2);
-    float epsilon = (float)eps;
-    for (Py_ssize_t o = begin; o < end; o++) {
-        float *q = terms + o * block, *m = exp_avg + o * block, *v = exp_avg_sq + o * block;
-        float *p = leaves + o * n_leaves * inner;
-        memcpy(scratch + (n_leaves - 1) * inner, grad_leaves + o * n_leaves * inner,
-               n_leaves * inner * sizeof(float));
-        for (Py_ssize_t n = n_leaves - 2; n >= 0; n--) {
-            const float *left = scratch + (2 * n + 1) * inner, *right = left + inner;
-            float *out = scratch + n * inner;
-            for (Py_ssize_t k = 0; k < inner; k++) out[k] = left[k] + right[k];
-        }
-        adam_update(q, m, v, scratch, inner, root_decay, step_size, take1, keep2, take2,
-                    correction2_sqrt, epsilon);
-        adam_update(q + inner, m + inner, v + inner, scratch + inner, block - inner,
-                    node_decay, step_size, take1, keep2, take2, correction2_sqrt, epsilon);
-        compose_row(q, p, scratch, n_leaves, inner);
-    }
-}
-
-/* hierarchy_adam_step(grad_leaves, terms, exp_avg, exp_avg_sq, leaves_out, inner, root_decay,
- *                     node_decay, lr, beta1, beta2, eps, step, n_threads) */
-static PyObject *hierarchy_adam_step(PyObject *self, PyObject *args) {
-    PyObject *grad_obj, *terms_obj, *avg_obj, *avg_sq_obj, *leaves_obj;
-    Py_ssize_t inner, n_leaves;
-    float root_decay, node_decay;
-    double lr, beta1, beta2, eps, step;
-    int n_threads;
-    if (!PyArg_ParseTuple(args, "OOOOOnffdddddi", &grad_obj, &terms_obj, &avg_obj,
-                          &avg_sq_obj, &leaves_obj, &inner, &root_decay, &node_decay, &lr,
-                          &beta1, &beta2, &eps, &step, &n_threads))
-        return NULL;
-    buffer_t grad = {0}, terms = {0}, avg = {0}, avg_sq = {0}, leaves = {0};
-    PyObject *result = NULL;
-    if (hierarchy_buffers(terms_obj, leaves_obj, inner, 1, 1, &terms, &leaves, &n_leaves) < 0)
-        goto done;
-    Py_ssize_t outer = terms.view.shape[0], width = terms.view.shape[1];
-    if (get_dense(grad_obj, &grad, "grad_leaves", outer, n_leaves * inner, 0) < 0 ||
-        get_dense(avg_obj, &avg, "exp_avg", outer, width, 1) < 0 ||
-        get_dense(avg_sq_obj, &avg_sq, "exp_avg_sq", outer, width, 1) < 0)
-        goto done;
-    if (!(step >= 1.0)) {
-        PyErr_SetString(PyExc_ValueError, "step must be at least 1.");
-        goto done;
-    }
-    if (n_threads > outer) n_threads = (int)outer;
-    if (n_threads < 1) n_threads = 1;
-    /* One pass over the terms and their moments is bound by memory bandwidth, which more
-     * than one core can use; each thread takes a range of outer rows and its own scratch. */
-    float *scratch = malloc((size_t)n_threads * width * sizeof(float));
-    if (scratch == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    unsigned long long caller_mode = denormal_mode();
-    Py_BEGIN_ALLOW_THREADS
-#pragma omp parallel num_threads(n_threads) if (n_threads > 1)
-    {
-        int thread = 0, threads = 1;
-#ifdef _OPENMP
-        thread = omp_get_thread_num(), threads = omp_get_num_threads();
-#endif
-        /* The pool's threads handle denormals as the calling thread does. */
-        unsigned long long own_mode = denormal_mode();
-        set_denormal_mode(caller_mode);
-        adam_step_rows(grad.view.buf, terms.view.buf, avg.view.buf, avg_sq.view.buf,
-                       leaves.view.buf, scratch + (size_t)thread * width,
-                       outer * thread / threads, outer * (thread + 1) / threads, n_leaves,
-                       inner, root_decay, node_decay, lr, beta1, beta2, eps, step);
-        set_denormal_mode(own_mode);
-    }
-    Py_END_ALLOW_THREADS
-    free(scratch);
-    Py_INCREF(Py_None);
-    result = Py_None;
-done:
-    release(&grad), release(&terms), release(&avg), release(&avg_sq), release(&leaves);
-    return result;
-}
-
 /* add_normal_noise(rows, std, quantiles, seed): rows[i, j] += std[j] * z, each z read from a
  * table of standard normal quantiles (fffsklearn/_training.py, _NORMAL_QUANTILES) at 16
  * random bits of a splitmix64 stream from `seed`. About 1 ns a value: torch's exact normals
@@ -978,17 +793,6 @@ static PyMethodDef methods[] = {
      "add_normal_noise(rows, std, quantiles, seed)\n\n"
      "Add std[j] * z to every rows[i, j] (float32, C-contiguous, in place), each z one of the\n"
      "65536 float32 quantiles chosen by a random stream from the 64-bit seed."},
-    {"hierarchy_compose", hierarchy_compose, METH_VARARGS,
-     "hierarchy_compose(terms, leaves_out, inner)\n\n"
-     "Write every leaf's parameters, (outer, n_leaves * inner), as the sums of the node terms\n"
-     "of its path, (outer, (2 * n_leaves - 1) * inner) in heap order (float32)."},
-    {"hierarchy_adam_step", hierarchy_adam_step, METH_VARARGS,
-     "hierarchy_adam_step(grad_leaves, terms, exp_avg, exp_avg_sq, leaves_out, inner,\n"
-     "                    root_decay, node_decay, lr, beta1, beta2, eps, step, n_threads)\n\n"
-     "One Adam step (torch.optim.Adam's update, step the incremented count) of every node\n"
-     "term from the gradient of the leaves below it plus the L2 weight decay times the term\n"
-     "(root_decay for the root, node_decay below it); then write every leaf's parameters as\n"
-     "the sums of its path's new terms (float32), on n_threads threads."},
     {"swap_denormal_mode", swap_denormal_mode, METH_VARARGS,
      "swap_denormal_mode(mode) -> int\n\n"
      "Set how the calling thread handles denormal floats, FLUSH_DENORMALS to flush them to\n"

@@ -27,6 +27,6 @@ Examples
 """
 
 from ._network import FFFNetwork, SoftForward, load_balancing_loss
-from ._training import Hardening, sharpen_routing
+from ._phases import Hardening, sharpen_routing
 
 __all__ = ["FFFNetwork", "Hardening", "SoftForward", "load_balancing_loss", "sharpen_routing"]

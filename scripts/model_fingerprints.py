@@ -87,7 +87,7 @@ def fingerprints():
     records["classifier_class_weight"] = _record(
         FFFClassifier(depth=2, class_weight="balanced", **small).fit(X, y % 3), X_test)
     records["regressor_multi_output"] = _record(
-        FFFRegressor(depth=2, leaf_shrinkage=1.0, region_leak=0.05, **small).fit(Xm, ym), Xm)
+        FFFRegressor(depth=2, **small).fit(Xm, ym), Xm)
     interrupted = FFFClassifier(depth=2, **small).set_callbacks(_InterruptAfter(4))
     try:
         interrupted.fit(X, y)

@@ -369,13 +369,12 @@ def test_hardening_freezes_the_routing_and_partial_fit_releases_it(digits):
 def test_regularisers_fade_only_for_a_close_regression_fit(
     task, mean_squared_residual, n_outputs, expected
 ):
-
-    params = FFFRegressor(depth=2).get_params()
-    trainer = Trainer.create(4, n_outputs, params, task, torch.device("cpu"), seed=0)
+    Estimator = FFFRegressor if task == "regression" else FFFClassifier
+    loss = Estimator(depth=2)._recipe(100, incremental=False).loss
     # The regression data loss is half the squared error summed over the targets.
     data_loss = torch.tensor(0.5 * mean_squared_residual * n_outputs)
     y = torch.zeros((8, n_outputs))
-    assert trainer._regulariser_weight(data_loss, y) == pytest.approx(expected)
+    assert loss.regulariser_weight(data_loss, y) == pytest.approx(expected)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -386,13 +385,13 @@ def test_warm_started_fit_uses_changed_hyper_parameters(digits):
     model.set_params(warm_start=True, learning_rate_init=1e-4, load_balancing=0.0)
     model.fit(X_train, y_train)
     trainer = model._trainer
-    assert trainer.optimizer.param_groups[0]["lr"] == 1e-4
-    assert trainer.load_balancing == 0.0
+    assert trainer.optimizer.learning_rates()[0] == 1e-4
+    assert trainer.recipe.load_balancing == 0.0
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sharpening_doubles_the_logits_and_keeps_the_routing(digits):
-    from fffsklearn._training import _SHARPEN_CAP, sharpen_routing
+    from fffsklearn._phases import _SHARPEN_CAP, sharpen_routing
 
     X_train, X_test, y_train, _ = digits
     model = FFFClassifier(depth=3, max_iter=2, hardening_epochs=0, random_state=0)
@@ -546,11 +545,10 @@ def test_standardize_statistics_come_from_the_first_call():
     assert not np.allclose(model.predict_proba(X_train[500:600]), first)
 
 
-@pytest.mark.parametrize("leaf_shrinkage, projection_rank", [(0.0, None), (30.0, 64), (0.0, 5)])
-def test_warm_start_continues_from_the_folded_arrays(leaf_shrinkage, projection_rank):
+@pytest.mark.parametrize("projection_rank", [None, 64, 5])
+def test_warm_start_continues_from_the_folded_arrays(projection_rank):
     X_train, X_test, y_train, _ = _unscaled_digits()
-    model = FFFClassifier(max_iter=8, leaf_shrinkage=leaf_shrinkage,
-                          projection_rank=projection_rank, random_state=0)
+    model = FFFClassifier(max_iter=8, projection_rank=projection_rank, random_state=0)
     model.fit(X_train, y_train)
     before = model.predict_proba(X_test)
     # A learning rate too small to move any weight: the warm start must restore the network
@@ -560,12 +558,11 @@ def test_warm_start_continues_from_the_folded_arrays(leaf_shrinkage, projection_
     np.testing.assert_allclose(model.predict_proba(X_test), before, atol=5e-5)
 
 
-def test_shared_leaves_train_with_early_stopping_and_partial_fit(digits):
+def test_early_stopping_hardens_the_best_epoch_and_partial_fit_goes_on(digits):
     X_train, X_test, y_train, y_test = digits
-    model = FFFClassifier(depth=3, leaf_shrinkage=30.0, early_stopping=True, random_state=0)
+    model = FFFClassifier(depth=3, early_stopping=True, random_state=0)
     model.fit(X_train, y_train)
-    # The hardening started from the best balancing epoch's weights, reloaded into the
-    # leaf hierarchy's terms.
+    # The hardening started from the best balancing epoch's weights.
     assert model.best_validation_score_ == max(model.validation_scores_[: -model.hardening_epochs])
     assert model.score(X_test, y_test) > 0.9
     model.set_params(early_stopping=False).partial_fit(X_train, y_train)

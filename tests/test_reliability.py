@@ -679,7 +679,6 @@ def test_a_deep_fit_stays_within_its_memory_estimate():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with PeakSampler() as sampler:
-            FFFClassifier(depth=12, max_iter=2, leaf_shrinkage=30.0, device="cpu").fit(X, y)
+            FFFClassifier(depth=12, max_iter=2, device="cpu").fit(X, y)
     assert sampler.peak - baseline <= training_memory_bytes(40, 2, 12, 16, 16, 200,
-                                                            leaf_hierarchy=True,
                                                             projection_rank=32)

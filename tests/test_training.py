@@ -7,21 +7,27 @@ import torch.nn.functional as F
 from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
 
-from fffsklearn import FFFClassifier, FFFRegressor, _network, _preparation, _training
-from fffsklearn._network import FFFNetwork, _training_kernel, load_balancing_loss
-from fffsklearn._training import FusedAdam, LeafHierarchy, Trainer
+from fffsklearn import FFFClassifier, FFFRegressor, _losses, _network, _preparation
+from fffsklearn._losses import CrossEntropy
+from fffsklearn._network import _training_kernel, load_balancing_loss
+from fffsklearn._optim import FusedAdam
+from fffsklearn._training import Trainer
 
 needs_training_kernel = pytest.mark.skipif(
     _network._training_kernel is None, reason="the C training extension is not built"
 )
 
 
-def _trainer(task, depth, n_outputs, region_leak=0.0, leaf_shrinkage=0.0, projection_rank=None):
-    params = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3).get_params()
-    params["region_leak"] = region_leak
-    params["leaf_shrinkage"] = leaf_shrinkage
-    params["projection_rank"] = projection_rank
-    return Trainer.create(6, n_outputs, params, task, "cpu", seed=3)
+def _recipe(task, **params):
+    """The recipe the task's estimator trains 1000 rows with."""
+    Estimator = FFFClassifier if task == "classification" else FFFRegressor
+    return Estimator(**params)._recipe(1000, incremental=False)
+
+
+def _trainer(task, depth, n_outputs, projection_rank=None, **create):
+    recipe = _recipe(task, depth=depth, leaf_width=4, master_leaf_width=3,
+                     projection_rank=projection_rank)
+    return Trainer.create(6, n_outputs, recipe, "cpu", seed=3, **create)
 
 
 def _batch(task, n_outputs, n=40):
@@ -37,39 +43,27 @@ def _objective(trainer, X, y, weight):
     """The training objective written with torch's losses, for autograd (no L2 term)."""
     network = trainer.network
     routing = network.soft_forward(X, straight_through=not trainer.hardening)
-    if trainer.task == "classification":
-        smoothing = 0.0 if trainer.hardening else trainer.label_smoothing
+    recipe = trainer.recipe
+    if isinstance(recipe.loss, CrossEntropy):
+        smoothing = 0.0 if trainer.hardening else recipe.loss.label_smoothing
         per_row = F.cross_entropy(routing.outputs, y, reduction="none", label_smoothing=smoothing)
     else:
         per_row = 0.5 * (routing.outputs - y).square().sum(dim=1)
     data_loss = torch.dot(per_row, weight) / X.shape[0]
-    regulariser_weight = trainer._regulariser_weight(data_loss, y)
+    regulariser_weight = recipe.loss.regulariser_weight(data_loss, y)
     if trainer.hardening or network.depth == 0:  # no routing to balance
         return data_loss
-    return data_loss + regulariser_weight * trainer.load_balancing * load_balancing_loss(routing)
-
-
-def _leaf_hierarchy_gradients(trainer, parameters, gradients):
-    """What the node terms' gradients must be: the sums of the leaf gradients below them."""
-    by_parameter = {id(p): g for p, g in zip(parameters, gradients)}
-    expected = []
-    for parameter, shape in trainer.leaf_hierarchy.views:
-        leaves = by_parameter[id(parameter)].view(shape)
-        expected.append(torch.cat([leaves.unflatten(1, (2**level, -1)).sum(dim=2)
-                                   for level in range(trainer.network.depth + 1)], dim=1))
-    return expected
+    return data_loss + regulariser_weight * recipe.load_balancing * load_balancing_loss(routing)
 
 
 @pytest.mark.parametrize("task, n_outputs", [("classification", 4), ("regression", 2)])
 @pytest.mark.parametrize("depth", [0, 3])
 @pytest.mark.parametrize("hardening", [False, True])
-@pytest.mark.parametrize("leaf_shrinkage", [0.0, 30.0])
 @pytest.mark.parametrize("projection_rank", [None, 2])
 def test_training_step_gradients_are_those_of_the_objective(
-    task, n_outputs, depth, hardening, leaf_shrinkage, projection_rank, monkeypatch
+    task, n_outputs, depth, hardening, projection_rank, monkeypatch
 ):
-    trainer = _trainer(task, depth, n_outputs, leaf_shrinkage=leaf_shrinkage,
-                       projection_rank=projection_rank)
+    trainer = _trainer(task, depth, n_outputs, projection_rank=projection_rank)
     if hardening:
         trainer.start_hardening()
     X, y, weight = _batch(task, n_outputs)
@@ -77,35 +71,10 @@ def test_training_step_gradients_are_those_of_the_objective(
     parameters = [p for p in trainer.network.parameters() if p.requires_grad]
     expected = torch.autograd.grad(expected_loss, parameters, allow_unused=True,
                                    materialize_grads=True)
-    monkeypatch.setattr(trainer.optimizer, "step", lambda groups=None: None)
-    hierarchy = trainer.leaf_hierarchy
-    if hierarchy is not None:
-        # Stop at the terms' gradients, which the compiled step does not keep;
-        # test_leaf_hierarchy_step_is_the_same_compiled_or_not shows it uses the same.
-        monkeypatch.setattr(hierarchy, "step",
-                            lambda optimizer, group, decay: hierarchy.gather_gradients(decay))
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: None)
     leaf_counts = torch.zeros(trainer.network.n_leaves)
-    loss, _ = trainer._step(X, y, weight, 1000, leaf_counts)
+    loss, _ = trainer.train_step(X, y, weight, 1000, leaf_counts)
     torch.testing.assert_close(loss, expected_loss.detach())
-    assert (hierarchy is not None) == bool(leaf_shrinkage and depth)
-    if hierarchy is not None:
-        # The leaves' gradients went to the node terms, which the optimizer trains instead.
-        # The weight decay that _step set for the other weights goes to the root's weights,
-        # leaf_shrinkage times as much below it.
-        expected_terms = _leaf_hierarchy_gradients(trainer, parameters, expected)
-        decay = trainer.optimizer.param_groups[0]["weight_decay"]
-        assert decay > 0
-        for index, (terms, want) in enumerate(zip(hierarchy.terms, expected_terms)):
-            if index in (0, 2):
-                want[:, :1] += decay * terms[:, :1].detach()
-                want[:, 1:] += decay * leaf_shrinkage * terms[:, 1:].detach()
-            torch.testing.assert_close(terms.grad, want, rtol=1e-4, atol=1e-6)
-        leaf_parameters = [view[0] for view in hierarchy.views]
-        assert all(p.grad is None for p in leaf_parameters)
-        parameters, expected = zip(*[
-            (p, want) for p, want in zip(parameters, expected)
-            if all(p is not leaf for leaf in leaf_parameters)
-        ])
     for index, (parameter, want) in enumerate(zip(parameters, expected)):
         # Without routing (depth 0) the routing parameters are empty and get no gradient.
         got = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
@@ -113,21 +82,6 @@ def test_training_step_gradients_are_those_of_the_objective(
                                    rtol=1e-4, atol=1e-6)
     routing = trainer.network.soft_forward(X, straight_through=True)
     assert torch.equal(leaf_counts, routing.hard_one_hot.sum(dim=0))
-
-
-def test_training_step_with_region_leak_matches_autograd_under_the_same_draws(monkeypatch):
-    trainer = _trainer("classification", 3, 3, region_leak=0.2)
-    X, y, weight = _batch("classification", 3)
-    trainer.generator.manual_seed(7)
-    trainer.network.train()
-    swaps = trainer.network._region_leak_swaps(X, 0.2, trainer.generator)
-    monkeypatch.setattr(trainer.network, "_region_leak_swaps", lambda *args: swaps)
-    parameters = list(trainer.network.parameters_in_forward_order())[:-1]
-    expected = torch.autograd.grad(_objective(trainer, X, y, weight), parameters)
-    monkeypatch.setattr(trainer.optimizer, "step", lambda: None)
-    trainer._step(X, y, weight, 1000, torch.zeros(8))
-    for parameter, want in zip(parameters, expected):
-        torch.testing.assert_close(parameter.grad, want, rtol=1e-4, atol=1e-6)
 
 
 def test_fused_adam_updates_as_torch_adam():
@@ -199,15 +153,15 @@ def test_the_classification_loss_is_label_smoothed_while_balancing(smoothing, co
     if compiled and _network._training_kernel is None:
         pytest.skip("the C training extension is not built")
     if not compiled:
-        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
+        monkeypatch.setattr(_losses, "_compiled", lambda tensor: False)
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(40, 5, generator=generator) * 2
     targets = torch.randint(0, 5, (40,), generator=generator)
     row_weight = torch.rand(40, generator=generator)
-    trainer = Trainer.create(3, 5, FFFClassifier(depth=1, label_smoothing=smoothing).get_params(),
-                             "classification", torch.device("cpu"), seed=0)
-    for phase_smoothing in (smoothing, 0.0):  # balancing smooths, hardening does not
-        loss, grad = trainer._data_loss(logits.clone(), targets, row_weight)
+    loss_of = CrossEntropy(smoothing)
+    # Balancing smooths, hardening does not.
+    for phase_smoothing, hardening in ((smoothing, False), (0.0, True)):
+        loss, grad = loss_of(logits.clone(), targets, row_weight, hardening)
         expected = logits.clone().requires_grad_()
         expected_loss = torch.dot(
             F.cross_entropy(expected, targets, reduction="none", label_smoothing=phase_smoothing),
@@ -216,7 +170,6 @@ def test_the_classification_loss_is_label_smoothed_while_balancing(smoothing, co
         expected_loss.backward()
         torch.testing.assert_close(loss, expected_loss.detach())
         torch.testing.assert_close(grad, expected.grad)
-        trainer.start_hardening()
 
 
 def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatch):
@@ -247,188 +200,6 @@ def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatc
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
-
-
-@pytest.mark.parametrize("compiled", [True, False])
-@pytest.mark.parametrize("depth", [0, 1, 3])
-def test_leaf_hierarchy_composes_the_leaves_it_decomposed(depth, compiled, monkeypatch):
-    if not compiled:
-        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
-    network = FFFNetwork(6, 3, depth, leaf_width=4, master_leaf_width=3, random_state=0)
-    hierarchy = LeafHierarchy(network, shrinkage=30.0)
-    leaves = [parameter.detach().clone() for parameter, _ in hierarchy.views]
-    n_leaves = 2**depth
-    for (_, shape), terms, before in zip(hierarchy.views, hierarchy.terms, leaves):
-        assert terms.shape == (shape[0], 2 * n_leaves - 1, shape[2])
-        # The root's term is the mean leaf; below it, siblings' terms cancel out on average.
-        torch.testing.assert_close(terms[:, 0], before.view(shape).mean(dim=1))
-        pairs = terms[:, 1:].detach().unflatten(1, (-1, 2)).sum(dim=2)
-        torch.testing.assert_close(pairs, torch.zeros_like(pairs), atol=1e-6, rtol=0)
-    with torch.no_grad():
-        for parameter, _ in hierarchy.views:
-            parameter.zero_()
-    hierarchy.compose()
-    for (parameter, _), before in zip(hierarchy.views, leaves):
-        torch.testing.assert_close(parameter.detach(), before)
-    if depth == 0:
-        return
-    # A node's term moves every leaf below it, and only those.
-    shape = hierarchy.views[0][1]
-    with torch.no_grad():
-        hierarchy.terms[0][:, 1] += 1.0  # the root's left child
-    hierarchy.compose()
-    moved = (network.leaf_hidden_weights.view(shape) - leaves[0].view(shape)).abs()
-    moved = moved.amax(dim=(0, 2))
-    half = n_leaves // 2
-    torch.testing.assert_close(moved[:half], torch.ones(half))
-    torch.testing.assert_close(moved[half:], torch.zeros(half))
-
-
-def _random_hierarchy(depth, seed):
-    network = FFFNetwork(7, 3, depth, leaf_width=5, master_leaf_width=3, random_state=0)
-    # Weight decay 0.3 at the root and 7.0 below it (see the decays below); biases take none.
-    hierarchy = LeafHierarchy(network, shrinkage=7.0 / 0.3)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for terms in hierarchy.terms:
-            terms.copy_(torch.randn(terms.shape, generator=generator))
-    hierarchy.compose()
-    return hierarchy
-
-
-@pytest.mark.parametrize("depth", [0, 1, 4])
-def test_leaf_hierarchy_gathers_the_leaves_gradients_below_each_node(depth):
-    hierarchy = _random_hierarchy(depth, seed=1)
-    generator = torch.Generator().manual_seed(2)
-    grads = [torch.randn(p.shape, generator=generator) for p, _ in hierarchy.views]
-    for (parameter, _), grad in zip(hierarchy.views, grads):
-        parameter.grad = grad.clone()
-    hierarchy.gather_gradients(0.3)
-    decays = [(0.3, 7.0), (0.0, 0.0), (0.3, 7.0), (0.0, 0.0)]
-    for (parameter, shape), terms, grad, (root, below) in zip(
-        hierarchy.views, hierarchy.terms, grads, decays
-    ):
-        assert parameter.grad is None
-        leaves = grad.view(shape)
-        for node in range(terms.shape[1]):
-            level = (node + 1).bit_length() - 1
-            first = (node + 1 - 2**level) * 2 ** (depth - level)
-            want = leaves[:, first : first + 2 ** (depth - level)].sum(dim=1)
-            want = want + (root if node == 0 else below) * terms[:, node].detach()
-            torch.testing.assert_close(terms.grad[:, node], want, rtol=1e-5, atol=1e-5)
-
-
-@needs_training_kernel
-@pytest.mark.parametrize("depth", [0, 1, 4])
-def test_leaf_hierarchy_step_is_the_same_compiled_or_not(depth, monkeypatch):
-    # The compiled step (one pass per parameter, on one thread or two) against
-    # gather_gradients, FusedAdam and compose in torch, over steps that include a restart of
-    # the moments (hardening).
-    results = []
-    previous_threads = torch.get_num_threads()
-    for compiled, threads in [(True, 1), (True, 2), (False, 1)]:
-        monkeypatch.setattr(_training, "_compiled", lambda tensor, on=compiled: on)
-        torch.set_num_threads(threads)
-        hierarchy = _random_hierarchy(depth, seed=1)
-        optimizer = FusedAdam([{"params": hierarchy.terms, "weight_decay": 0.0}], lr=0.01)
-        generator = torch.Generator().manual_seed(2)
-        for step in range(4):
-            if step == 2:
-                optimizer.state.clear()
-            for parameter, _ in hierarchy.views:
-                parameter.grad = torch.randn(parameter.shape, generator=generator)
-            hierarchy.step(optimizer, optimizer.param_groups[0], 0.3)
-        assert all(parameter.grad is None for parameter, _ in hierarchy.views)
-        results.append(
-            [t.detach().clone() for t in hierarchy.terms]
-            + [p.detach().clone() for p, _ in hierarchy.views]
-            + [optimizer.state[t][key] for t in hierarchy.terms
-               for key in ("exp_avg", "exp_avg_sq", "step")]
-        )
-    torch.set_num_threads(previous_threads)
-    one_thread, two_threads, in_torch = results
-    for got, same, want in zip(one_thread, two_threads, in_torch):
-        assert torch.equal(got, same)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    # The terms moved and the leaves hold their new sums.
-    assert not torch.equal(results[0][0], _random_hierarchy(depth, seed=1).terms[0])
-
-
-@needs_training_kernel
-def test_leaf_hierarchy_refuses_malformed_buffers():
-    terms = np.zeros((2, 7 * 3), dtype=np.float32)
-    with pytest.raises(ValueError, match="2\\*\\*\\(depth"):
-        _training_kernel.hierarchy_compose(np.zeros((2, 6 * 3), np.float32),
-                                           np.zeros((2, 4 * 3), np.float32), 3)
-    with pytest.raises(ValueError, match="leaves"):
-        _training_kernel.hierarchy_compose(terms, np.zeros((2, 5 * 3), np.float32), 3)
-    with pytest.raises(ValueError, match="inner"):
-        _training_kernel.hierarchy_compose(terms, np.zeros((2, 4 * 3), np.float32), 0)
-
-    def step(grad=np.zeros((2, 4 * 3), np.float32), exp_avg=terms.copy(), step=1.0,
-             terms=terms):
-        _training_kernel.hierarchy_adam_step(
-            grad, terms, exp_avg, np.zeros_like(terms), np.zeros((2, 4 * 3), np.float32), 3,
-            0.0, 0.0, 0.01, 0.9, 0.999, 1e-8, step, 2,
-        )
-
-    step()
-    with pytest.raises(ValueError, match="grad_leaves"):
-        step(grad=np.zeros((2, 5 * 3), np.float32))
-    with pytest.raises(ValueError, match="exp_avg"):
-        step(exp_avg=np.zeros((2, 6 * 3), np.float32))
-    with pytest.raises(ValueError, match="step"):
-        step(step=0.0)
-    read_only = terms.copy()
-    read_only.flags.writeable = False
-    with pytest.raises(ValueError, match="read-only"):
-        step(terms=read_only)
-
-
-def test_leaf_hierarchy_penalty_weighs_the_terms_below_the_root_by_the_shrinkage():
-    trainer = _trainer("classification", 2, 3, leaf_shrinkage=30.0)
-    hierarchy, network = trainer.leaf_hierarchy, trainer.network
-    with torch.no_grad():
-        for terms in hierarchy.terms:
-            terms.normal_()
-    leaf_weights = (network.leaf_hidden_weights, network.leaf_output_weights)
-    squared = sum(w.square().sum().item() for w in network.weight_matrices()
-                  if all(w is not leaf for leaf in leaf_weights))
-    routing_factor = Trainer._ROUTING_DECAY_FACTOR["classification"]
-    squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
-    for index in (0, 2):  # the hidden and output weights; the biases have no penalty
-        terms = hierarchy.terms[index]
-        squared += terms[:, 0].square().sum().item() + 30.0 * terms[:, 1:].square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
-                                                          rel=1e-5)
-
-
-def _leaf_spread(model):
-    """Spread of the leaves' hidden weights across leaves, relative to their size."""
-    weights = model.arrays_.leaf_hidden_weights  # (leaves, features, leaf width)
-    return float(weights.std(axis=0).mean() / np.abs(weights).mean())
-
-
-def test_leaf_shrinkage_draws_the_leaves_together():
-    rng = np.random.RandomState(0)
-    X = rng.randn(600, 5)
-    y = (X[:, 0] * X[:, 1] > 0).astype(int)
-    spreads = [
-        _leaf_spread(FFFClassifier(depth=3, leaf_shrinkage=shrinkage, max_iter=30,
-                                   standardize=False, random_state=0).fit(X, y))
-        for shrinkage in (0.0, 30.0, 1e6)
-    ]
-    assert spreads[0] > spreads[1] > spreads[2]
-    assert spreads[2] < 0.1
-
-
-def test_a_fresh_trainer_starts_every_leaf_from_the_same_parameters():
-    trainer = _trainer("classification", 3, 3, leaf_shrinkage=30.0)
-    for (parameter, shape), terms in zip(trainer.leaf_hierarchy.views,
-                                         trainer.leaf_hierarchy.terms):
-        leaves = parameter.detach().view(shape)
-        assert torch.equal(leaves, leaves[:, :1].expand_as(leaves))
-        assert not terms[:, 1:].any()
 
 
 @needs_training_kernel
@@ -477,19 +248,37 @@ def test_compiled_noise_refuses_malformed_buffers():
             kernel.add_normal_noise(*args)
 
 
+class _ArraysOfEachEpoch:
+    """A scikit-learn fit callback that keeps the fitted arrays of every epoch."""
+
+    def __init__(self):
+        self.arrays = []
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
+        if context.task_name == "epoch":
+            self.arrays.append(fitted_estimator.arrays_)
+        return False
+
+
 @pytest.mark.parametrize("early_stopping", [False, True])
-def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_export(
+def test_a_fit_ends_on_the_best_epochs_parameters_under_early_stopping_else_on_the_last(
         early_stopping, monkeypatch):
-    """Reloading re-factorises the input projection (a truncated SVD on the CPU): a fit that
-    ends on the state it just exported keeps its network; early stopping that ends on an
-    earlier epoch's arrays loads them."""
+    """The best epoch is kept as a copy of its parameters: the model and the network that
+    partial_fit goes on with are that epoch's exactly, not a reload of its arrays (which
+    re-factorises the input projection)."""
+    pytest.importorskip("sklearn.callback")
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400, 20)).astype(np.float32)
     y = (X[:, 0] > 0).astype(int)
-    loads = []
-    load = Trainer._load
-    monkeypatch.setattr(Trainer, "_load", lambda self, arrays: loads.append(arrays) or load(
-        self, arrays))
     fit = Trainer.fit
 
     def fit_with_falling_scores(self, *args, validation_score=None, **kwargs):
@@ -499,18 +288,22 @@ def test_a_fit_reloads_its_network_only_when_the_network_changed_since_the_expor
         return fit(self, *args, validation_score=validation_score, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", fit_with_falling_scores)
+    epochs = _ArraysOfEachEpoch()
     model = FFFClassifier(depth=2, max_iter=12, hardening_epochs=0, n_iter_no_change=1,
                           tol=1.0 if early_stopping else 0.0, early_stopping=early_stopping,
-                          validation_fraction=0.2, random_state=0).fit(X, y)
+                          validation_fraction=0.2, random_state=0).set_callbacks(epochs)
+    model.fit(X, y)
     if early_stopping:
         # Falling scores never count an epoch as better: the first epoch is kept, and the
         # plateau ends the fit two epochs later.
-        assert model.n_iter_ == 3 and len(loads) == 1
-        np.testing.assert_array_equal(model._trainer.network.to_arrays().node_weights,
-                                      loads[0].node_weights)
-    else:
-        assert loads == []
-
+        assert model.n_iter_ == 3
+    kept = epochs.arrays[0] if early_stopping else epochs.arrays[-1]
+    trainer = model._trainer
+    for name in kept.ARRAY_NAMES:
+        np.testing.assert_array_equal(getattr(model.arrays_, name), getattr(kept, name))
+        np.testing.assert_array_equal(
+            getattr(trainer.deployed(trainer.network.to_arrays()), name), getattr(kept, name)
+        )
 
 
 def _flushes_denormals():
@@ -582,7 +375,7 @@ def test_the_mini_batch_that_fit_trains_with(monkeypatch, estimator, depth, n_sa
 def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, routing_factor):
     trainer = _trainer(task, 2, 3)
     network = trainer.network
-    trainer._step(*_batch(task, 3), 1000, torch.zeros(network.n_leaves))
+    trainer.train_step(*_batch(task, 3), 1000, torch.zeros(network.n_leaves))
     decay = {id(p): group["weight_decay"]
              for group in trainer.optimizer.param_groups for p in group["params"]}
     assert decay[id(network.leaf_hidden_weights)] > 0
@@ -594,13 +387,14 @@ def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, r
 
     squared = sum(w.square().sum().item() for w in network.weight_matrices())
     squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
-                                                          rel=1e-5)
+    alpha = trainer.recipe.alpha
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
+                                                              rel=1e-5)
     # Frozen while hardening, the routing leaves the penalty.
     trainer.start_hardening()
     squared -= routing_factor * network.node_weights.square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * squared,
-                                                          rel=1e-5)
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
+                                                              rel=1e-5)
 
 
 def _f_classif_penalties(X, y):
@@ -681,10 +475,7 @@ def test_routing_feature_penalties_of_degenerate_features_and_classes():
 
 def test_the_routing_group_lasso_gradient_and_penalty():
     shares = np.array([1.0, 0.5, 0.0, 1.0, 0.25, 1.0])
-    trainer = _training.Trainer.create(
-        6, 3, FFFClassifier(depth=2, leaf_width=4, master_leaf_width=3).get_params(),
-        "classification", "cpu", seed=3, routing_feature_penalties=shares,
-    )
+    trainer = _trainer("classification", 2, 3, routing_feature_penalties=shares)
     weights = trainer.network.node_weights
     with torch.no_grad():
         weights[:, 3] = 0.0  # a column the lasso has zeroed: subgradient 0, not NaN
@@ -692,19 +483,19 @@ def test_the_routing_group_lasso_gradient_and_penalty():
     trainer._add_routing_lasso_gradient(0.01)
     columns = weights.detach().numpy()
     norms = np.linalg.norm(columns, axis=0)
-    strength = trainer._ROUTING_GROUP_LASSO * shares * 0.01
+    strength = trainer.recipe.routing_group_lasso * shares * 0.01
     expected = columns * np.divide(strength, norms, out=np.zeros(6), where=norms > 0)
     np.testing.assert_allclose(weights.grad.numpy(), expected, rtol=1e-5, atol=1e-12)
 
     l2 = sum(w.square().sum().item() for w in trainer.network.weight_matrices())
     l2 += 2.0 * weights.square().sum().item()  # the routing's factor 3
-    lasso = trainer._ROUTING_GROUP_LASSO * float(shares @ norms)
+    lasso = trainer.recipe.routing_group_lasso * float(shares @ norms)
     assert trainer._weight_penalty(1.0, 100) == pytest.approx(
-        trainer.alpha / 100 * (0.5 * l2 + lasso), rel=1e-5)
+        trainer.recipe.alpha / 100 * (0.5 * l2 + lasso), rel=1e-5)
     # Frozen while hardening, the routing leaves both penalties and takes no lasso gradient.
     trainer.start_hardening()
     l2 -= 3.0 * weights.square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.alpha / 100 * l2,
+    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.recipe.alpha / 100 * l2,
                                                               rel=1e-5)
 
 
@@ -724,7 +515,7 @@ def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
     with_lasso = FFFClassifier(**params).fit(X, y)
     np.testing.assert_array_less(with_lasso._preparation.routing_feature_penalties_[:4], 0.01)
     assert with_lasso._preparation.routing_feature_penalties_[4:].mean() > 0.5
-    monkeypatch.setattr(Trainer, "_ROUTING_GROUP_LASSO", 0.0)
+    monkeypatch.setattr(FFFClassifier, "_ROUTING_GROUP_LASSO", 0.0)
     without = FFFClassifier(**params).fit(X, y)
     assert noise_share_of_routing(with_lasso) < 0.5 * noise_share_of_routing(without)
 
