@@ -14,16 +14,17 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_consistent_length,
-    check_is_fitted,
     column_or_1d,
     validate_data,
 )
 
 from . import inference
-from ._arrays import ACTIVATIONS, FFFArrays
+from ._arrays import ACTIVATIONS
 from ._device import prediction_options, training_device
+from ._interop import TorchInterop
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
 from ._persistence import FittedStatePersistence
+from ._prediction import HardRoutedPrediction
 from ._preparation import InputPreparation
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._recipe import Recipe, Schedule
@@ -201,7 +202,83 @@ class FitInterrupted(KeyboardInterrupt):
     """The KeyboardInterrupt that fit re-raises after keeping its last completed epoch."""
 
 
-class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metaclass=ABCMeta):
+class _TrainingData:
+    """The validation of what ``fit`` and ``partial_fit`` are given (mixed into the base):
+    rows, targets, weights and the validation rows of early stopping."""
+
+    # Rows that a validation score needs: one for accuracy, two for R^2.
+    _min_validation_rows = 1
+
+    def _training_data(self, X, y, sample_weight, first_call, incremental, classes):
+        """The validated rows, targets, encoded targets and row weights of a fit."""
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=first_call,
+            dtype=np.float32,
+            multi_output=self._task == "regression",
+            y_numeric=self._task == "regression",
+        )
+        y_encoded = self._encode_targets(y, first_call, classes)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+        sample_weight = self._weigh_targets(y_encoded, sample_weight, incremental)
+        if not np.any(sample_weight):
+            raise ValueError("Sample weights must contain at least one non-zero weight.")
+        if np.any(sample_weight < 0):
+            raise ValueError("Sample weights must be non-negative.")
+        return X, y, y_encoded, sample_weight
+
+    def _held_out_scoring(self, X, y_encoded, sample_weight, validation, rng):
+        """The training rows, and the function that scores a model on the validation rows
+        (the user's, or a split of ``X``) under ``early_stopping``, else None."""
+        X_val, y_val, weight_val = self._check_validation_data(*validation)
+        if not self.early_stopping:  # partial_fit has refused it already
+            return X, y_encoded, sample_weight, None
+        if X_val is None:
+            X, X_val, y_encoded, y_val, sample_weight = _validation_split(
+                X, y_encoded, sample_weight, self.validation_fraction,
+                self._min_validation_rows, self._stratification, rng,
+            )
+        inference_options = prediction_options(self.device, self.n_jobs)
+
+        def validation_score(arrays):
+            outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
+            return self._score_outputs(outputs, y_val, weight_val)
+
+        return X, y_encoded, sample_weight, validation_score
+
+    def _check_validation_data(self, X_val, y_val, sample_weight_val):
+        """Validate the validation rows passed to ``fit``: (X_val, encoded y_val, weights),
+        or Nones when there are none."""
+        if X_val is None and y_val is None:
+            if sample_weight_val is not None:
+                raise ValueError("sample_weight_val is provided, but X_val and y_val are not.")
+            return None, None, None
+        if X_val is None or y_val is None:
+            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
+            raise ValueError(f"{given} is provided, but {missing} was not provided.")
+        if not self.early_stopping:
+            raise ValueError(
+                "X_val and y_val are passed to fit while early_stopping=False: they are only "
+                "used for early stopping. Set early_stopping=True."
+            )
+        X_val = validate_data(self, X_val, reset=False, dtype=np.float32)
+        y_val = self._encode_targets(
+            column_or_1d(y_val) if self._task == "classification" else y_val, False
+        )
+        check_consistent_length(X_val, y_val)
+        if sample_weight_val is not None:
+            sample_weight_val = _check_sample_weight(sample_weight_val, X_val, dtype=np.float64)
+        return X_val, y_val, sample_weight_val
+
+    def _stratification(self, y_encoded, n_val):
+        """The labels to stratify the validation split by, or None."""
+        return None
+
+
+class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePersistence,
+              CallbackSupportMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared implementation of the FFF estimators; use FFFClassifier or FFFRegressor."""
 
     _parameter_constraints = {
@@ -306,30 +383,6 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         """The row weights of training, from the user's: the classifier's class weights."""
         return sample_weight
 
-    def _check_validation_data(self, X_val, y_val, sample_weight_val):
-        """Validate the validation rows passed to ``fit``: (X_val, encoded y_val, weights),
-        or Nones when there are none."""
-        if X_val is None and y_val is None:
-            if sample_weight_val is not None:
-                raise ValueError("sample_weight_val is provided, but X_val and y_val are not.")
-            return None, None, None
-        if X_val is None or y_val is None:
-            given, missing = ("X_val", "y_val") if y_val is None else ("y_val", "X_val")
-            raise ValueError(f"{given} is provided, but {missing} was not provided.")
-        if not self.early_stopping:
-            raise ValueError(
-                "X_val and y_val are passed to fit while early_stopping=False: they are only "
-                "used for early stopping. Set early_stopping=True."
-            )
-        X_val = validate_data(self, X_val, reset=False, dtype=np.float32)
-        y_val = self._encode_targets(
-            column_or_1d(y_val) if self._task == "classification" else y_val, False
-        )
-        check_consistent_length(X_val, y_val)
-        if sample_weight_val is not None:
-            sample_weight_val = _check_sample_weight(sample_weight_val, X_val, dtype=np.float64)
-        return X_val, y_val, sample_weight_val
-
     # ----------------------------------------------------------------------------- fitting
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None, sample_weight_val=None):
@@ -382,16 +435,6 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                               classes=classes, callback_context=context)
         return self
 
-    def _snapshot(self):
-        """A shallow copy of this estimator as it stands now.
-
-        A fit builds its state on such a copy and publishes it by replacing this estimator's
-        ``__dict__`` in one assignment; predict-type methods read their copy, so that a fit
-        in another thread shows them the old model or the new one, never a mixture."""
-        snapshot = object.__new__(type(self))
-        snapshot.__dict__.update(self.__dict__)
-        return snapshot
-
     def _fit_and_publish(self, *args, **kwargs):
         """``_fit`` on a working copy, whose state replaces this estimator's when it succeeds
         (or is interrupted after an epoch, which keeps that epoch on purpose); a fit that
@@ -425,7 +468,7 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 standardize=self.standardize, statistics=bool(self.input_noise)
             ).fit(X, sample_weight, **self._preparation_targets(y_encoded))
         recipe = self._recipe(X.shape[0], incremental)
-        self._check_training_memory(X.shape[1], recipe.schedule.batch_size)
+        _check_training_memory(X.shape[1], self._n_network_outputs(), recipe)
         trainer = self._trainer_for(X, sample_weight, rng, device, first_call, incremental,
                                     recipe)
         n_iter = 0 if first_call else self.n_iter_
@@ -452,45 +495,8 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
                 estimator=callback_estimator, **callback_data,
                 reconstruction_attributes=lambda: dict(vars(self)),
             )
-        self._warn_about_stop(result.stop_reason, incremental, recipe.schedule.max_epochs)
-
-    def _training_data(self, X, y, sample_weight, first_call, incremental, classes):
-        """The validated rows, targets, encoded targets and row weights of a fit."""
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            reset=first_call,
-            dtype=np.float32,
-            multi_output=self._task == "regression",
-            y_numeric=self._task == "regression",
-        )
-        y_encoded = self._encode_targets(y, first_call, classes)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
-        sample_weight = self._weigh_targets(y_encoded, sample_weight, incremental)
-        if not np.any(sample_weight):
-            raise ValueError("Sample weights must contain at least one non-zero weight.")
-        if np.any(sample_weight < 0):
-            raise ValueError("Sample weights must be non-negative.")
-        return X, y, y_encoded, sample_weight
-
-    def _held_out_scoring(self, X, y_encoded, sample_weight, validation, rng):
-        """The training rows, and the function that scores a model on the validation rows
-        (the user's, or a split of ``X``) under ``early_stopping``, else None."""
-        X_val, y_val, weight_val = self._check_validation_data(*validation)
-        if not self.early_stopping:  # partial_fit has refused it already
-            return X, y_encoded, sample_weight, None
-        if X_val is None:
-            X, X_val, y_encoded, y_val, sample_weight = self._validation_split(
-                X, y_encoded, sample_weight, rng
-            )
-        inference_options = prediction_options(self.device, self.n_jobs)
-
-        def validation_score(arrays):
-            outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
-            return self._score_outputs(outputs, y_val, weight_val)
-
-        return X, y_encoded, sample_weight, validation_score
+        _warn_about_stop(type(self).__name__, self.n_iter_, result.stop_reason, incremental,
+                         recipe.schedule.max_epochs)
 
     def _recipe(self, n_samples, incremental):
         """The recipe of a fit on ``n_samples`` rows (``partial_fit``'s one epoch when
@@ -568,51 +574,6 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
             self.validation_scores_ = self.best_validation_score_ = None
         self.leaf_sample_counts_ = self._count_leaves(X)
 
-    def _warn_about_stop(self, stop_reason, incremental, max_epochs):
-        if stop_reason == "interrupted":
-            warnings.warn(
-                f"{type(self).__name__}.fit was interrupted; the estimator keeps the weights "
-                f"of its last completed epoch ({self.n_iter_}). Call fit with warm_start=True "
-                "or partial_fit to continue from there.",
-                UserWarning,
-            )
-            raise FitInterrupted()
-        if not incremental and stop_reason == "max_iter":
-            warnings.warn(
-                f"{type(self).__name__}: maximum iterations ({max_epochs}) reached and the "
-                "optimization hasn't converged yet.",
-                ConvergenceWarning,
-            )
-
-    # Rows that a validation score needs: one for accuracy, two for R^2.
-    _min_validation_rows = 1
-
-    def _validation_split(self, X, y_encoded, sample_weight, rng):
-        n_val = int(np.ceil(self.validation_fraction * X.shape[0]))  # as train_test_split
-        if n_val < self._min_validation_rows or X.shape[0] - n_val < 1:
-            raise ValueError(
-                f"early_stopping=True holds out validation_fraction={self.validation_fraction} "
-                f"of the {X.shape[0]} rows, {n_val}; scoring them needs at least "
-                f"{self._min_validation_rows} and training at least 1 more. Pass more rows, "
-                "change validation_fraction or set early_stopping=False."
-            )
-        stratify = None
-        if self._task == "classification":
-            counts = np.bincount(y_encoded)
-            if counts[counts > 0].min() >= 2 and n_val >= np.count_nonzero(counts):
-                stratify = y_encoded
-        X_train, X_val, y_train, y_val, w_train, _ = train_test_split(
-            X,
-            y_encoded,
-            sample_weight,
-            test_size=self.validation_fraction,
-            random_state=rng.randint(np.iinfo(np.int32).max),
-            stratify=stratify,
-        )
-        if not np.any(w_train):
-            raise ValueError("Sample weights of the training split are all zero.")
-        return X_train, X_val, y_train, y_val, w_train
-
     def _preparation_targets(self, y_encoded):
         """The targets that the input preparation reads besides the rows (see
         :meth:`InputPreparation.fit`): none, unless the routing penalties need classes."""
@@ -626,163 +587,72 @@ class BaseFFF(FittedStatePersistence, CallbackSupportMixin, BaseEstimator, metac
         the cap at ``n_samples``."""
         return self._AUTO_BATCH_ROWS
 
-    def _check_training_memory(self, n_features, batch_size):
-        """Refuse up front a fit whose working set would not fit in memory: training
-        computes every leaf for every row of a batch, so it grows with ``2**depth``."""
-        from ._training import training_memory_bytes
-
-        needed = training_memory_bytes(
-            n_features, self._n_network_outputs(), self.depth, self.leaf_width,
-            self.master_leaf_width, batch_size, projection_rank=self.projection_rank,
-        )
-        available = _physical_memory_bytes()
-        if available is not None and needed > TRAINING_MEMORY_FRACTION * available:
-            raise ValueError(
-                f"Training depth={self.depth}, leaf_width={self.leaf_width} with batch_size="
-                f"{batch_size} on {n_features} features needs about {needed / 2**30:.1f} GiB, "
-                f"more than {TRAINING_MEMORY_FRACTION:.0%} of this machine's "
-                f"{available / 2**30:.1f} GiB. Each level of depth doubles it: lower depth, "
-                "leaf_width or batch_size."
-            )
-
-    # ----------------------------------------------------------------------------- torch
-    @abstractmethod
-    def _arrays_in_output_units(self):
-        """``arrays_`` with outputs in the units users see (logits, or targets)."""
-
-    def to_module(self):
-        """A trainable torch copy of the fitted network, for a training loop of your own.
-
-        The module takes raw rows (the input standardisation is folded into its first
-        layers) and returns raw outputs: class logits in the order of ``classes_``, or the
-        targets in their own units. Train it with :func:`fffsklearn.nn.load_balancing_loss`
-        and :class:`fffsklearn.nn.Hardening`, then turn it back into an estimator with
-        ``from_network``.
-
-        Returns
-        -------
-        module : fffsklearn.nn.FFFNetwork
-            In training mode, straight-through.
-        """
-        from ._network import FFFNetwork
-
-        check_is_fitted(self, "arrays_")
-        return FFFNetwork.from_arrays(self._arrays_in_output_units()).train()
-
-    @classmethod
-    def _from_network(cls, network, X, params, target_attributes):
-        """A fitted estimator holding ``network`` (an FFFNetwork or FFFArrays).
-
-        ``target_attributes(arrays)`` returns the fitted target attributes that give the
-        network's outputs their meaning (or raises if they cannot); ``X`` sets the input
-        attributes and the leaf counts."""
-        from ._network import FFFNetwork
-
-        trained_as = {}
-        if isinstance(network, FFFNetwork):
-            arrays = network.to_arrays()
-            # A warm start then trains the first layers as the network did.
-            projection = network.input_projection
-            trained_as["projection_rank"] = None if projection is None else projection.shape[1]
-        elif isinstance(network, FFFArrays):
-            arrays = network
-        else:
-            raise TypeError(
-                "network must be an fffsklearn.nn.FFFNetwork or an FFFArrays, got "
-                f"{type(network).__name__}."
-            )
-        estimator = cls(**params).set_params(
-            depth=arrays.depth, leaf_width=arrays.leaf_width,
-            master_leaf_width=arrays.master_leaf_width, activation=arrays.activation,
-            **trained_as,
-        )
-        estimator._validate_params()
-        X = validate_data(estimator, X, reset=True, dtype=np.float32)
-        if X.shape[1] != arrays.n_features:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but the network takes {arrays.n_features}."
-            )
-        vars(estimator).update(target_attributes(arrays))
-        estimator.arrays_ = arrays
-        estimator._preparation = InputPreparation.identity(arrays.n_features)
-        estimator.device_ = "cpu"
-        estimator.n_iter_ = 0
-        estimator.loss_curve_ = []
-        estimator.best_loss_ = estimator.validation_scores_ = None
-        estimator.best_validation_score_ = None
-        estimator.leaf_sample_counts_ = estimator._count_leaves(X)
-        return estimator
-
-    def _count_leaves(self, X):
-        """Rows of ``X`` that hard routing sends to each leaf of ``arrays_``."""
-        leaves = inference.apply(self.arrays_, X, **prediction_options(self.device, self.n_jobs))
-        return np.bincount(leaves, minlength=self.arrays_.n_leaves).astype(np.int64)
-
-    # ----------------------------------------------------------------------------- inference
-    def _validate_for_inference(self, X, options):
-        """``X`` validated against this fitted model (a snapshot, see :meth:`_snapshot`)."""
-        check_is_fitted(self, "arrays_")
-        # The compiled kernel rejects NaN and infinity itself while it routes, which saves a
-        # full pass over X; the other backends need validate_data's check.
-        return validate_data(
-            self,
-            X,
-            reset=False,
-            dtype=(np.float32, np.float64),
-            ensure_all_finite=options["backend"] != "compiled",
-        )
-
-    def _map_outputs(self, X, transform):
-        """Validate ``X`` and apply ``transform(model, outputs)`` to its raw hard-routed
-        outputs chunk by chunk, so memory stays bounded by the result whatever the number of
-        rows. ``model`` is the snapshot of this estimator that every step of the call reads
-        (see :meth:`_snapshot`). The result takes its trailing shape and dtype from what
-        ``transform`` returns.
-
-        Rows whose outputs overflow (inputs far outside the training range, beyond what the
-        float32 network can evaluate) raise ``ValueError`` rather than return NaN or inf."""
-        model = self._snapshot()
-        options = prediction_options(model.device, model.n_jobs)
-        X = model._validate_for_inference(X, options)
-        result = None
-        for rows, outputs, _ in inference.iter_hard_forward(model.arrays_, X, **options):
-            with np.errstate(over="ignore", invalid="ignore"):
-                chunk = transform(model, outputs)
-            finite = np.isfinite(outputs).all(axis=1)
-            if chunk.dtype.kind == "f":
-                finite &= np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
-            if not finite.all():
-                raise ValueError(
-                    "X has rows outside the range this model can evaluate: their outputs "
-                    f"overflow (first such row: {rows.start + int(np.argmin(finite))}). The "
-                    "network computes in float32; scale the inputs as for training."
-                )
-            if result is None:
-                result = np.empty((X.shape[0],) + chunk.shape[1:], dtype=chunk.dtype)
-            result[rows] = chunk
-        return result
-
-    def apply(self, X):
-        """Index of the leaf that hard routing sends each row to.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Input rows.
-
-        Returns
-        -------
-        leaves : ndarray of shape (n_samples,)
-            Leaf index in ``[0, 2**depth)``; its binary digits, most significant first, are the
-            decisions taken from the root down (1 means right).
-        """
-        model = self._snapshot()
-        options = prediction_options(model.device, model.n_jobs)
-        X = model._validate_for_inference(X, options)
-        return inference.apply(model.arrays_, X, **options)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = False
         return tags
+
+
+def _validation_split(X, y_encoded, sample_weight, fraction, min_rows, stratification, rng):
+    """Hold out ``fraction`` of the rows for early stopping: (X_train, X_val, y_train, y_val,
+    w_train), stratified by ``stratification(y_encoded, n_val)`` where that gives labels."""
+    n_val = int(np.ceil(fraction * X.shape[0]))  # as train_test_split
+    if n_val < min_rows or X.shape[0] - n_val < 1:
+        raise ValueError(
+            f"early_stopping=True holds out validation_fraction={fraction} of the "
+            f"{X.shape[0]} rows, {n_val}; scoring them needs at least {min_rows} and training "
+            "at least 1 more. Pass more rows, change validation_fraction or set "
+            "early_stopping=False."
+        )
+    X_train, X_val, y_train, y_val, w_train, _ = train_test_split(
+        X,
+        y_encoded,
+        sample_weight,
+        test_size=fraction,
+        random_state=rng.randint(np.iinfo(np.int32).max),
+        stratify=stratification(y_encoded, n_val),
+    )
+    if not np.any(w_train):
+        raise ValueError("Sample weights of the training split are all zero.")
+    return X_train, X_val, y_train, y_val, w_train
+
+
+def _check_training_memory(n_features, n_outputs, recipe):
+    """Refuse up front a fit whose working set would not fit in memory: training
+    computes every leaf for every row of a batch, so it grows with ``2**depth``."""
+    from ._training import training_memory_bytes
+
+    batch_size = recipe.schedule.batch_size
+    needed = training_memory_bytes(
+        n_features, n_outputs, recipe.depth, recipe.leaf_width, recipe.master_leaf_width,
+        batch_size, projection_rank=recipe.projection_rank,
+    )
+    available = _physical_memory_bytes()
+    if available is not None and needed > TRAINING_MEMORY_FRACTION * available:
+        raise ValueError(
+            f"Training depth={recipe.depth}, leaf_width={recipe.leaf_width} with batch_size="
+            f"{batch_size} on {n_features} features needs about {needed / 2**30:.1f} GiB, "
+            f"more than {TRAINING_MEMORY_FRACTION:.0%} of this machine's "
+            f"{available / 2**30:.1f} GiB. Each level of depth doubles it: lower depth, "
+            "leaf_width or batch_size."
+        )
+
+
+def _warn_about_stop(name, n_iter, stop_reason, incremental, max_epochs):
+    """The interrupted fit's warning and FitInterrupted, or the ConvergenceWarning of a fit
+    that ran out of epochs."""
+    if stop_reason == "interrupted":
+        warnings.warn(
+            f"{name}.fit was interrupted; the estimator keeps the weights "
+            f"of its last completed epoch ({n_iter}). Call fit with warm_start=True "
+            "or partial_fit to continue from there.",
+            UserWarning,
+        )
+        raise FitInterrupted()
+    if not incremental and stop_reason == "max_iter":
+        warnings.warn(
+            f"{name}: maximum iterations ({max_epochs}) reached and the "
+            "optimization hasn't converged yet.",
+            ConvergenceWarning,
+        )

@@ -169,8 +169,8 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
-    # Under batch_size="auto", rows of a step per leaf, and at least this many steps an
-    # epoch (docs/model_quality.rst, "Larger mini-batches": with fewer, larger batches lost).
+    # Under batch_size="auto", rows of a step per leaf (so that each leaf learns from each
+    # step), and at least this many steps an epoch (fewer, larger batches learnt less).
     _AUTO_BATCH_ROWS_PER_LEAF = 25
     _AUTO_BATCH_MIN_STEPS_PER_EPOCH = 50
 
@@ -187,16 +187,22 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         return CrossEntropy(self.label_smoothing)
 
     def _auto_batch_size(self, n_samples):
-        """25 rows per leaf while an epoch keeps at least 50 steps, and at least 200.
-
-        With 200 rows a step, a leaf of a depth-6 tree gets about 3 of them and learns
-        little from each step (docs/model_quality.rst, "Larger mini-batches")."""
+        """25 rows per leaf while an epoch keeps at least 50 steps, and at least 200: with
+        200 rows a step, each leaf of a deep tree gets a few of them and learns little from
+        each step."""
         per_leaves = self._AUTO_BATCH_ROWS_PER_LEAF * 2**self.depth
         return max(self._AUTO_BATCH_ROWS,
                    min(per_leaves, n_samples // self._AUTO_BATCH_MIN_STEPS_PER_EPOCH))
 
     def _n_network_outputs(self):
         return len(self.classes_)
+
+    def _stratification(self, y_encoded, n_val):
+        # Stratified where every class present has 2 rows and the split room for each.
+        counts = np.bincount(y_encoded)
+        if counts[counts > 0].min() >= 2 and n_val >= np.count_nonzero(counts):
+            return y_encoded
+        return None
 
     def _weigh_targets(self, y_encoded, sample_weight, incremental):
         if self.class_weight is None:

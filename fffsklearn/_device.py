@@ -54,9 +54,7 @@ def training_device(device):
 
 # A CPU training step whose largest product, rows x features x training width, has fewer
 # multiply-adds than this runs on one thread: its dozen small products and operations each
-# cost a wake-up of torch's thread pool. Measured on 2 cores (docs/model_quality.rst,
-# "Training speed"): one thread was 23% faster at 2 million (40 features, depth 4), even at 8
-# million, and 25% slower at 40 million (784 features, depth 4).
+# cost a wake-up of torch's thread pool, more than a second thread saves on them.
 SINGLE_THREAD_STEP_MULTIPLY_ADDS = 4_000_000
 
 

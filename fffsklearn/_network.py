@@ -196,8 +196,7 @@ def _add(total, term):
 def _compiled_hard_leaf_input_gradient(grad_hidden, hard_leaves, leaf_hidden_weights):
     """The gradient of the leaves' input rows from that of each row's hard-leaf hidden
     pre-activations, (rows, leaf width): each row's block times its leaf's first layer,
-    in C (gathering each row's block in torch took longer than the rest of the
-    projection's backward)."""
+    in C, where torch would gather a copy of each row's block."""
     grad_input = grad_hidden.new_empty(grad_hidden.shape[0], leaf_hidden_weights.shape[0])
     _training_kernel.hard_leaf_input_gradients(
         grad_hidden.numpy(), hard_leaves.numpy(), leaf_hidden_weights.detach().numpy(),
@@ -331,8 +330,8 @@ def _torch_path_gradients(grad_probabilities, leaf_probabilities, right, swap):
 
     From the leaves up: the gradient of a step's log-probability is the sum of
     grad * probability over the leaves below that step, summed pairwise. Nothing is
-    divided by a probability. (Gathering every path's steps at once instead took 6 times
-    longer at depth 8, see docs/model_quality.rst.)
+    divided by a probability, and no path's steps are gathered: each level is one
+    operation on contiguous tensors.
     """
     n, n_leaves = leaf_probabilities.shape
     below = grad_probabilities * leaf_probabilities
@@ -470,7 +469,7 @@ class FFFNetwork(nn.Module):
         self.leaf_hidden_weights = uniform(d, d, n_leaves * l)
         self.leaf_hidden_biases = uniform(d, n_leaves * l)
         # Stored as (outputs, leaves * leaf_width), nn.Linear's layout: the products of the
-        # training step then run with contiguous operands, measured 2 to 6 times faster.
+        # training step then run with contiguous operands.
         self.leaf_output_weights = nn.Parameter(uniform(l, n_leaves * l, o).T.contiguous())
         self.leaf_output_biases = uniform(l, n_leaves, o)
         self.master_hidden_weights = uniform(d, d, m)
@@ -602,8 +601,8 @@ class FFFNetwork(nn.Module):
         """What :meth:`soft_forward` computes, outside autograd, and the backward of it.
 
         A training step that differentiates its own loss by hand skips autograd's
-        bookkeeping, which on a CPU costs more than the small operations it records
-        (the estimators' trainer does so; see docs/model_quality.rst, "Training speed").
+        bookkeeping, which on a CPU costs more than the small operations it records (the
+        estimators' trainer does so).
 
         Parameters
         ----------

@@ -3,7 +3,7 @@
 Each public estimator builds its :class:`Recipe` from its parameters and the number of
 training rows (``_recipe``); the trainer reads nothing else, and holds no switch between
 classification and regression: what differs between them is in the recipe's numbers and its
-loss object. Why each default is what it is: ``docs/why_these_defaults.rst``.
+loss object. Why each default is what it is: the documentation's "Why these defaults".
 
 NumPy-free and torch-free: the loss objects themselves live in :mod:`fffsklearn._losses`.
 """

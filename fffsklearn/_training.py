@@ -120,8 +120,8 @@ def denormals_flushed():
     Training drives values into the denormal range (below 1.2e-38 in float32): the weights
     and Adam moments of units that get no gradient decay geometrically, and hardening
     sharpens the routing until most path probabilities underflow. On x86 CPUs every
-    operation that reads a denormal runs 10 to 100 times slower; a depth-6 fit took 13 times
-    as long (docs/model_quality.rst, "Training speed"). Flushed, they become zeros, which
+    operation that reads a denormal runs an order of magnitude slower. Flushed, they become
+    zeros, which
     change no float32 sum they take part in. Threads that torch starts within the context
     inherit the mode; a thread pool started before it keeps its own. Without the compiled
     training kernel nothing changes.
@@ -173,6 +173,161 @@ class FitResult:
     stop_reason: str
 
 
+class Penalties:
+    """The regularisers on the weights: the L2 penalty of every parameter group that takes
+    weight decay, and the group lasso on each input's routing weights.
+
+    Parameters
+    ----------
+    network : FFFNetwork
+    optimizer : FusedAdam
+        Its groups' decay factors weigh the L2 penalty.
+    alpha : float
+    routing_lasso : ndarray of shape (n_features,) or None
+        Each input's group-lasso strength, in units of ``alpha / n_samples``; None for none.
+    """
+
+    def __init__(self, network, optimizer, alpha, routing_lasso):
+        self.network, self.optimizer, self.alpha = network, optimizer, alpha
+        self.routing_lasso = None if routing_lasso is None else torch.as_tensor(
+            routing_lasso, dtype=torch.float32, device=network.node_biases.device
+        )
+
+    def add_lasso_gradient(self, decay):
+        """Add to the routing weights' gradient the (sub)gradient of the group lasso
+        ``decay * sum_j routing_lasso_j * ||node_weights[:, j]||``, 0 for a zero column."""
+        if self.routing_lasso is None:
+            return
+        weights = self.network.node_weights.detach()
+        norms = self._column_norms().clamp_min_(torch.finfo(weights.dtype).tiny)
+        strength = self.routing_lasso.mul(decay).div_(norms)
+        self.network.node_weights.grad.addcmul_(weights, strength)
+
+    @torch.no_grad()
+    def _column_norms(self):
+        # Summed down the columns: torch.linalg.vector_norm(dim=0) reduces across the
+        # contiguous axis, slowly on the CPU.
+        return self.network.node_weights.square().sum(dim=0).sqrt_()
+
+    @torch.no_grad()
+    def value(self, regulariser_weight, n_samples):
+        """``0.5 * alpha * ||W||^2 / n_samples`` over the trained weights, each group's
+        weighted by its decay factor, plus the routing group lasso while the routing trains
+        (see :meth:`add_lasso_gradient`).
+
+        Taken on the weights at the end of an epoch: the norms of every weight once per
+        epoch rather than once per step, which cost as much as a tenth of a step.
+        """
+        squared = 0.0
+        for decay_factor, weights in self.optimizer.decayed_groups():
+            norms = torch.stack(torch._foreach_norm(weights))
+            squared += decay_factor * norms.square().sum().item()
+        lasso = 0.0
+        if self.routing_lasso is not None and self.network.node_weights.requires_grad:
+            lasso = torch.dot(self.routing_lasso, self._column_norms()).item()
+        return regulariser_weight * self.alpha / n_samples * (0.5 * squared + lasso)
+
+
+class BatchFeed:
+    """The rows of an epoch's mini-batches, on the training device.
+
+    They are copied from the host a chunk of whole batches at a time (one gather and one
+    transfer per chunk, and a memmap is never loaded whole) or, within :meth:`resident`,
+    gathered from a copy on the CUDA device; standardised by ``input_scaling``; and, with
+    ``input_noise``, given fresh Gaussian noise.
+
+    Parameters
+    ----------
+    device : torch.device
+    input_scaling : tuple of ndarray or None
+        ``(mean, scale)`` that standardise the raw rows into the network's inputs.
+    input_noise : ndarray of shape (n_features,) or None
+        Standard deviation of the noise on each network input; None adds none.
+    seed : int
+        Seeds the noise.
+    """
+
+    def __init__(self, device, input_scaling, input_noise, seed):
+        self.device = device
+        self.input_scaling = input_scaling
+        self.input_noise = None if input_noise is None else torch.as_tensor(
+            input_noise, dtype=torch.float32, device=device
+        )
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self._resident_rows = None
+
+    def batches(self, X, order, batch_size):
+        """``(start, rows)`` of each mini-batch of the epoch, in ``order``, on the device,
+        standardised and with the training noise."""
+        for start, X_batch in self._rows(X, order, batch_size):
+            yield start, X_batch if self.input_noise is None else self._with_noise(X_batch)
+
+    def _rows(self, X, order, batch_size):
+        n = X.shape[0]
+        resident = self._resident_rows
+        if resident is not None and resident[0] is X:
+            order = torch.from_numpy(order).to(self.device)
+            for start in range(0, n, batch_size):
+                yield start, resident[1].index_select(0, order[start : start + batch_size])
+            return
+        scaling = None
+        if self.input_scaling is not None:
+            scaling = [torch.as_tensor(s, dtype=torch.float32, device=self.device)
+                       for s in self.input_scaling]
+        # X is copied a chunk of whole batches at a time: one gather and one transfer per
+        # chunk rather than per batch, and a memmap is never loaded whole.
+        chunk_rows = batch_size * max(1, CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
+        for chunk_start in range(0, n, chunk_rows):
+            X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
+            X_chunk = X_chunk.to(self.device)
+            if scaling is not None:
+                X_chunk.sub_(scaling[0]).div_(scaling[1])
+            for start in range(0, X_chunk.shape[0], batch_size):
+                yield chunk_start + start, X_chunk[start : start + batch_size]
+
+    @contextmanager
+    def resident(self, X):
+        """Within this context, batches of ``X`` are gathered from a copy of it on the CUDA
+        device, scaled once, instead of copied from the host batch by batch.
+
+        The copy is made when ``X`` takes at most a quarter of the device's free memory
+        (else batches come from the host as outside the context), some 4 MiB at a time, so
+        a memmap is never loaded whole into host memory. It is freed on exit.
+        """
+        if self.device.type == "cuda" and X.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
+            rows = torch.empty(X.shape, dtype=torch.float32, device=self.device)
+            step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
+            for start in range(0, X.shape[0], step):
+                rows[start : start + step] = torch.tensor(X[start : start + step])
+            if self.input_scaling is not None:
+                mean, scale = (torch.as_tensor(s, dtype=torch.float32, device=self.device)
+                               for s in self.input_scaling)
+                rows.sub_(mean).div_(scale)
+            self._resident_rows = (X, rows)
+        try:
+            yield
+        finally:
+            self._resident_rows = None
+
+    def _with_noise(self, X_batch):
+        """``X_batch`` plus Gaussian noise of ``input_noise``'s standard deviations.
+
+        Drawn outside the step, so that a step replayed as a CUDA graph reads fresh noise
+        with its rows. On the CPU in float32 the C extension adds it in place (``X_batch`` is
+        a copy of the rows made for this epoch), drawn from a table of 65,536 normal
+        quantiles.
+        """
+        if _compiled(X_batch):
+            seed = torch.randint(2**62, (), generator=self.generator, device=self.device)
+            _training_kernel.add_normal_noise(
+                X_batch.numpy(), self.input_noise.numpy(), _NORMAL_QUANTILES, int(seed)
+            )
+            return X_batch
+        noise = torch.randn(X_batch.shape, generator=self.generator, device=self.device,
+                            dtype=X_batch.dtype)
+        return noise.mul_(self.input_noise).add_(X_batch)
+
+
 class Trainer:
     """A network, its optimizer and the random streams of one training run.
 
@@ -198,17 +353,13 @@ class Trainer:
         self.network = network
         self.recipe = recipe
         self.device = network.node_biases.device
-        self.routing_lasso = None
-        if routing_feature_penalties is not None and network.depth:
-            self.routing_lasso = torch.as_tensor(
-                recipe.routing_group_lasso * routing_feature_penalties, dtype=torch.float32,
-                device=self.device,
-            )
         self.input_scaling = input_scaling
-        self.input_noise = None if input_noise is None else torch.as_tensor(
-            input_noise, dtype=torch.float32, device=self.device
-        )
-        self.optimizer = self._new_optimizer()
+        self.feed = BatchFeed(self.device, input_scaling, input_noise, seed)
+        self.optimizer = _optimizer_for(network, recipe)
+        routing_lasso = None
+        if routing_feature_penalties is not None and network.depth:
+            routing_lasso = recipe.routing_group_lasso * routing_feature_penalties
+        self.penalties = Penalties(network, self.optimizer, recipe.alpha, routing_lasso)
         self.hardening_phase = Hardening(
             sharpen_every=recipe.sharpen_every,
             learning_rate_factor=recipe.hardening_learning_rate_factor,
@@ -216,9 +367,7 @@ class Trainer:
         self.batch_order = np.random.RandomState(seed)
         self.last_leaf_counts = None
         self.stop_reason = None
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._sums = None
-        self._resident_rows = None
         self._captured_step = None
 
     @classmethod
@@ -263,19 +412,6 @@ class Trainer:
         """Set the network's parameters to those of a :meth:`parameter_copy`."""
         for parameter, saved in zip(self.network.parameters(), copy):
             parameter.copy_(saved)
-
-    def _new_optimizer(self):
-        """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
-        scales the L2 weight decay that :meth:`train_step` sets: 1 for the weights, 0 for
-        the biases, the recipe's routing factor for the routing weights."""
-        routing = self.network.node_weights
-        weights = list(self.network.weight_matrices())
-        biases = [p for p in self.network.parameters() if all(p is not w for w in weights)]
-        weights = [w for w in weights if w is not routing]
-        groups = [{"params": weights, "decay_factor": 1.0},
-                  {"params": biases, "decay_factor": 0.0},
-                  {"params": [routing], "decay_factor": self.recipe.routing_decay_factor}]
-        return FusedAdam(groups, lr=self.recipe.learning_rate)
 
     @property
     def hardening(self):
@@ -414,24 +550,10 @@ class Trainer:
         decay = regulariser_weight * recipe.alpha / n_samples_total
         self.optimizer.set_weight_decay(decay)
         backward(grad_outputs, grad_probabilities)
-        if self.routing_lasso is not None and not self.hardening:
-            self._add_routing_lasso_gradient(decay)
+        if not self.hardening:
+            self.penalties.add_lasso_gradient(decay)
         self.optimizer.step()
         return loss, regulariser_weight
-
-    def _add_routing_lasso_gradient(self, decay):
-        """Add to the routing weights' gradient the (sub)gradient of the group lasso
-        ``decay * sum_j routing_lasso_j * ||node_weights[:, j]||``, 0 for a zero column."""
-        weights = self.network.node_weights.detach()
-        norms = self._routing_column_norms().clamp_min_(torch.finfo(weights.dtype).tiny)
-        strength = self.routing_lasso.mul(decay).div_(norms)
-        self.network.node_weights.grad.addcmul_(weights, strength)
-
-    @torch.no_grad()
-    def _routing_column_norms(self):
-        # Summed down the columns: torch.linalg.vector_norm(dim=0) took 7 times as long on
-        # the CPU (150 against 21 us at 784 features and depth 6), a tenth of a step.
-        return self.network.node_weights.square().sum(dim=0).sqrt_()
 
     def run_epoch(self, X, y, weight, batch_size):
         """One pass over the data in shuffled mini-batches; returns the mean objective.
@@ -463,38 +585,17 @@ class Trainer:
         )
         total, leaf_counts = self._epoch_sums()
         regulariser_total = 0.0
-        for start, X_batch in self._batches(X, order, batch_size):
-            if self.input_noise is not None:
-                X_batch = self._with_noise(X_batch)
+        for start, X_batch in self.feed.batches(X, order, batch_size):
             batch = slice(start, start + X_batch.shape[0])
             regulariser_total += X_batch.shape[0] * self._accumulated_step(
                 X_batch, y[batch], weight[batch], n, batch_size
             )
         self.network.eval()
         self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
-        mean = total.item() / n + self._weight_penalty(regulariser_total / n, n)
+        mean = total.item() / n + self.penalties.value(regulariser_total / n, n)
         if not np.isfinite(mean):
-            raise FloatingPointError(self._divergence_message(n))
+            raise FloatingPointError(_divergence_message(self.recipe.alpha, n))
         return mean
-
-    def _with_noise(self, X_batch):
-        """``X_batch`` plus Gaussian noise of ``input_noise``'s standard deviations.
-
-        Drawn outside the step, so that a step replayed as a CUDA graph reads fresh noise
-        with its rows; in both phases, which measured better on classification than the
-        balancing phase alone (docs/model_quality.rst, "Training recipe: measurements").
-        On the CPU in float32 the C extension adds it in place (``X_batch`` is a copy of the
-        rows made for this epoch), drawn from a table of 65,536 normal quantiles.
-        """
-        if _compiled(X_batch):
-            seed = torch.randint(2**62, (), generator=self.generator, device=self.device)
-            _training_kernel.add_normal_noise(
-                X_batch.numpy(), self.input_noise.numpy(), _NORMAL_QUANTILES, int(seed)
-            )
-            return X_batch
-        noise = torch.randn(X_batch.shape, generator=self.generator, device=self.device,
-                            dtype=X_batch.dtype)
-        return noise.mul_(self.input_noise).add_(X_batch)
 
     def _epoch_sums(self):
         """The epoch's objective total and hard leaf counts, zeroed: the same two tensors
@@ -506,55 +607,17 @@ class Trainer:
             tensor.zero_()
         return self._sums
 
-    def _batches(self, X, order, batch_size):
-        """``(start, rows)`` of each mini-batch of the epoch, in ``order``, on the device."""
-        n = X.shape[0]
-        resident = self._resident_rows
-        if resident is not None and resident[0] is X:
-            order = torch.from_numpy(order).to(self.device)
-            for start in range(0, n, batch_size):
-                yield start, resident[1].index_select(0, order[start : start + batch_size])
-            return
-        scaling = None
-        if self.input_scaling is not None:
-            scaling = [torch.as_tensor(s, dtype=torch.float32, device=self.device)
-                       for s in self.input_scaling]
-        # X is copied a chunk of whole batches at a time: one gather and one transfer per
-        # chunk rather than per batch, and a memmap is never loaded whole.
-        chunk_rows = batch_size * max(1, CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
-        for chunk_start in range(0, n, chunk_rows):
-            X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
-            X_chunk = X_chunk.to(self.device)
-            if scaling is not None:
-                X_chunk.sub_(scaling[0]).div_(scaling[1])
-            for start in range(0, X_chunk.shape[0], batch_size):
-                yield chunk_start + start, X_chunk[start : start + batch_size]
-
     @contextmanager
     def rows_on_device(self, X):
         """Within this context, epochs on ``X`` gather their batches from a copy of it on
-        the CUDA device, scaled once, instead of copying every batch from the host.
-
-        The copy is made when ``X`` takes at most a quarter of the device's free memory
-        (else batches come from the host as outside the context), some 4 MiB at a time, so
-        a memmap is never loaded whole into host memory. It is freed on exit, with the
-        step that ``_accumulated_step`` captured: both are worth their memory only within
-        a fit.
-        """
-        if self.device.type == "cuda" and X.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
-            rows = torch.empty(X.shape, dtype=torch.float32, device=self.device)
-            step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
-            for start in range(0, X.shape[0], step):
-                rows[start : start + step] = torch.tensor(X[start : start + step])
-            if self.input_scaling is not None:
-                mean, scale = (torch.as_tensor(s, dtype=torch.float32, device=self.device)
-                               for s in self.input_scaling)
-                rows.sub_(mean).div_(scale)
-            self._resident_rows = (X, rows)
-        try:
-            yield
-        finally:
-            self._resident_rows = self._captured_step = None
+        the CUDA device (see :meth:`BatchFeed.resident`). The copy is freed on exit, with the
+        step that ``_accumulated_step`` captured: both are worth their memory only within a
+        fit."""
+        with self.feed.resident(X):
+            try:
+                yield
+            finally:
+                self._captured_step = None
 
     # CUDA graphs replay the steps of full batches (see _accumulated_step); a test turns
     # them off to compare with the steps run one operation at a time.
@@ -566,10 +629,10 @@ class Trainer:
 
         On a CUDA device, a full batch whose loss weighs the regularisers alike in every step
         (the classifier's) replays the step captured as a CUDA graph: the step is some
-        seventy small kernels, and launching them one by one from Python took longer than
-        running them. The graph is captured
-        again whenever what it baked in changes: the phase, the learning rates, the rows
-        per epoch, or the optimizer's moments (cleared by the hardening phase).
+        seventy small kernels, whose launches from Python cost more than their work. The
+        graph is captured again whenever what it baked in changes: the phase, the learning
+        rates, the rows per epoch, or the optimizer's moments (cleared by the hardening
+        phase).
         """
         total, leaf_counts = self._sums
         rows = X.shape[0]
@@ -603,35 +666,33 @@ class Trainer:
             and self.recipe.loss.regulariser_weight_is_constant
         )
 
-    @torch.no_grad()
-    def _weight_penalty(self, regulariser_weight, n_samples):
-        """``0.5 * alpha * ||W||^2 / n_samples`` over the trained weights, each group's
-        weighted by its decay factor, plus the routing group lasso while the routing trains
-        (see ``_add_routing_lasso_gradient``).
 
-        Taken on the weights at the end of an epoch: the norms of every weight once per
-        epoch rather than once per step, which cost as much as a tenth of a step.
-        """
-        squared = 0.0
-        for decay_factor, weights in self.optimizer.decayed_groups():
-            norms = torch.stack(torch._foreach_norm(weights))
-            squared += decay_factor * norms.square().sum().item()
-        lasso = 0.0
-        if self.routing_lasso is not None and self.network.node_weights.requires_grad:
-            lasso = torch.dot(self.routing_lasso, self._routing_column_norms()).item()
-        return regulariser_weight * self.recipe.alpha / n_samples * (0.5 * squared + lasso)
+def _optimizer_for(network, recipe):
+    """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
+    scales the L2 weight decay that :meth:`train_step` sets: 1 for the weights, 0 for
+    the biases, the recipe's routing factor for the routing weights."""
+    routing = network.node_weights
+    weights = list(network.weight_matrices())
+    biases = [p for p in network.parameters() if all(p is not w for w in weights)]
+    weights = [w for w in weights if w is not routing]
+    groups = [{"params": weights, "decay_factor": 1.0},
+              {"params": biases, "decay_factor": 0.0},
+              {"params": [routing], "decay_factor": recipe.routing_decay_factor}]
+    return FusedAdam(groups, lr=recipe.learning_rate)
 
-    # Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.
-    _OVERFLOWING_DECAY = 1e20
 
-    def _divergence_message(self, n_samples):
-        message = "The training loss became NaN or infinite. "
-        alpha = self.recipe.alpha
-        if alpha / n_samples > self._OVERFLOWING_DECAY:
-            return message + (
-                f"alpha={alpha:g} is too large for float32 arithmetic: lower it."
-            )
+# Above this weight decay per row, the L2 penalty itself overflows float32 arithmetic.
+_OVERFLOWING_DECAY = 1e20
+
+
+def _divergence_message(alpha, n_samples):
+    """What a fit whose loss became NaN or infinite tells the user to change."""
+    message = "The training loss became NaN or infinite. "
+    if alpha / n_samples > _OVERFLOWING_DECAY:
         return message + (
-            "Scale the inputs (for example with StandardScaler), lower learning_rate_init, "
-            "or raise alpha."
+            f"alpha={alpha:g} is too large for float32 arithmetic: lower it."
         )
+    return message + (
+        "Scale the inputs (for example with StandardScaler), lower learning_rate_init, "
+        "or raise alpha."
+    )

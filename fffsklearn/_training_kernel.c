@@ -5,13 +5,13 @@
  *
  * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
  * and the dense leaf products) take about thirty small tensor operations per training step,
- * whose dispatch cost more than the arithmetic: 200 us of a 700 us step at depth 4. Here each
- * direction is one call with one pass over every row. Routing arithmetic is in double,
+ * whose dispatch costs more than the arithmetic. Here each direction is one call with one
+ * pass over every row. Routing arithmetic is in double,
  * results in float32.
  *
  * A leaf's probability is the product over its path of sigmoid(z) where the path goes right
  * at a node of logit z and sigmoid(-z) where it goes left, in double: one exp per node, where
- * sums of log-probabilities took three per node and one per leaf.
+ * sums of log-probabilities need three per node and one per leaf.
  * The gradient of a step's log-probability is the sum of grad * probability over the leaves
  * below it; d log sigmoid(z)/dz = 1 - sigmoid(z), d log sigmoid(-z)/dz = -sigmoid(z).
  * A region-leak swap exchanges a node's two probabilities (z becomes -z) but not its hard
@@ -120,8 +120,8 @@ static int depth_of(Py_ssize_t n_nodes) {
  * register that flush them to zero. A weight that the L2 decay shrinks for thousands of steps
  * without a gradient (a dead unit), an Adam moment that decays likewise, and a path
  * probability of a routing sharpened by hardening all sink into the denormal range, where
- * every product that reads them runs 10 to 100 times slower on x86 (a depth-6 fit took 13
- * times as long). Flushed, they are zero: below 1.2e-38 they do not change a float32 sum. */
+ * every product that reads them runs an order of magnitude slower on x86. Flushed, they are
+ * zero: below 1.2e-38 they do not change a float32 sum. */
 #if defined(__x86_64__) || defined(__i386__)
 #define FLUSH_DENORMALS 0x8040u /* MXCSR: flush to zero (bit 15), denormals are zero (bit 6) */
 static unsigned long long denormal_mode(void) { return _mm_getcsr() & FLUSH_DENORMALS; }
@@ -712,8 +712,8 @@ done:
 
 /* add_normal_noise(rows, std, quantiles, seed): rows[i, j] += std[j] * z, each z read from a
  * table of standard normal quantiles (fffsklearn/_training.py, _NORMAL_QUANTILES) at 16
- * random bits of a splitmix64 stream from `seed`. About 1 ns a value: torch's exact normals
- * took 3.6, a third of a training step on 784 features. */
+ * random bits of a splitmix64 stream from `seed`: a table read a value, where torch's exact
+ * normals cost several transcendental functions. */
 static inline uint64_t splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;

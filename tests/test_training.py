@@ -388,12 +388,12 @@ def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, r
     squared = sum(w.square().sum().item() for w in network.weight_matrices())
     squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
     alpha = trainer.recipe.alpha
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
                                                               rel=1e-5)
     # Frozen while hardening, the routing leaves the penalty.
     trainer.start_hardening()
     squared -= routing_factor * network.node_weights.square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
                                                               rel=1e-5)
 
 
@@ -480,7 +480,7 @@ def test_the_routing_group_lasso_gradient_and_penalty():
     with torch.no_grad():
         weights[:, 3] = 0.0  # a column the lasso has zeroed: subgradient 0, not NaN
     weights.grad = torch.zeros_like(weights)
-    trainer._add_routing_lasso_gradient(0.01)
+    trainer.penalties.add_lasso_gradient(0.01)
     columns = weights.detach().numpy()
     norms = np.linalg.norm(columns, axis=0)
     strength = trainer.recipe.routing_group_lasso * shares * 0.01
@@ -490,12 +490,12 @@ def test_the_routing_group_lasso_gradient_and_penalty():
     l2 = sum(w.square().sum().item() for w in trainer.network.weight_matrices())
     l2 += 2.0 * weights.square().sum().item()  # the routing's factor 3
     lasso = trainer.recipe.routing_group_lasso * float(shares @ norms)
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(
         trainer.recipe.alpha / 100 * (0.5 * l2 + lasso), rel=1e-5)
     # Frozen while hardening, the routing leaves both penalties and takes no lasso gradient.
     trainer.start_hardening()
     l2 -= 3.0 * weights.square().sum().item()
-    assert trainer._weight_penalty(1.0, 100) == pytest.approx(0.5 * trainer.recipe.alpha / 100 * l2,
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * trainer.recipe.alpha / 100 * l2,
                                                               rel=1e-5)
 
 

@@ -234,8 +234,7 @@ INLINE const float *input_row(const input_t *in, Py_ssize_t r, Py_ssize_t d, flo
 /* GCC vector types. The float code is written once for vectors of LANES floats and defined
  * for the native width of each instance of process_block: 8 lanes (AVX registers) in the AVX2
  * instance, 4 (SSE or NEON registers) in the baseline one. Wider-than-native vectors would
- * also compile, but GCC then multiplies a scalar by a vector through the stack, about twenty
- * times slower. The double code (routing's exact path and norms) multiplies vectors only. */
+ * also compile, but GCC then multiplies a scalar by a vector through the stack. The double code (routing's exact path and norms) multiplies vectors only. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef double v4d __attribute__((vector_size(32)));
@@ -657,9 +656,8 @@ enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2 };
  * that 512-row blocks do. That stays within MAX_BLOCK_ROWS and the bytes of float32 copies a
  * thread keeps. A smaller input is still shared among the threads, down to MIN_THREAD_ROWS
  * rows each, and the blocks are evened out so that every thread gets as many. Below that a
- * call runs on the calling thread: a row costs about a microsecond, but waking a thread pool
- * that has gone to sleep cost 4 to 5 ms on a 2-core virtual machine (a 256-row call after a
- * 10 ms pause: 0.66 ms on one thread, 6.0 ms on two), against a few microseconds when warm. */
+ * call runs on the calling thread: waking a thread pool that has gone to sleep costs more
+ * than routing a few hundred rows on one thread. */
 static Py_ssize_t block_rows(const model_t *m, const input_t *in, int n_threads) {
     Py_ssize_t target = ROWS_PER_LEAF << m->depth;
     if (target < MIN_BLOCK_ROWS) target = MIN_BLOCK_ROWS;

@@ -7,9 +7,8 @@ The leaves are then evaluated as batched products over tiles of rows sorted by l
 tile holds rows of one leaf and multiplies them by that leaf's weights. Rows are processed in
 sub-chunks whose temporary tensors stay within a fixed memory budget.
 
-Gathering each row's node and leaf weights instead, as this backend first did, moved some
-100 KB per row at d=784 and depth 8 and ran 2.8 times slower than the dense twin of the
-training width on an H100 (docs/model_quality.rst, "GPU").
+Gathering each row's node and leaf weights instead moves a copy of a leaf per row, more
+memory traffic than the dense twin of the training width needs.
 """
 
 import weakref

@@ -11,7 +11,7 @@ and the master leaf with matrix products, and writes the outputs.
 The torch backend, which does the same with torch operations, reads each row several times
 in separate passes (a float64 copy, the routing product, the leaf-sorted tiles); these
 kernels read a row of up to 1,024 features from device memory once to route it and once to
-evaluate it (docs/model_quality.rst, "GPU").
+evaluate it.
 
 Importing this module needs Triton; without a GPU, it runs under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before the import), which is how the CPU tests check it.

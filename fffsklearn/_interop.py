@@ -1,0 +1,83 @@
+"""The torch side of the estimators: a fitted estimator as a trainable torch module, and back.
+
+Torch loads when these are called, not with the package.
+"""
+
+from abc import abstractmethod
+
+import numpy as np
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._arrays import FFFArrays
+from ._preparation import InputPreparation
+
+
+class TorchInterop:
+    """``to_module`` and ``from_network`` of the estimators (mixed into their base)."""
+
+    @abstractmethod
+    def _arrays_in_output_units(self):
+        """``arrays_`` with outputs in the units users see (logits, or targets)."""
+
+    def to_module(self):
+        """A trainable torch copy of the fitted network, for a training loop of your own.
+
+        The module takes raw rows (the input standardisation is folded into its first
+        layers) and returns raw outputs: class logits in the order of ``classes_``, or the
+        targets in their own units. Train it with :func:`fffsklearn.nn.load_balancing_loss`
+        and :class:`fffsklearn.nn.Hardening`, then turn it back into an estimator with
+        ``from_network``.
+
+        Returns
+        -------
+        module : fffsklearn.nn.FFFNetwork
+            In training mode, straight-through.
+        """
+        from ._network import FFFNetwork
+
+        check_is_fitted(self, "arrays_")
+        return FFFNetwork.from_arrays(self._arrays_in_output_units()).train()
+
+    @classmethod
+    def _from_network(cls, network, X, params, target_attributes):
+        """A fitted estimator holding ``network`` (an FFFNetwork or FFFArrays).
+
+        ``target_attributes(arrays)`` returns the fitted target attributes that give the
+        network's outputs their meaning (or raises if they cannot); ``X`` sets the input
+        attributes and the leaf counts."""
+        from ._network import FFFNetwork
+
+        trained_as = {}
+        if isinstance(network, FFFNetwork):
+            arrays = network.to_arrays()
+            # A warm start then trains the first layers as the network did.
+            projection = network.input_projection
+            trained_as["projection_rank"] = None if projection is None else projection.shape[1]
+        elif isinstance(network, FFFArrays):
+            arrays = network
+        else:
+            raise TypeError(
+                "network must be an fffsklearn.nn.FFFNetwork or an FFFArrays, got "
+                f"{type(network).__name__}."
+            )
+        estimator = cls(**params).set_params(
+            depth=arrays.depth, leaf_width=arrays.leaf_width,
+            master_leaf_width=arrays.master_leaf_width, activation=arrays.activation,
+            **trained_as,
+        )
+        estimator._validate_params()
+        X = validate_data(estimator, X, reset=True, dtype=np.float32)
+        if X.shape[1] != arrays.n_features:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but the network takes {arrays.n_features}."
+            )
+        vars(estimator).update(target_attributes(arrays))
+        estimator.arrays_ = arrays
+        estimator._preparation = InputPreparation.identity(arrays.n_features)
+        estimator.device_ = "cpu"
+        estimator.n_iter_ = 0
+        estimator.loss_curve_ = []
+        estimator.best_loss_ = estimator.validation_scores_ = None
+        estimator.best_validation_score_ = None
+        estimator.leaf_sample_counts_ = estimator._count_leaves(X)
+        return estimator
