@@ -95,6 +95,7 @@ setup(
         Extension(
             "fffsklearn.inference._kernel",
             ["fffsklearn/inference/_kernel.c"],
+            depends=["fffsklearn/_kernel_common.h"],
             define_macros=kernel_macros(),
         ),
         # The CPU training step's routing and hard-leaf layers; without it training computes
@@ -102,6 +103,7 @@ setup(
         Extension(
             "fffsklearn._training_kernel",
             ["fffsklearn/_training_kernel.c"],
+            depends=["fffsklearn/_kernel_common.h"],
             define_macros=kernel_macros(),
         ),
     ],

@@ -18,8 +18,8 @@
  * decision, which is always z > 0.
  */
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_kernel_common.h"
+
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -31,13 +31,7 @@
 #include <xmmintrin.h>
 #endif
 
-/* The hard leaf's loops are compiled twice, for AVX2+FMA machines and for the baseline, as
- * in the inference kernel (inference/_kernel.c). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_CLONES)
-#define HOT_PATH __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define HOT_PATH
-#endif
+/* The hard leaf's loops are compiled once per instruction set (FFF_DISPATCH). */
 
 /* The activation codes come from fffsklearn/_activations.py, through setup.py. */
 #if !defined(FFF_ACT_RELU) || !defined(FFF_ACT_TANH) || !defined(FFF_ACT_LOGISTIC) || \
@@ -45,62 +39,10 @@
 #error "build the training kernel through setup.py, which defines the FFF_ACT_* codes"
 #endif
 
-typedef struct {
-    Py_buffer view;
-    int held;
-} buffer_t;
-
-static void release(buffer_t *b) {
-    if (b->held) PyBuffer_Release(&b->view);
-    b->held = 0;
-}
-
-static char item_format(const Py_buffer *view) {
-    const char *f = view->format ? view->format : "B";
-    while (*f == '<' || *f == '=' || *f == '@' || *f == '|') f++;
-    return (f[0] != '\0' && f[1] == '\0') ? f[0] : '?';
-}
-
-/* A 2-D buffer of `rows` x `cols` items of format `format` (and size `itemsize`), any strides
- * for inputs, C-contiguous and writable for outputs. */
-static int get_matrix(PyObject *obj, buffer_t *b, const char *name, char format,
-                      Py_ssize_t itemsize, Py_ssize_t rows, Py_ssize_t cols, int output) {
-    int flags = output ? (PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
-                       : (PyBUF_STRIDES | PyBUF_FORMAT);
-    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
-    b->held = 1;
-    const Py_buffer *v = &b->view;
-    if (v->ndim != 2 || item_format(v) != format || v->itemsize != itemsize ||
-        (rows >= 0 && v->shape[0] != rows) || (cols >= 0 && v->shape[1] != cols) ||
-        v->strides[0] % itemsize || v->strides[1] % itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s has the wrong type, shape or strides.", name);
-        return -1;
-    }
-    return 0;
-}
-
-/* A 1-D buffer of `length` items (or any length if negative), C-contiguous; writable if
- * `output`. Integer indices are int64 ('l' or 'q'). */
-static int get_vector(PyObject *obj, buffer_t *b, const char *name, char format,
-                      Py_ssize_t itemsize, Py_ssize_t length, int output) {
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (output ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, &b->view, flags) < 0) return -1;
-    b->held = 1;
-    const Py_buffer *v = &b->view;
-    char f = item_format(v);
-    int format_ok = format == 'q' ? (f == 'q' || f == 'l') : f == format;
-    if (v->ndim != 1 || !format_ok || v->itemsize != itemsize ||
-        (length >= 0 && v->shape[0] != length)) {
-        PyErr_Format(PyExc_ValueError, "%s has the wrong type or shape.", name);
-        return -1;
-    }
-    return 0;
-}
-
-/* A C-contiguous 2-D float32 buffer (see get_matrix). */
-static int get_dense(PyObject *obj, buffer_t *b, const char *name, Py_ssize_t rows,
+/* A C-contiguous 2-D float32 buffer (see fff_get_matrix). */
+static int get_dense(PyObject *obj, fff_buffer_t *b, const char *name, Py_ssize_t rows,
                      Py_ssize_t cols, int output) {
-    if (get_matrix(obj, b, name, 'f', 4, rows, cols, output) < 0) return -1;
+    if (fff_get_matrix(obj, b, name, 'f', 4, rows, cols, output) < 0) return -1;
     const Py_buffer *v = &b->view;
     if (!output && (v->strides[1] != 4 || v->strides[0] != 4 * v->shape[1])) {
         PyErr_Format(PyExc_ValueError, "%s must be C-contiguous.", name);
@@ -163,11 +105,11 @@ static PyObject *path_probabilities(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOOO", &logits_obj, &swap_obj, &probabilities_obj, &hard_obj,
                           &right_obj, &leaves_obj))
         return NULL;
-    buffer_t logits = {0}, swap = {0}, probabilities = {0}, hard = {0}, right = {0},
+    fff_buffer_t logits = {0}, swap = {0}, probabilities = {0}, hard = {0}, right = {0},
              leaves = {0};
     PyObject *result = NULL;
     double *products = NULL;
-    if (get_matrix(logits_obj, &logits, "logits", 'f', 4, -1, -1, 0) < 0) goto done;
+    if (fff_get_matrix(logits_obj, &logits, "logits", 'f', 4, -1, -1, 0) < 0) goto done;
     Py_ssize_t n = logits.view.shape[0], n_nodes = logits.view.shape[1];
     int depth = depth_of(n_nodes);
     if (depth < 0) {
@@ -176,13 +118,13 @@ static PyObject *path_probabilities(PyObject *self, PyObject *args) {
     }
     Py_ssize_t n_leaves = n_nodes + 1;
     if (swap_obj != Py_None &&
-        get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0)
+        fff_get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0)
         goto done;
-    if (get_matrix(probabilities_obj, &probabilities, "leaf_probabilities_out", 'f', 4, n,
+    if (fff_get_matrix(probabilities_obj, &probabilities, "leaf_probabilities_out", 'f', 4, n,
                    n_leaves, 1) < 0 ||
-        get_matrix(hard_obj, &hard, "hard_one_hot_out", 'f', 4, n, n_leaves, 1) < 0 ||
-        get_matrix(right_obj, &right, "right_out", 'f', 4, n, n_nodes, 1) < 0 ||
-        get_vector(leaves_obj, &leaves, "hard_leaves_out", 'q', 8, n, 1) < 0)
+        fff_get_matrix(hard_obj, &hard, "hard_one_hot_out", 'f', 4, n, n_leaves, 1) < 0 ||
+        fff_get_matrix(right_obj, &right, "right_out", 'f', 4, n, n_nodes, 1) < 0 ||
+        fff_get_vector(leaves_obj, &leaves, "hard_leaves_out", 'q', 8, n, 1) < 0)
         goto done;
     products = malloc(sizeof(double) * n_leaves);
     if (products == NULL) {
@@ -232,8 +174,8 @@ static PyObject *path_probabilities(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     free(products);
-    release(&logits), release(&swap), release(&probabilities), release(&hard), release(&right);
-    release(&leaves);
+    fff_release(&logits), fff_release(&swap), fff_release(&probabilities), fff_release(&hard), fff_release(&right);
+    fff_release(&leaves);
     return result;
 }
 
@@ -243,10 +185,10 @@ static PyObject *path_gradients(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOOOO", &grad_obj, &probabilities_obj, &right_obj, &swap_obj,
                           &out_obj))
         return NULL;
-    buffer_t grad = {0}, probabilities = {0}, right = {0}, swap = {0}, out = {0};
+    fff_buffer_t grad = {0}, probabilities = {0}, right = {0}, swap = {0}, out = {0};
     PyObject *result = NULL;
     double *below = NULL;
-    if (get_matrix(probabilities_obj, &probabilities, "leaf_probabilities", 'f', 4, -1, -1, 0) < 0)
+    if (fff_get_matrix(probabilities_obj, &probabilities, "leaf_probabilities", 'f', 4, -1, -1, 0) < 0)
         goto done;
     Py_ssize_t n = probabilities.view.shape[0], n_leaves = probabilities.view.shape[1];
     Py_ssize_t n_nodes = n_leaves - 1;
@@ -255,10 +197,10 @@ static PyObject *path_gradients(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "leaf_probabilities must have 2**depth columns.");
         goto done;
     }
-    if (get_matrix(grad_obj, &grad, "grad_probabilities", 'f', 4, n, n_leaves, 0) < 0 ||
-        get_matrix(right_obj, &right, "right", 'f', 4, n, n_nodes, 0) < 0 ||
-        (swap_obj != Py_None && get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0) ||
-        get_matrix(out_obj, &out, "grad_logits_out", 'f', 4, n, n_nodes, 1) < 0)
+    if (fff_get_matrix(grad_obj, &grad, "grad_probabilities", 'f', 4, n, n_leaves, 0) < 0 ||
+        fff_get_matrix(right_obj, &right, "right", 'f', 4, n, n_nodes, 0) < 0 ||
+        (swap_obj != Py_None && fff_get_matrix(swap_obj, &swap, "swap", '?', 1, n, n_nodes, 0) < 0) ||
+        fff_get_matrix(out_obj, &out, "grad_logits_out", 'f', 4, n, n_nodes, 1) < 0)
         goto done;
     below = malloc(sizeof(double) * n_leaves);
     if (below == NULL) {
@@ -297,7 +239,7 @@ static PyObject *path_gradients(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     free(below);
-    release(&grad), release(&probabilities), release(&right), release(&swap), release(&out);
+    fff_release(&grad), fff_release(&probabilities), fff_release(&right), fff_release(&swap), fff_release(&out);
     return result;
 }
 
@@ -325,11 +267,11 @@ static int leaf_layout(Py_ssize_t width, Py_ssize_t n_leaves, const int64_t *lea
     return 0;
 }
 
-HOT_PATH
-static void hard_outputs_loop(Py_ssize_t n, Py_ssize_t width, Py_ssize_t leaf_width,
-                              Py_ssize_t n_outputs, const float *restrict hidden,
-                              const int64_t *restrict leaves, const float *restrict weights,
-                              const float *restrict biases, float *restrict outputs) {
+FFF_INLINE void hard_outputs_loop_body(Py_ssize_t n, Py_ssize_t width, Py_ssize_t leaf_width,
+                                       Py_ssize_t n_outputs, const float *restrict hidden,
+                                       const int64_t *restrict leaves,
+                                       const float *restrict weights,
+                                       const float *restrict biases, float *restrict outputs) {
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t first = leaves[i] * leaf_width;
         const float *h = hidden + i * width + first;
@@ -342,18 +284,25 @@ static void hard_outputs_loop(Py_ssize_t n, Py_ssize_t width, Py_ssize_t leaf_wi
     }
 }
 
+FFF_DISPATCH(hard_outputs_loop,
+             (Py_ssize_t n, Py_ssize_t width, Py_ssize_t leaf_width, Py_ssize_t n_outputs,
+              const float *restrict hidden, const int64_t *restrict leaves,
+              const float *restrict weights, const float *restrict biases,
+              float *restrict outputs),
+             (n, width, leaf_width, n_outputs, hidden, leaves, weights, biases, outputs))
+
 /* hard_leaf_outputs(hidden, hard_leaves, leaf_output_weights, leaf_output_biases, outputs_out) */
 static PyObject *hard_leaf_outputs(PyObject *self, PyObject *args) {
     PyObject *hidden_obj, *leaves_obj, *weights_obj, *biases_obj, *out_obj;
     if (!PyArg_ParseTuple(args, "OOOOO", &hidden_obj, &leaves_obj, &weights_obj, &biases_obj,
                           &out_obj))
         return NULL;
-    buffer_t hidden = {0}, leaves = {0}, weights = {0}, biases = {0}, out = {0};
+    fff_buffer_t hidden = {0}, leaves = {0}, weights = {0}, biases = {0}, out = {0};
     PyObject *result = NULL;
     Py_ssize_t leaf_width;
     if (get_dense(hidden_obj, &hidden, "hidden", -1, -1, 0) < 0) goto done;
     Py_ssize_t n = hidden.view.shape[0], width = hidden.view.shape[1];
-    if (get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+    if (fff_get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
         get_dense(biases_obj, &biases, "leaf_output_biases", -1, -1, 0) < 0)
         goto done;
     Py_ssize_t n_leaves = biases.view.shape[0], n_outputs = biases.view.shape[1];
@@ -368,7 +317,7 @@ static PyObject *hard_leaf_outputs(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    release(&hidden), release(&leaves), release(&weights), release(&biases), release(&out);
+    fff_release(&hidden), fff_release(&leaves), fff_release(&weights), fff_release(&biases), fff_release(&out);
     return result;
 }
 
@@ -401,7 +350,7 @@ typedef struct {
 
 #define X_AT(a, i, f) (*(const float *)((a)->X + (i) * (a)->x_row + (f) * (a)->x_col))
 #define G_AT(a, i, c) (*(const float *)((a)->grad_outputs + (i) * (a)->g_row + (c) * (a)->g_col))
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE FFF_INLINE
 
 /* GCC vector types: 8 float lanes, AVX registers in the AVX2 clone, pairs of SSE registers in
  * the baseline one. A block of L floats is L / 8 vectors and L % 8 scalars; with L a
@@ -531,8 +480,7 @@ INLINE void hard_gradients_body(const hard_gradients_t *a, const Py_ssize_t L) {
     }
 }
 
-HOT_PATH
-static void hard_gradients_loop(const hard_gradients_t *a, Py_ssize_t leaf_width) {
+FFF_INLINE void hard_gradients_loop_body(const hard_gradients_t *a, Py_ssize_t leaf_width) {
     switch (leaf_width) {
     case 8: hard_gradients_body(a, 8); break;
     case 16: hard_gradients_body(a, 16); break;
@@ -540,6 +488,9 @@ static void hard_gradients_loop(const hard_gradients_t *a, Py_ssize_t leaf_width
     default: hard_gradients_body(a, leaf_width);
     }
 }
+
+FFF_DISPATCH(hard_gradients_loop, (const hard_gradients_t *a, Py_ssize_t leaf_width),
+             (a, leaf_width))
 
 /* hard_leaf_gradients(X, hidden, hard_leaves, grad_outputs, leaf_output_weights, activation,
  *                     grad_hidden_weights_out, grad_hidden_biases_out,
@@ -553,7 +504,7 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
                           &weights_obj, &activation, &ghw_obj, &ghb_obj, &gow_obj, &gob_obj,
                           &leaf_grad_obj, &pre_obj))
         return NULL;
-    buffer_t X = {0}, hidden = {0}, leaves = {0}, g = {0}, weights = {0}, ghw = {0}, ghb = {0},
+    fff_buffer_t X = {0}, hidden = {0}, leaves = {0}, g = {0}, weights = {0}, ghw = {0}, ghb = {0},
              gow = {0}, gob = {0}, leaf_grad = {0}, pre = {0};
     PyObject *result = NULL;
     hard_gradients_t a = {0};
@@ -564,18 +515,18 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "unknown activation code %d.", activation);
         return NULL;
     }
-    if (get_matrix(X_obj, &X, "X", 'f', 4, -1, -1, 0) < 0) goto done;
+    if (fff_get_matrix(X_obj, &X, "X", 'f', 4, -1, -1, 0) < 0) goto done;
     Py_ssize_t n = X.view.shape[0], d = X.view.shape[1];
     if (get_dense(hidden_obj, &hidden, "hidden", n, -1, 0) < 0 ||
-        get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+        fff_get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
         get_dense(gob_obj, &gob, "grad_output_biases_out", -1, -1, 1) < 0)
         goto done;
     Py_ssize_t width = hidden.view.shape[1];
     Py_ssize_t n_leaves = gob.view.shape[0], o = gob.view.shape[1];
-    if (get_matrix(g_obj, &g, "grad_outputs", 'f', 4, n, o, 0) < 0 ||
+    if (fff_get_matrix(g_obj, &g, "grad_outputs", 'f', 4, n, o, 0) < 0 ||
         get_dense(weights_obj, &weights, "leaf_output_weights", o, width, 0) < 0 ||
         get_dense(ghw_obj, &ghw, "grad_hidden_weights_out", d, width, 1) < 0 ||
-        get_vector(ghb_obj, &ghb, "grad_hidden_biases_out", 'f', 4, width, 1) < 0 ||
+        fff_get_vector(ghb_obj, &ghb, "grad_hidden_biases_out", 'f', 4, width, 1) < 0 ||
         get_dense(gow_obj, &gow, "grad_output_weights_out", o, width, 1) < 0 ||
         (leaf_grad_obj != Py_None &&
          get_dense(leaf_grad_obj, &leaf_grad, "leaf_gradients_out", n, n_leaves, 1) < 0) ||
@@ -609,9 +560,9 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     free(a.order), free(a.ends), free(own_block), free(a.grad_row);
-    release(&X), release(&hidden), release(&leaves), release(&g), release(&weights);
-    release(&ghw), release(&ghb), release(&gow), release(&gob), release(&leaf_grad);
-    release(&pre);
+    fff_release(&X), fff_release(&hidden), fff_release(&leaves), fff_release(&g), fff_release(&weights);
+    fff_release(&ghw), fff_release(&ghb), fff_release(&gow), fff_release(&gob), fff_release(&leaf_grad);
+    fff_release(&pre);
     return result;
 }
 
@@ -623,12 +574,12 @@ static PyObject *hard_leaf_input_gradients(PyObject *self, PyObject *args) {
     PyObject *pre_obj, *leaves_obj, *weights_obj, *out_obj;
     if (!PyArg_ParseTuple(args, "OOOO", &pre_obj, &leaves_obj, &weights_obj, &out_obj))
         return NULL;
-    buffer_t pre = {0}, leaves = {0}, weights = {0}, out = {0};
+    fff_buffer_t pre = {0}, leaves = {0}, weights = {0}, out = {0};
     PyObject *result = NULL;
     Py_ssize_t leaf_width;
     if (get_dense(pre_obj, &pre, "grad_pre_activations", -1, -1, 0) < 0) goto done;
     Py_ssize_t n = pre.view.shape[0], L = pre.view.shape[1];
-    if (get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
+    if (fff_get_vector(leaves_obj, &leaves, "hard_leaves", 'q', 8, n, 0) < 0 ||
         get_dense(weights_obj, &weights, "leaf_hidden_weights", -1, -1, 0) < 0)
         goto done;
     Py_ssize_t rank = weights.view.shape[0], width = weights.view.shape[1];
@@ -651,7 +602,7 @@ static PyObject *hard_leaf_input_gradients(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    release(&pre), release(&leaves), release(&weights), release(&out);
+    fff_release(&pre), fff_release(&leaves), fff_release(&weights), fff_release(&out);
     return result;
 }
 
@@ -669,12 +620,12 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "smoothing must be in [0, 1).");
         return NULL;
     }
-    buffer_t logits = {0}, targets = {0}, weight = {0}, out = {0};
+    fff_buffer_t logits = {0}, targets = {0}, weight = {0}, out = {0};
     PyObject *result = NULL;
     if (get_dense(logits_obj, &logits, "logits", -1, -1, 0) < 0) goto done;
     Py_ssize_t n = logits.view.shape[0], n_classes = logits.view.shape[1];
-    if (get_vector(targets_obj, &targets, "targets", 'q', 8, n, 0) < 0 ||
-        get_vector(weight_obj, &weight, "row_weight", 'f', 4, n, 0) < 0 ||
+    if (fff_get_vector(targets_obj, &targets, "targets", 'q', 8, n, 0) < 0 ||
+        fff_get_vector(weight_obj, &weight, "row_weight", 'f', 4, n, 0) < 0 ||
         get_dense(out_obj, &out, "grad_out", n, n_classes, 1) < 0)
         goto done;
     const int64_t *y = targets.view.buf;
@@ -706,7 +657,7 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     result = PyFloat_FromDouble(total);
 done:
-    release(&logits), release(&targets), release(&weight), release(&out);
+    fff_release(&logits), fff_release(&targets), fff_release(&weight), fff_release(&out);
     return result;
 }
 
@@ -726,12 +677,12 @@ static PyObject *add_normal_noise(PyObject *self, PyObject *args) {
     unsigned long long seed;
     if (!PyArg_ParseTuple(args, "OOOK", &rows_obj, &std_obj, &quantiles_obj, &seed))
         return NULL;
-    buffer_t rows = {0}, std = {0}, quantiles = {0};
+    fff_buffer_t rows = {0}, std = {0}, quantiles = {0};
     PyObject *result = NULL;
     if (get_dense(rows_obj, &rows, "rows", -1, -1, 1) < 0) goto done;
     Py_ssize_t n = rows.view.shape[0], d = rows.view.shape[1];
-    if (get_vector(std_obj, &std, "std", 'f', 4, d, 0) < 0 ||
-        get_vector(quantiles_obj, &quantiles, "quantiles", 'f', 4, 65536, 0) < 0)
+    if (fff_get_vector(std_obj, &std, "std", 'f', 4, d, 0) < 0 ||
+        fff_get_vector(quantiles_obj, &quantiles, "quantiles", 'f', 4, 65536, 0) < 0)
         goto done;
     Py_BEGIN_ALLOW_THREADS
     const float *s = std.view.buf, *q = quantiles.view.buf;
@@ -749,7 +700,7 @@ static PyObject *add_normal_noise(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    release(&rows), release(&std), release(&quantiles);
+    fff_release(&rows), fff_release(&std), fff_release(&quantiles);
     return result;
 }
 
@@ -804,6 +755,9 @@ static struct PyModuleDef module = {
     "The CPU training step's routing and hard-leaf arithmetic.", -1, methods};
 
 PyMODINIT_FUNC PyInit__training_kernel(void) {
+#ifdef FFF_X86_DISPATCH
+    fff_use_avx2 = fff_cpu_has_avx2();
+#endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "FLUSH_DENORMALS", (long)FLUSH_DENORMALS) < 0) {
         Py_DECREF(m);

@@ -17,8 +17,8 @@
  * weight once for four rows; (3) the master leaf runs the same loop over the whole block.
  * Nothing a row computes depends on the other rows of its batch.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "../_kernel_common.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,13 +27,10 @@
 #include <omp.h>
 #endif
 
-/* One build runs everywhere: process_block is compiled once for each instruction set below,
- * and run() calls the widest one this CPU supports, unless use_instruction_set chose a
- * narrower one. The compute helpers are inlined into each instance. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FFF_NO_DISPATCH)
-#define X86_DISPATCH 1
-#endif
-#define INLINE static inline __attribute__((always_inline))
+/* process_block is compiled once for each instruction set (see _kernel_common.h), and run()
+ * calls the widest one this CPU supports, unless use_instruction_set chose a narrower one
+ * (the tests compare them). The compute helpers are inlined into each instance. */
+#define INLINE FFF_INLINE
 
 /* The depth limit and the activations come from the Python modules that define them for
  * every part of the package (fffsklearn/_limits.py, fffsklearn/_activations.py); setup.py
@@ -77,12 +74,6 @@ typedef struct {
 /* ------------------------------------------------------------------------------------------ */
 /* Buffer checks                                                                              */
 
-static char normalized_format(const Py_buffer *view) {
-    const char *f = view->format ? view->format : "B";
-    while (*f == '<' || *f == '=' || *f == '@' || *f == '|') f++;
-    return (f[0] != '\0' && f[1] == '\0') ? f[0] : '?';
-}
-
 /* Views kept alive for the duration of one call. */
 typedef struct {
     Py_buffer views[12];
@@ -108,7 +99,7 @@ static const float *float32_attribute(PyObject *arrays, const char *name, int nd
         return NULL;
     }
     views->count++;
-    if (normalized_format(view) != 'f' || view->itemsize != 4) {
+    if (fff_item_format(view) != 'f' || view->itemsize != 4) {
         PyErr_Format(PyExc_ValueError, "Corrupt FFF model: %s must be float32.", name);
         return NULL;
     }
@@ -614,8 +605,8 @@ typedef void (*block_fn)(const model_t *, const input_t *, Py_ssize_t, Py_ssize_
                                 workspace_t *w) {                                             \
         process_block(m, in, start, n_rows, leaves, outputs, w, lanes);                       \
     }
-#ifdef X86_DISPATCH
-BLOCK_INSTANCE(process_block_avx2, __attribute__((target("arch=x86-64-v3"))), 8)
+#ifdef FFF_X86_DISPATCH
+BLOCK_INSTANCE(process_block_avx2, FFF_TARGET_AVX2, 8)
 #endif
 BLOCK_INSTANCE(process_block_baseline, , 4)
 
@@ -626,7 +617,7 @@ typedef struct {
 } instruction_set_t;
 
 static instruction_set_t instruction_sets[] = {
-#ifdef X86_DISPATCH
+#ifdef FFF_X86_DISPATCH
     {"avx2", process_block_avx2, 0},
 #endif
     {"baseline", process_block_baseline, 1},
@@ -635,14 +626,8 @@ static instruction_set_t instruction_sets[] = {
 static int selected_set; /* index into instruction_sets; written only with the GIL held */
 
 static void detect_instruction_sets(void) {
-#ifdef X86_DISPATCH
-    __builtin_cpu_init();
-#if __GNUC__ >= 12
-    instruction_sets[0].supported = __builtin_cpu_supports("x86-64-v3") != 0;
-#else /* before GCC 12 knows the level by name: its AVX2-era features, all of them from Haswell */
-    instruction_sets[0].supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                    __builtin_cpu_supports("bmi2");
-#endif
+#ifdef FFF_X86_DISPATCH
+    instruction_sets[0].supported = fff_cpu_has_avx2();
 #endif
     selected_set = 0;
     while (!instruction_sets[selected_set].supported) selected_set++;
@@ -713,62 +698,42 @@ static PyObject *hard_forward(PyObject *self, PyObject *args) {
         return NULL;
     }
     views_t views = {.count = 0};
-    Py_buffer X_view, leaves_view, outputs_view;
-    int have_X = 0, have_leaves = 0, have_outputs = 0;
+    fff_buffer_t X = {.held = 0}, leaves = {.held = 0}, outputs = {.held = 0};
     model_t m;
     PyObject *result = NULL;
 
     if (read_model(arrays, &m, &views) < 0) goto done;
 
-    if (PyObject_GetBuffer(X_obj, &X_view, PyBUF_STRIDES | PyBUF_FORMAT) < 0) goto done;
-    have_X = 1;
-    char fmt = normalized_format(&X_view);
-    if (X_view.ndim != 2 || !((fmt == 'f' && X_view.itemsize == 4) ||
-                              (fmt == 'd' && X_view.itemsize == 8))) {
+    if (PyObject_GetBuffer(X_obj, &X.view, PyBUF_STRIDES | PyBUF_FORMAT) < 0) goto done;
+    X.held = 1;
+    char fmt = fff_item_format(&X.view);
+    if (X.view.ndim != 2 || !((fmt == 'f' && X.view.itemsize == 4) ||
+                              (fmt == 'd' && X.view.itemsize == 8))) {
         PyErr_SetString(PyExc_ValueError, "X must be a 2-D float32 or float64 array.");
         goto done;
     }
-    if (X_view.shape[1] != m.n_features) {
+    if (X.view.shape[1] != m.n_features) {
         PyErr_Format(PyExc_ValueError, "X has %zd features, but the model expects %zd.",
-                     X_view.shape[1], m.n_features);
+                     X.view.shape[1], m.n_features);
         goto done;
     }
-    if (X_view.strides[0] % X_view.itemsize || X_view.strides[1] % X_view.itemsize) {
+    if (X.view.strides[0] % X.view.itemsize || X.view.strides[1] % X.view.itemsize) {
         PyErr_SetString(PyExc_ValueError, "X strides must be multiples of its item size.");
         goto done;
     }
-    input_t in = {.data = X_view.buf, .n_rows = X_view.shape[0], .stride_row = X_view.strides[0],
-                  .stride_col = X_view.strides[1], .is_double = fmt == 'd'};
+    input_t in = {.data = X.view.buf, .n_rows = X.view.shape[0], .stride_row = X.view.strides[0],
+                  .stride_col = X.view.strides[1], .is_double = fmt == 'd'};
 
-    if (PyObject_GetBuffer(leaves_obj, &leaves_view,
-                           PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+    if (fff_get_vector(leaves_obj, &leaves, "leaves_out", 'q', 8, in.n_rows, 1) < 0) goto done;
+    if (outputs_obj != Py_None &&
+        fff_get_matrix(outputs_obj, &outputs, "outputs_out", 'f', 4, in.n_rows, m.n_outputs,
+                       1) < 0)
         goto done;
-    have_leaves = 1;
-    fmt = normalized_format(&leaves_view);
-    if (leaves_view.ndim != 1 || leaves_view.shape[0] != in.n_rows ||
-        leaves_view.itemsize != 8 || !(fmt == 'l' || fmt == 'q')) {
-        PyErr_SetString(PyExc_ValueError, "leaves_out must be a writable int64 array of n rows.");
-        goto done;
-    }
-    float *outputs = NULL;
-    if (outputs_obj != Py_None) {
-        if (PyObject_GetBuffer(outputs_obj, &outputs_view,
-                               PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
-            goto done;
-        have_outputs = 1;
-        if (outputs_view.ndim != 2 || outputs_view.shape[0] != in.n_rows ||
-            outputs_view.shape[1] != m.n_outputs || normalized_format(&outputs_view) != 'f' ||
-            outputs_view.itemsize != 4) {
-            PyErr_SetString(PyExc_ValueError,
-                            "outputs_out must be a writable float32 array of shape (n, n_outputs).");
-            goto done;
-        }
-        outputs = (float *)outputs_view.buf;
-    }
 
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = run(&m, &in, (int64_t *)leaves_view.buf, outputs, n_threads,
+    rc = run(&m, &in, (int64_t *)leaves.view.buf,
+             outputs.held ? (float *)outputs.view.buf : NULL, n_threads,
              instruction_sets[selected_set].process);
     Py_END_ALLOW_THREADS
     if (rc & RUN_NO_MEMORY) {
@@ -783,9 +748,7 @@ static PyObject *hard_forward(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_outputs) PyBuffer_Release(&outputs_view);
-    if (have_leaves) PyBuffer_Release(&leaves_view);
-    if (have_X) PyBuffer_Release(&X_view);
+    fff_release(&outputs), fff_release(&leaves), fff_release(&X);
     release_views(&views);
     return result;
 }
