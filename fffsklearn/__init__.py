@@ -19,6 +19,7 @@ __all__ = [
     "FitInterrupted",
     "InconsistentFFFVersionWarning",
     "__version__",
+    "register_onnx_converters",
     "skops_trusted_types",
     "to_onnx",
 ]
@@ -27,9 +28,9 @@ __all__ = [
 def to_onnx(estimator, n_features=None, target_opset=None):
     """Export a fitted FFFClassifier, FFFRegressor or a Pipeline holding one to ONNX.
 
-    Needs the optional extra ``fffsklearn[onnx]``. The first call registers fffsklearn's
-    converters with skl2onnx, so that ``skl2onnx.to_onnx`` converts Pipelines holding an FFF
-    estimator afterwards too.
+    Needs the optional extra ``fffsklearn[onnx]``. It registers fffsklearn's converters with
+    skl2onnx (see :func:`register_onnx_converters`) and converts with skl2onnx, so a Pipeline
+    converts as long as skl2onnx can convert its other steps.
 
     Parameters
     ----------
@@ -56,3 +57,20 @@ def to_onnx(estimator, n_features=None, target_opset=None):
     from ._onnx import export
 
     return export(estimator, n_features=n_features, target_opset=target_opset)
+
+
+def register_onnx_converters():
+    """Register the converters of FFFClassifier and FFFRegressor with skl2onnx.
+
+    Afterwards skl2onnx's own ``to_onnx`` and ``convert_sklearn`` convert FFF estimators and
+    the Pipelines that hold them. :func:`to_onnx` calls it itself; ``import fffsklearn``
+    does not, so that the package loads without skl2onnx. Needs ``fffsklearn[onnx]``.
+
+    Raises
+    ------
+    ImportError
+        If the optional dependencies of ``fffsklearn[onnx]`` are not installed.
+    """
+    from ._onnx import register
+
+    register()

@@ -3,8 +3,8 @@
 The graph walks the tree level by level exactly as the other backends do: the input is cast
 to float32 and then to double, node logits are summed in double, and a row goes right iff its
 logit is > 0. The chosen leaf's weights are gathered per row, so the graph evaluates only that
-leaf plus the master leaf. Importing this module registers the converter with skl2onnx, so a
-Pipeline holding an FFF estimator converts with ``skl2onnx.to_onnx`` too.
+leaf plus the master leaf. :func:`register` makes skl2onnx's own ``to_onnx`` and
+``convert_sklearn`` convert FFF estimators (and Pipelines holding them) too.
 """
 
 import numpy as np
@@ -39,6 +39,7 @@ _MIN_OPSET = 13  # ReduceSum and Squeeze take their axes as inputs from opset 13
 
 def export(estimator, n_features=None, target_opset=None):
     """The implementation of :func:`fffsklearn.to_onnx`, which documents it."""
+    register()
     n_features = estimator.n_features_in_ if n_features is None else n_features
     options = None
     if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(
@@ -199,10 +200,14 @@ def _regressor_output_shapes(operator):
     operator.outputs[0].type = FloatTensorType([n_rows, operator.raw_operator.n_outputs_])
 
 
-update_registered_converter(
-    FFFClassifier, "FffsklearnFFFClassifier", _classifier_output_shapes,
-    _convert_classifier, options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
-)
-update_registered_converter(
-    FFFRegressor, "FffsklearnFFFRegressor", _regressor_output_shapes, _convert_regressor
-)
+def register():
+    """Register the converters of FFFClassifier and FFFRegressor with skl2onnx (again: a
+    repeated call replaces them with the same)."""
+    update_registered_converter(
+        FFFClassifier, "FffsklearnFFFClassifier", _classifier_output_shapes,
+        _convert_classifier,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+    )
+    update_registered_converter(
+        FFFRegressor, "FffsklearnFFFRegressor", _regressor_output_shapes, _convert_regressor
+    )

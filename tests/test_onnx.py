@@ -71,7 +71,7 @@ def test_pipeline_through_skl2onnx(digits):
     pipeline = make_pipeline(StandardScaler(), FFFClassifier(depth=4, max_iter=5, random_state=0))
     pipeline.fit(raw, y)
     # fffsklearn.to_onnx converts the Pipeline and registers the converters with skl2onnx,
-    # whose own to_onnx converts it afterwards too.
+    # whose own to_onnx converts it afterwards too (in this process).
     for exported in (
         to_onnx(pipeline),
         skl2onnx.to_onnx(pipeline, raw[:1], options={"zipmap": False}),
@@ -79,6 +79,44 @@ def test_pipeline_through_skl2onnx(digits):
         label, proba = run(exported, raw)
         np.testing.assert_array_equal(label, pipeline.predict(raw))
         np.testing.assert_allclose(proba, pipeline.predict_proba(raw), rtol=1e-5, atol=1e-5)
+
+
+_PIPELINE_THROUGH_SKL2ONNX = """
+import sys
+import numpy as np
+import skl2onnx
+from sklearn.datasets import load_digits
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+import fffsklearn
+X, y = load_digits(return_X_y=True)
+pipeline = make_pipeline(StandardScaler(), fffsklearn.FFFClassifier(depth=2, max_iter=2))
+pipeline.fit(X, y)
+fffsklearn.register_onnx_converters()
+skl2onnx.to_onnx(pipeline, X[:1].astype(np.float32), options={"zipmap": False})
+print("converted")
+"""
+
+
+def test_skl2onnx_converts_a_pipeline_after_registering_as_the_guide_says():
+    """In a fresh process, where nothing registered the converters before."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _PIPELINE_THROUGH_SKL2ONNX],
+                            capture_output=True, text=True)
+    assert result.stdout.strip() == "converted", result.stderr[-2000:]
+
+
+def test_importing_fffsklearn_loads_no_onnx_library():
+    import subprocess
+    import sys
+
+    script = ("import sys, fffsklearn; "
+              "print(sorted(m for m in ('skl2onnx', 'onnx', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_missing_onnx_extra_is_named(monkeypatch):
