@@ -1,5 +1,5 @@
-"""Helpers for tests and benchmarks: random fitted models built directly as arrays, and a
-sampler of the process's anonymous resident memory."""
+"""Helpers for tests and benchmarks: random fitted models built directly as arrays, a
+sampler of the process's anonymous resident memory, and a base for fit callbacks."""
 
 import threading
 import time
@@ -78,3 +78,28 @@ class PeakSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, anonymous_rss_bytes())
+
+
+class EpochCallback:
+    """A scikit-learn fit callback (``set_callbacks``) that sees the end of every epoch.
+
+    Subclasses define ``epoch_end(epoch, fitted_estimator)``, ``epoch`` counted from 1 within
+    the fit; a true return ends training after that epoch.
+    """
+
+    def setup(self, estimator, context):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
+        if context.task_name != "epoch":
+            return False
+        return bool(self.epoch_end(context.task_id + 1, fitted_estimator))
+
+    def epoch_end(self, epoch, fitted_estimator):
+        return False

@@ -21,25 +21,17 @@ from sklearn.datasets import load_digits, make_friedman1, make_regression
 from sklearn.exceptions import ConvergenceWarning
 
 from fffsklearn import FFFClassifier, FFFRegressor
+from fffsklearn._testing import EpochCallback
 
 
-class _InterruptAfter:
-    """A scikit-learn fit callback that interrupts the fit at the end of epoch ``n``."""
+class _InterruptAfter(EpochCallback):
+    """Interrupts the fit at the end of epoch ``n``."""
 
     def __init__(self, n):
         self.n = n
 
-    def setup(self, estimator, context):
-        pass
-
-    def teardown(self, estimator, context):
-        pass
-
-    def on_fit_task_begin(self, estimator, context, **kwargs):
-        pass
-
-    def on_fit_task_end(self, estimator, context, **kwargs):
-        if context.task_name == "epoch" and context.task_id + 1 == self.n:
+    def epoch_end(self, epoch, fitted_estimator):
+        if epoch == self.n:
             raise KeyboardInterrupt
         return False
 

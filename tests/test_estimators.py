@@ -19,6 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
 from fffsklearn._device import prediction_options
 from fffsklearn._network import FFFNetwork
+from fffsklearn._testing import EpochCallback
 from fffsklearn._training import Trainer
 
 
@@ -777,8 +778,8 @@ def test_validation_rows_reach_the_estimator_through_metadata_routing(digits):
 
 
 # ------------------------------------------------------------------- scikit-learn callbacks
-class _StopAfter:
-    """A scikit-learn fit callback that asks to stop after epoch ``n`` and records its calls."""
+class _StopAfter(EpochCallback):
+    """Asks to stop after epoch ``n`` and records its calls."""
 
     def __init__(self, n):
         self.n, self.calls = n, []
@@ -789,14 +790,9 @@ class _StopAfter:
     def teardown(self, estimator, context):
         self.calls.append("teardown")
 
-    def on_fit_task_begin(self, estimator, context, **kwargs):
-        pass
-
-    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
-        if context.task_name == "epoch":
-            self.calls.append(fitted_estimator.n_features_in_)
-            return context.task_id + 1 == self.n
-        return False
+    def epoch_end(self, epoch, fitted_estimator):
+        self.calls.append(fitted_estimator.n_features_in_)
+        return epoch == self.n
 
 
 def test_a_scoring_monitor_scores_every_epoch(digits):

@@ -11,6 +11,7 @@ from fffsklearn import FFFClassifier, FFFRegressor, _losses, _network, _preparat
 from fffsklearn._losses import CrossEntropy
 from fffsklearn._network import _training_kernel, load_balancing_loss
 from fffsklearn._optim import FusedAdam
+from fffsklearn._testing import EpochCallback
 from fffsklearn._training import Trainer
 
 needs_training_kernel = pytest.mark.skipif(
@@ -248,25 +249,14 @@ def test_compiled_noise_refuses_malformed_buffers():
             kernel.add_normal_noise(*args)
 
 
-class _ArraysOfEachEpoch:
-    """A scikit-learn fit callback that keeps the fitted arrays of every epoch."""
+class _ArraysOfEachEpoch(EpochCallback):
+    """Keeps the fitted arrays of every epoch."""
 
     def __init__(self):
         self.arrays = []
 
-    def setup(self, estimator, context):
-        pass
-
-    def teardown(self, estimator, context):
-        pass
-
-    def on_fit_task_begin(self, estimator, context, **kwargs):
-        pass
-
-    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
-        if context.task_name == "epoch":
-            self.arrays.append(fitted_estimator.arrays_)
-        return False
+    def epoch_end(self, epoch, fitted_estimator):
+        self.arrays.append(fitted_estimator.arrays_)
 
 
 @pytest.mark.parametrize("early_stopping", [False, True])
