@@ -21,8 +21,8 @@ both modes, single-threaded. Usage::
     python benchmarks/bench_sparse_training.py [--quick] [--seeds 0,1,2] [--max-iter 50]
 
 The decision rule (issue #13): ship the mode if at depth 8 it is at least 5x faster per epoch
-and within 1 point of full training's accuracy. The outcome is recorded on the model quality
-page (docs/model_quality.rst, "Sparse training").
+and within 1 point of full training's accuracy. The outcome is recorded in the
+experiment log (docs/research/experiment_log.rst, "Sparse training").
 """
 
 import argparse

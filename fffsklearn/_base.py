@@ -32,11 +32,11 @@ from ._recipe import Recipe, Schedule
 _PARAMETERS_DOC = """
     depth : int, default=4
         Depth of the routing tree: ``2**depth`` leaves and ``2**depth - 1`` routing neurons.
-        A row's prediction costs ``depth`` dot products plus one leaf, whatever the depth.
+        A prediction runs ``depth`` routing neurons and one leaf per row; training computes
+        every leaf, like a dense MLP of ``2**depth * leaf_width`` units.
 
     leaf_width : int, default=16
-        Hidden units of each leaf MLP. The training width (what a dense MLP of equal training
-        cost would have) is ``2**depth * leaf_width``.
+        Hidden units of each leaf MLP.
 
     master_leaf_width : int, default=16
         Hidden units of the master leaf, an MLP that every row uses and whose output is added
@@ -44,92 +44,64 @@ _PARAMETERS_DOC = """
 
     load_balancing : float, default=1.0
         Weight of the Switch-Transformer load-balancing loss, which keeps every leaf in use.
-        0 turns it off. For FFFRegressor it fades with a close fit, as ``alpha`` does.
+        0 turns it off.
 
     hardening_epochs : int, default=16
-        Length of the hardening phase that ends ``fit``. Training first balances: it
-        optimises the hard-routed model (straight-through) with the load-balancing loss until
-        the loss stops improving or only the hardening phase is left of ``max_iter``. Then it
-        hardens: it freezes the routing neurons, trains the leaves at a tenth of
-        ``learning_rate_init`` under the soft mixture weighted by path probability, and
-        doubles every routing logit each epoch, so that the soft mixture converges to the
-        hard routing that ``predict`` uses. The phase takes at most a quarter of
-        ``max_iter``; 0 skips it. ``partial_fit`` only balances.
+        Length of the hardening phase that ends ``fit``: the routing neurons are frozen, the
+        leaves train on the mixture of the leaves weighted by path probability, and every
+        epoch doubles every routing logit, so that this mixture becomes the hard routing that
+        ``predict`` uses. At most a quarter of ``max_iter``; 0 skips it. ``partial_fit`` does
+        not harden.
 
     projection_rank : int or None, default=32 (FFFClassifier) or None (FFFRegressor)
-        Training only: the leaves and the master leaf read the rows through one shared
-        linear projection to this many dimensions (at most ``n_features``), trained with them.
-        Each of their first layers is then the shared projection times a small matrix of its
-        own, so which directions of the inputs matter is learnt from all the rows rather than
-        from each leaf's share of them, and ``alpha``'s L2 penalty on the two factors favours
-        first layers of low rank. The projection starts on the principal directions of the
-        training rows (as the network sees them, standardised under ``standardize``), those
-        along which they vary most. ``arrays_`` holds the products, so ``predict`` costs the
-        same; an epoch of ``fit`` costs less on many features. None trains every first layer
-        on its own, as the published FFF does.
+        The leaves and the master leaf read the rows through one shared linear projection to
+        this many dimensions (at most ``n_features``), trained with them and started on the
+        principal directions of the training rows. None gives every first layer its own
+        weights. ``predict`` is unaffected: the fitted first layers are the products.
 
     input_noise : float, default=0.1 (FFFClassifier) or 0.0 (FFFRegressor)
-        Training only: standard deviation of the Gaussian noise added to every training
-        row, in units of each feature's standard deviation over the training rows (a
-        constant feature gets none), drawn afresh for every batch in both phases. Rows near
-        a routing boundary then also train the leaves on its other side, and a leaf cannot
-        fit its share of the rows point by point. 0 turns it off; it did not help
-        regression, hence FFFRegressor's 0. ``predict`` is unaffected.
+        Standard deviation of the Gaussian noise added to every training row, in units of
+        each feature's standard deviation over the training rows, drawn afresh for every
+        batch. 0 turns it off. ``predict`` is unaffected.
 
     activation : {"relu", "tanh", "logistic", "identity"}, default="relu"
         Activation of the hidden layers of the leaves and the master leaf.
 
     standardize : bool, default=True
-        Train on inputs centred and scaled to unit variance with statistics of the training
-        rows (weighted by ``sample_weight``; a constant feature is only centred), as a
-        ``StandardScaler`` in front would. The scaling is folded into the first layer of
-        every routing neuron, leaf and the master leaf of ``arrays_``, so ``predict`` takes
-        raw rows at no extra cost. The statistics come from the first call of ``fit`` or
-        ``partial_fit`` and stay until a fit starts afresh. False trains on the inputs as
-        they are. Folded weights compute in float32, so a feature whose mean is beyond about
-        10,000 times its standard deviation loses precision: centre such a feature first.
+        Train on the inputs centred and scaled with the (weighted) statistics of the first
+        fit's rows, as a ``StandardScaler`` in front would, the scaling folded into the
+        fitted weights so that ``predict`` takes raw rows. False trains on the inputs as
+        they are.
 
     max_iter : int, default=200
         Maximum number of epochs of ``fit``, the hardening phase included.
 
     batch_size : int or "auto", default="auto"
-        Rows per mini-batch, at most ``n_samples``. "auto" means 200 for ``FFFRegressor``;
-        for ``FFFClassifier``, 25 rows per leaf and step as long as an epoch keeps at least
-        50 steps, and never fewer than 200: ``max(200, min(25 * 2**depth, n_samples // 50))``.
-        With 40,000 rows that is 400 at depth 4 and 800 at depths 5 and 6; under 10,000
-        rows, 200.
+        Rows per mini-batch, at most ``n_samples``. "auto" is 200 for FFFRegressor and, for
+        FFFClassifier, ``max(200, min(25 * 2**depth, n_samples // 50))``: 25 rows per leaf
+        and step while an epoch keeps at least 50 steps.
 
     learning_rate_init : float, default=1e-2 (FFFClassifier) or 3e-3 (FFFRegressor)
-        Learning rate of the Adam optimizer.
+        Learning rate of the Adam optimizer; the hardening phase uses a tenth of it.
 
     alpha : float, default=3.0
-        Strength of the L2 penalty on the weights (not the biases), as in scikit-learn's MLP:
-        ``0.5 * alpha * ||W||^2 / n_samples`` is added to the loss of each mini-batch (and
-        applied as Adam's coupled weight decay, which is its gradient). Each
-        leaf sees only its share of the rows, so FFFs need more of it than a dense MLP.
-        FFFClassifier's routing neurons take three times this penalty, and a group lasso:
-        ``20 * alpha * sum_j s_j * ||w_j|| / n_samples``, ``w_j`` the routing weights of
-        feature ``j`` and ``s_j = min(1, 1 / F_j)**2`` with ``F_j`` its ANOVA F statistic
-        (as ``sklearn.feature_selection.f_classif``) on the first fit's training rows. Both
-        keep the splits from following features that are noise; a feature whose class means
-        differ is left almost free, so one that only matters together with others (as in
-        XOR) is penalised as noise and must earn its place. FFFRegressor multiplies this
-        penalty and the load-balancing loss by ``min(1, r / 0.2)``, where ``r`` is the
-        mini-batch's mean squared residual of the standardised targets: weights chosen for
-        noisy targets would otherwise hold back the fit of a nearly noiseless one.
+        Strength of the L2 penalty ``0.5 * alpha * ||W||^2 / n_samples`` on the weights (not
+        the biases), as in scikit-learn's MLP. FFFClassifier puts three times this penalty on
+        the routing weights, and a group lasso on each feature's routing weights that spares
+        features whose class means differ. FFFRegressor lets the penalty and the
+        load-balancing loss fade while the fit of the standardised targets is close.
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
         or take the ``X_val`` and ``y_val`` passed to ``fit``, score them with hard routing
-        after each epoch, end the balancing phase when the
-        score has not improved by ``tol`` for ``n_iter_no_change`` epochs, and harden the
-        weights of the best epoch.
+        after each epoch, end the balancing phase when the score has not improved by ``tol``
+        for ``n_iter_no_change`` epochs, and harden the weights of the best epoch.
 
     validation_fraction : float, default=0.1
         Fraction of the training rows held out when ``early_stopping=True``.
 
     n_iter_no_change : int, default=10
-        Epochs without an improvement of at least ``tol`` before training stops.
+        Epochs without an improvement of at least ``tol`` before balancing stops.
 
     tol : float, default=1e-4
         Minimum improvement of the training loss (or of the validation score with
@@ -139,16 +111,17 @@ _PARAMETERS_DOC = """
         Continue from the current weights on the next ``fit`` instead of starting afresh.
 
     random_state : int, RandomState instance or None, default=None
-        Seeds the initial weights, the batch order, the validation split and region leak.
-        With an int, fitting twice on the same device gives the same model.
+        Seeds the initial weights, the batch order, the training noise and the validation
+        split. With an int, fitting twice on the same device gives the same model.
 
     verbose : int, default=0
         If > 0, report the loss, the validation score and the leaves in use after each epoch
         (with a progress bar when tqdm is installed).
 
     device : str, default="auto"
-        Where to train: "auto" (CUDA if torch sees a GPU, else CPU), "cpu", "cuda" or
-        "cuda:N". Prediction runs on the CPU from the fitted NumPy arrays.
+        Where to train and predict: "auto" (a CUDA GPU if torch sees one, else the CPU),
+        "cpu", "cuda" or "cuda:N". Prediction runs on that GPU when this machine has it and
+        on the CPU otherwise, so a model trained on a GPU predicts on a CPU-only machine.
 
     n_jobs : int, default=None
         Threads for prediction on the CPU, at most 1024. None follows ``OMP_NUM_THREADS`` if
