@@ -285,9 +285,11 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
 
     _task = None  # "classification" or "regression", set by the subclasses
 
-    # The research seam: a subclass that sets an FFFNetwork subclass here (a forward of its
-    # own) trains that network; None trains FFFNetwork.
+    # The research seams: a subclass of the estimator that sets an FFFNetwork subclass here
+    # (a forward of its own) trains that network, and one that sets a Trainer subclass (a
+    # step or an epoch of its own) trains with it; None means FFFNetwork and Trainer.
     _network_class = None
+    _trainer_class = None
 
     @abstractmethod
     def __init__(
@@ -519,7 +521,8 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
             projection_directions = preparation.principal_directions(
                 X, sample_weight, self.projection_rank, seed
             )
-        trainer = Trainer.create(
+        trainer_class = Trainer if self._trainer_class is None else self._trainer_class
+        trainer = trainer_class.create(
             X.shape[1], self._n_network_outputs(), recipe, device, seed,
             input_scaling=preparation.scaling,
             input_noise=preparation.noise_std(recipe.input_noise, X, sample_weight),

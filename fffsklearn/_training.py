@@ -10,8 +10,10 @@ The steps nest as in skorch: :meth:`Trainer.fit` runs epochs and calls the hooks
 (:mod:`fffsklearn._phases`), :meth:`Trainer.run_epoch` runs an epoch's mini-batches, and
 :meth:`Trainer.train_step` takes one optimizer step. Every number comes from the
 :class:`~fffsklearn._recipe.Recipe`; the task is in the recipe's loss object. A research
-variant subclasses :class:`Trainer` (a step, an epoch) or passes a network class to
-:meth:`Trainer.create`; nothing here is patched from outside.
+variant is an estimator subclass whose ``_trainer_class`` is a :class:`Trainer` subclass (a
+step, an epoch of its own) or whose ``_network_class`` is an ``FFFNetwork`` subclass (a
+forward of its own, as ``benchmarks/bench_sparse_training.py`` does); nothing here is patched
+from outside.
 """
 
 from contextlib import contextmanager

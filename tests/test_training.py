@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 
 from fffsklearn import FFFClassifier, FFFRegressor, _losses, _network, _preparation
 from fffsklearn._losses import CrossEntropy
-from fffsklearn._network import _training_kernel, load_balancing_loss
+from fffsklearn._network import FFFNetwork, _training_kernel, load_balancing_loss
 from fffsklearn._optim import FusedAdam
 from fffsklearn._testing import EpochCallback
 from fffsklearn._training import Trainer
@@ -542,3 +542,32 @@ def test_the_input_projection_starts_on_the_principal_directions_of_the_scaled_r
     principal = PCA(2).fit(scaled).components_.T
     outside = first_layers - principal @ (principal.T @ first_layers)
     assert np.linalg.norm(outside) < 1e-3 * np.linalg.norm(first_layers)
+
+
+def test_research_variants_plug_in_through_the_estimators_seams():
+    """A network or a trainer of one's own, through an estimator subclass: no patching."""
+
+    class CountingNetwork(FFFNetwork):
+        built = 0
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            CountingNetwork.built += 1
+
+    class CountingTrainer(Trainer):
+        steps = 0
+
+        def train_step(self, *args):
+            CountingTrainer.steps += 1
+            return super().train_step(*args)
+
+    class Variant(FFFClassifier):
+        _network_class = CountingNetwork
+        _trainer_class = CountingTrainer
+
+    X, y = make_classification(n_samples=200, n_features=6, random_state=0)
+    model = Variant(depth=2, max_iter=3, batch_size=50, random_state=0).fit(X, y)
+    assert CountingNetwork.built == 1
+    assert CountingTrainer.steps == 3 * 4  # three epochs of four batches
+    assert isinstance(model._trainer, CountingTrainer)
+    assert model.score(X, y) > 0.5
