@@ -75,7 +75,7 @@ class BestEpoch:
     def __init__(self, validation_score, best_loss, tol, n_iter_no_change):
         self.validation_score = validation_score
         self.best_loss, self.best_score = best_loss, -np.inf
-        self.best_epoch = self.best_state = None
+        self.best_state = None
         self.tol, self.n_iter_no_change = tol, n_iter_no_change
         self.no_improvement, self.plateau = 0, False
         self.scores = []
@@ -93,12 +93,10 @@ class BestEpoch:
             improved = epoch.score > self.best_score + self.tol
             # A score that is NaN never improves, but the first epoch is kept.
             if self.best_state is None or epoch.score > self.best_score:
-                self.best_score, self.best_epoch = epoch.score, epoch.index
+                self.best_score = epoch.score
                 self.best_state = trainer.parameter_copy()
         else:
             improved = epoch.loss < self.best_loss - self.tol
-            if epoch.loss < self.best_loss:
-                self.best_epoch = epoch.index
             self.best_loss = min(self.best_loss, epoch.loss)
         self.no_improvement = 0 if improved else self.no_improvement + 1
         self.plateau = self.no_improvement > self.n_iter_no_change

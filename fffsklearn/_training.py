@@ -157,9 +157,6 @@ class FitResult:
         Lowest balancing-phase objective, earlier calls included.
     best_validation_score : float or None
         Best balancing-phase held-out score of this call.
-    best_epoch : int or None
-        Index in this call of the balancing epoch that scored best (None if no epoch of
-        this call improved on an earlier call's best loss).
     stop_reason : {"plateau", "max_iter", "interrupted", "callback"}
         Why balancing ended: no improvement, the epoch budget, a KeyboardInterrupt, or (at
         any epoch) a hook that asked to stop.
@@ -171,7 +168,6 @@ class FitResult:
     validation_scores: list
     best_loss: float
     best_validation_score: float
-    best_epoch: int
     stop_reason: str
 
 
@@ -476,14 +472,14 @@ class Trainer:
                     losses.append(epoch.loss)
                     # Stored in one assignment, so that an interrupt never sees half of it.
                     completed = (index + 1, best.kept_state(self), best.best_loss,
-                                 best.best_score, best.best_epoch)
+                                 best.best_score)
                     if self._end_epoch(epoch, hooks[1:]):
                         break
             except KeyboardInterrupt:
                 if completed is None:
                     raise  # nothing completed: the caller keeps what it had
                 self.stop_reason = "interrupted"
-        n_epochs, state, best_loss, best_score, best_epoch = completed
+        n_epochs, state, best_loss, best_score = completed
         self.load_parameters(state)
         validating = validation_score is not None
         return FitResult(
@@ -493,7 +489,6 @@ class Trainer:
             validation_scores=best.scores[:n_epochs] if validating else None,
             best_loss=best_loss,
             best_validation_score=best_score if validating else None,
-            best_epoch=best_epoch,
             stop_reason=self.stop_reason,
         )
 
