@@ -1,4 +1,5 @@
-"""The shared base of FFFClassifier and FFFRegressor: parameters, fitting, hard-routed inference."""
+"""The shared base of FFFClassifier and FFFRegressor: parameters, the validation of what fit is
+given, the recipe, and fitting and publishing the fitted state in one step."""
 
 import os
 import warnings
