@@ -242,8 +242,17 @@ class _TrainingData:
             column_or_1d(y_val) if self._task == "classification" else y_val, False
         )
         check_consistent_length(X_val, y_val)
+        if X_val.shape[0] < self._min_validation_rows:
+            raise ValueError(
+                f"X_val has {X_val.shape[0]} row; scoring it needs at least "
+                f"{self._min_validation_rows}."
+            )
         if sample_weight_val is not None:
             sample_weight_val = _check_sample_weight(sample_weight_val, X_val, dtype=np.float64)
+            if (sample_weight_val < 0).any() or not sample_weight_val.any():
+                raise ValueError(
+                    "sample_weight_val must be non-negative, with at least one non-zero weight."
+                )
         return X_val, y_val, sample_weight_val
 
     def _stratification(self, y_encoded, n_val):
@@ -506,6 +515,8 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
     def _trainer_for(self, X, sample_weight, rng, device, first_call, incremental, recipe):
         """The trainer of this call: a fresh one, or ``partial_fit``'s, which goes on with the
         recipe it was made with (the schedule is the call's)."""
+        if not first_call:
+            _check_same_network_shape(self.arrays_, recipe)
         # As in scikit-learn's MLP, only partial_fit keeps the optimizer: a warm-started fit
         # starts a fresh one from the current weights, so that changed hyper-parameters
         # (learning_rate_init, load_balancing, ...) take effect.
@@ -633,3 +644,17 @@ def _warn_about_stop(name, n_iter, stop_reason, incremental, max_epochs):
             "optimization hasn't converged yet.",
             ConvergenceWarning,
         )
+
+
+def _check_same_network_shape(arrays, recipe):
+    """Refuse to continue from fitted ``arrays`` into a network of another shape (a warm start
+    or ``partial_fit`` after ``set_params``), naming the parameter that changed."""
+    fitted = {"depth": arrays.depth, "leaf_width": arrays.leaf_width,
+              "master_leaf_width": arrays.master_leaf_width, "activation": arrays.activation}
+    for name, value in fitted.items():
+        if getattr(recipe, name) != value:
+            raise ValueError(
+                f"{name}={getattr(recipe, name)!r} differs from the fitted network's {value!r}: "
+                "a warm start or partial_fit continues the fitted weights, which need the same "
+                "network. Set warm_start=False (or refit) to start afresh."
+            )

@@ -217,6 +217,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         weights = compute_class_weight(
             self.class_weight, classes=self.classes_, y=self.classes_[y_encoded]
         )
+        if not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError(
+                f"class_weight must give every class a finite, non-negative weight; got "
+                f"{dict(zip(self.classes_.tolist(), weights.tolist()))}."
+            )
         return (sample_weight * weights[y_encoded]).astype(np.float32)
 
     def _preparation_targets(self, y_encoded):

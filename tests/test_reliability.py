@@ -682,3 +682,40 @@ def test_a_deep_fit_stays_within_its_memory_estimate():
             FFFClassifier(depth=12, max_iter=2, device="cpu").fit(X, y)
     assert sampler.peak - baseline <= training_memory_bytes(40, 2, 12, 16, 16, 200,
                                                             projection_rank=32)
+
+
+# ----------------------------------------------------------- reliability III (issue #37)
+@pytest.mark.parametrize("change", [{"depth": 3}, {"leaf_width": 8}, {"master_leaf_width": 0},
+                                    {"activation": "tanh"}])
+@pytest.mark.parametrize("how", ["warm_start", "partial_fit"])
+def test_continuing_a_fit_after_changing_the_network_shape_names_the_parameter(change, how, data):
+    X, y = data
+    model = FFFClassifier(depth=2, max_iter=2, warm_start=True, random_state=0).fit(X, y)
+    before = model.predict_proba(X)
+    model.set_params(**change)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"{name}=.*differs from the fitted network.*"
+                                         "warm_start=False"):
+        model.fit(X, y) if how == "warm_start" else model.partial_fit(X, y)
+    np.testing.assert_array_equal(model.predict_proba(X), before)
+    model.set_params(warm_start=False).fit(X, y)  # afresh, the new shape trains
+    assert model.arrays_.__getattribute__(name) == change[name]
+
+
+@pytest.mark.parametrize("weight", [np.nan, np.inf, -1.0])
+def test_non_finite_or_negative_class_weights_are_refused_up_front(weight, fitted, data):
+    X, y = data
+    model = pickle.loads(pickle.dumps(fitted))
+    before = model.predict_proba(X)
+    with pytest.raises(ValueError, match="class_weight must give every class a finite"):
+        model.set_params(class_weight={0: weight}).fit(X, y)
+    np.testing.assert_array_equal(model.predict_proba(X), before)
+
+
+def test_validation_rows_a_score_cannot_use_are_refused():
+    X, y = make_regression(n_samples=200, n_features=4, random_state=0)
+    model = FFFRegressor(early_stopping=True, max_iter=3)
+    with pytest.raises(ValueError, match="X_val has 1 row; scoring it needs at least 2"):
+        model.fit(X, y, X_val=X[:1], y_val=y[:1])
+    with pytest.raises(ValueError, match="sample_weight_val must be non-negative"):
+        model.fit(X, y, X_val=X[:20], y_val=y[:20], sample_weight_val=-np.ones(20))
