@@ -14,6 +14,8 @@ their report (verbose lines and scikit-learn's callbacks, :mod:`fffsklearn._prog
 between the two.
 """
 
+from numbers import Integral, Real
+
 import numpy as np
 import torch
 
@@ -177,6 +179,16 @@ class Hardening:
     """
 
     def __init__(self, sharpen_every=1, learning_rate_factor=0.1):
+        if isinstance(sharpen_every, bool) or not isinstance(sharpen_every, Integral) or (
+            sharpen_every < 1
+        ):
+            raise ValueError(f"sharpen_every must be an int >= 1, got {sharpen_every!r}.")
+        if isinstance(learning_rate_factor, bool) or not isinstance(learning_rate_factor, Real) or (
+            not 0 < learning_rate_factor < np.inf
+        ):
+            raise ValueError(
+                f"learning_rate_factor must be a finite number > 0, got {learning_rate_factor!r}."
+            )
         self.sharpen_every = sharpen_every
         self.learning_rate_factor = learning_rate_factor
         self.epochs_done = None

@@ -32,8 +32,11 @@ Examples
 True
 """
 
+from numbers import Integral, Real
+
 import numpy as np
 import torch
+from sklearn.exceptions import NotFittedError
 
 try:
     from skorch import NeuralNetClassifier
@@ -51,6 +54,11 @@ __all__ = ["Hardening", "LoadBalancing", "to_estimator"]
 
 def _fff_module(net):
     module = net.module_
+    if hasattr(module, "_orig_mod"):  # torch.compile's wrapper
+        raise TypeError(
+            f"{type(net).__name__} was built with compile=True: the fffsklearn callbacks and "
+            "to_estimator need the fffsklearn.nn.FFFNetwork itself. Set compile=False."
+        )
     if not isinstance(module, fff_nn.FFFNetwork):
         raise TypeError(
             f"{type(net).__name__}.module_ is a {type(module).__name__}; the fffsklearn "
@@ -91,40 +99,44 @@ class LoadBalancing(Callback):
     """
 
     def __init__(self, weight=1.0):
+        if isinstance(weight, bool) or not isinstance(weight, Real) or not 0 <= weight < np.inf:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}.")
         self.weight = weight
 
+    # The hook and the last penalty end with "_": skorch reads every other attribute of a
+    # callback as a parameter (get_params, and so clone).
     def initialize(self):
-        self._handle = None
-        self._last_penalty = None
+        self.handle_ = None
+        self.last_penalty_ = None
         return self
 
     def on_train_begin(self, net, **kwargs):
         self._remove_hook()
-        self._handle = _fff_module(net).register_forward_hook(self._add_penalty)
+        self.handle_ = _fff_module(net).register_forward_hook(self._add_penalty)
 
     def on_train_end(self, net, **kwargs):
         self._remove_hook()
 
     def on_batch_end(self, net, batch=None, training=False, **kwargs):
-        if training and self._last_penalty is not None:
-            net.history.record_batch("load_balancing", float(self._last_penalty))
-        self._last_penalty = None
+        if training and self.last_penalty_ is not None:
+            net.history.record_batch("load_balancing", float(self.last_penalty_))
+        self.last_penalty_ = None
 
     def _add_penalty(self, module, args, outputs):
         if not (module.training and module.depth and self.weight and torch.is_grad_enabled()):
             return None
         penalty = self.weight * fff_nn.load_balancing_loss(module.routing)
-        self._last_penalty = penalty.detach()
+        self.last_penalty_ = penalty.detach()
         return _PenaltyGradient.apply(outputs, penalty)
 
     def _remove_hook(self):
-        if getattr(self, "_handle", None) is not None:
-            self._handle.remove()
-        self._handle = None
+        if getattr(self, "handle_", None) is not None:
+            self.handle_.remove()
+        self.handle_ = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_handle"] = state["_last_penalty"] = None  # live only while training
+        state["handle_"] = state["last_penalty_"] = None  # live only while training
         return state
 
 
@@ -152,21 +164,24 @@ class Hardening(Callback):
     """
 
     def __init__(self, epochs=16, sharpen_every=1, learning_rate_factor=0.1):
+        if isinstance(epochs, bool) or not isinstance(epochs, Integral) or epochs < 0:
+            raise ValueError(f"epochs must be an int >= 0, got {epochs!r}.")
+        fff_nn.Hardening(sharpen_every, learning_rate_factor)  # validates them
         self.epochs = epochs
         self.sharpen_every = sharpen_every
         self.learning_rate_factor = learning_rate_factor
 
     def initialize(self):
         self.phase_ = fff_nn.Hardening(self.sharpen_every, self.learning_rate_factor)
-        self._epochs_before = 0
+        self.epochs_before_ = 0
         return self
 
     def on_train_begin(self, net, **kwargs):
         _fff_module(net)
-        self._epochs_before = len(net.history)
+        self.epochs_before_ = len(net.history)
 
     def on_epoch_begin(self, net, **kwargs):
-        epoch = len(net.history) - self._epochs_before - 1  # this call's, from 0
+        epoch = len(net.history) - self.epochs_before_ - 1  # this call's, from 0
         if epoch == max(0, net.max_epochs - self.epochs):
             self.phase_.start(net.module_, net.optimizer_)
         self.phase_.begin_epoch(net.module_, net.optimizer_)
@@ -192,7 +207,16 @@ def to_estimator(net, X, **params):
     Returns
     -------
     estimator : FFFClassifier or FFFRegressor
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        If the net has not been initialised (trained).
     """
+    if not getattr(net, "initialized_", False):
+        raise NotFittedError(
+            f"This {type(net).__name__} is not initialized yet: fit it before to_estimator."
+        )
     module = _fff_module(net)
     if isinstance(net, NeuralNetClassifier):
         classes = params.pop("classes", None)

@@ -267,3 +267,53 @@ def test_the_fff_callbacks_refuse_another_module():
     X = np.zeros((4, 3), np.float32)
     with pytest.raises(TypeError, match="train an fffsklearn.nn.FFFNetwork"):
         net.fit(X, np.array([0, 1, 0, 1]))
+
+
+def test_cloning_and_cross_validating_a_fitted_skorch_net_with_the_callbacks(digits):
+    """skorch reads a callback's attributes that do not end in "_" as parameters."""
+    pytest.importorskip("skorch")
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    from fffsklearn.skorch import Hardening as HardeningCallback
+    from fffsklearn.skorch import LoadBalancing
+
+    X_train, _, y_train, _ = digits
+    net = _skorch_classifier(X_train.shape[1], 2, [LoadBalancing(), HardeningCallback(epochs=1)])
+    net.fit(X_train, y_train)
+    fresh = clone(net)
+    assert [type(c).__name__ for c in fresh.callbacks] == ["LoadBalancing", "Hardening"]
+    assert fresh.callbacks[1].epochs == 1
+    scores = cross_val_score(net, X_train, y_train, cv=2)
+    assert np.isfinite(scores).all()
+
+
+def test_the_hardening_and_load_balancing_settings_are_checked_when_made():
+    pytest.importorskip("skorch")
+    from fffsklearn.skorch import Hardening as HardeningCallback
+    from fffsklearn.skorch import LoadBalancing
+
+    for bad in ({"sharpen_every": 0}, {"sharpen_every": 2.0}, {"learning_rate_factor": 0},
+                {"learning_rate_factor": float("inf")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Hardening(**bad)
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            HardeningCallback(**bad)
+    with pytest.raises(ValueError, match="epochs must be an int >= 0"):
+        HardeningCallback(epochs=-1)
+    with pytest.raises(ValueError, match="weight must be a finite number >= 0"):
+        LoadBalancing(weight=-1)
+
+
+def test_converting_an_unfitted_or_compiled_skorch_net_says_what_is_wrong(digits):
+    pytest.importorskip("skorch")
+    from sklearn.exceptions import NotFittedError
+
+    from fffsklearn.skorch import to_estimator
+
+    X_train = digits[0]
+    with pytest.raises(NotFittedError, match="fit it before to_estimator"):
+        to_estimator(_skorch_classifier(X_train.shape[1], 1, []), X_train)
+    compiled = _skorch_classifier(X_train.shape[1], 1, [], compile=True).initialize()
+    with pytest.raises(TypeError, match="compile=True"):
+        to_estimator(compiled, X_train)
