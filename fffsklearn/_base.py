@@ -1,7 +1,6 @@
 """The shared base of FFFClassifier and FFFRegressor: parameters, the validation of what fit is
 given, the recipe, and fitting and publishing the fitted state in one step."""
 
-import os
 import warnings
 from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
@@ -23,7 +22,7 @@ from . import inference
 from ._arrays import ACTIVATIONS
 from ._device import prediction_options, training_device
 from ._interop import TorchInterop
-from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION
+from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 from ._persistence import FittedStatePersistence
 from ._prediction import HardRoutedPrediction
 from ._preparation import InputPreparation
@@ -162,14 +161,6 @@ _ATTRIBUTES_DOC = """
     device_ : str
         The device the model was trained on.
 """
-
-
-def _physical_memory_bytes():
-    """Physical memory of this machine, or None where the OS does not tell."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -616,7 +607,7 @@ def _check_training_memory(n_features, n_outputs, recipe):
         n_features, n_outputs, recipe.depth, recipe.leaf_width, recipe.master_leaf_width,
         batch_size, projection_rank=recipe.projection_rank,
     )
-    available = _physical_memory_bytes()
+    available = physical_memory_bytes()
     if available is not None and needed > TRAINING_MEMORY_FRACTION * available:
         raise ValueError(
             f"Training depth={recipe.depth}, leaf_width={recipe.leaf_width} with batch_size="

@@ -2,6 +2,8 @@
 fitted arrays, the inference backends and the compiled kernel's build (``setup.py`` reads
 ``MAX_DEPTH`` from this file without importing it, so its values stay literals)."""
 
+import os
+
 # Depth 20 already means a million leaves; anything deeper in a file is corrupt or hostile.
 MAX_DEPTH = 20
 
@@ -16,3 +18,11 @@ MAX_ABS_WEIGHT = 1e30
 # Fraction of the machine's physical memory that one fit's estimated working set may take
 # before fit refuses to start (see fffsklearn._training.training_memory_bytes).
 TRAINING_MEMORY_FRACTION = 0.5
+
+
+def physical_memory_bytes():
+    """Physical memory of this machine, or None where the OS does not tell."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

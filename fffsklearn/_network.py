@@ -6,6 +6,7 @@ and loops only over the ``depth`` levels of the tree.
 """
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from ._activations import ACTIVATIONS, torch_activation
 from ._arrays import FFFArrays
+from ._limits import MAX_DEPTH, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 
 try:
     from . import _training_kernel
@@ -387,6 +389,45 @@ class _SoftForwardFunction(torch.autograd.Function):
         return (None, *grads, None, None, None)
 
 
+def _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_leaf_width,
+                             activation, region_leak, projection_rank):
+    """Refuse what no network can be built from, as the estimators' parameter validation
+    does, and a network whose parameters alone would not fit in this machine's memory."""
+
+    def check_int(name, value, low, high=None):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (
+            high is not None and value > high
+        ):
+            bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be an int {bounds}, got {value!r}.")
+
+    check_int("n_features", n_features, 1)
+    check_int("n_outputs", n_outputs, 1)
+    check_int("depth", depth, 0, MAX_DEPTH)
+    check_int("leaf_width", leaf_width, 1)
+    check_int("master_leaf_width", master_leaf_width, 0)
+    if projection_rank is not None:
+        check_int("projection_rank", projection_rank, 1)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}.")
+    if isinstance(region_leak, bool) or not isinstance(region_leak, Real) or not (
+        0.0 <= region_leak <= 0.5
+    ):
+        raise ValueError(f"region_leak must be a number in [0, 0.5], got {region_leak!r}.")
+    n_leaves = 2**depth
+    width = n_leaves * leaf_width + master_leaf_width
+    values = ((n_leaves - 1) * (n_features + 1) + width * (n_features + 1 + n_outputs)
+              + n_leaves * n_outputs)
+    available = physical_memory_bytes()
+    if available is not None and 4 * values > TRAINING_MEMORY_FRACTION * available:
+        raise ValueError(
+            f"A network of depth={depth}, leaf_width={leaf_width} on {n_features} features "
+            f"holds {4 * values / 2**30:.1f} GiB of parameters, more than "
+            f"{TRAINING_MEMORY_FRACTION:.0%} of this machine's {available / 2**30:.1f} GiB: "
+            "lower depth or leaf_width."
+        )
+
+
 class FFFNetwork(nn.Module):
     """A fast feedforward network as a torch module: a depth-``depth`` tree of routing neurons
     over ``2**depth`` leaf MLPs, plus a master MLP that every row uses.
@@ -448,6 +489,8 @@ class FFFNetwork(nn.Module):
         projection_rank=None, projection_directions=None,
     ):
         super().__init__()
+        _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_leaf_width,
+                                 activation, region_leak, projection_rank)
         self.depth = depth
         self.activation = activation
         self.straight_through = straight_through

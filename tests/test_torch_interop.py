@@ -317,3 +317,23 @@ def test_converting_an_unfitted_or_compiled_skorch_net_says_what_is_wrong(digits
     compiled = _skorch_classifier(X_train.shape[1], 1, [], compile=True).initialize()
     with pytest.raises(TypeError, match="compile=True"):
         to_estimator(compiled, X_train)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"depth": -1}, "depth must be an int in"),
+        ({"depth": 2.0}, "depth must be an int in"),
+        ({"depth": 25}, "depth must be an int in"),
+        ({"leaf_width": 0}, "leaf_width must be an int >= 1"),
+        ({"master_leaf_width": -1}, "master_leaf_width must be an int >= 0"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"projection_rank": 0}, "projection_rank must be an int >= 1"),
+        ({"region_leak": 0.9}, "region_leak must be a number in"),
+        ({"n_features": 784, "depth": 20}, "GiB of parameters"),
+    ],
+)
+def test_building_a_network_of_impossible_arguments_raises_before_allocating(arguments, message):
+    arguments = {"n_features": 8, "n_outputs": 3, **arguments}
+    with pytest.raises(ValueError, match=message):
+        FFFNetwork(**arguments)
