@@ -247,7 +247,10 @@ class BatchFeed:
 
     def __init__(self, device, input_scaling, input_noise, seed):
         self.device = device
-        self.input_scaling = input_scaling
+        # The standardisation as device tensors, made once for every batch of the fit.
+        self.scaling = None if input_scaling is None else [
+            torch.as_tensor(s, dtype=torch.float32, device=device) for s in input_scaling
+        ]
         self.input_noise = None if input_noise is None else torch.as_tensor(
             input_noise, dtype=torch.float32, device=device
         )
@@ -268,18 +271,14 @@ class BatchFeed:
             for start in range(0, n, batch_size):
                 yield start, resident[1].index_select(0, order[start : start + batch_size])
             return
-        scaling = None
-        if self.input_scaling is not None:
-            scaling = [torch.as_tensor(s, dtype=torch.float32, device=self.device)
-                       for s in self.input_scaling]
         # X is copied a chunk of whole batches at a time: one gather and one transfer per
         # chunk rather than per batch, and a memmap is never loaded whole.
         chunk_rows = batch_size * max(1, CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
         for chunk_start in range(0, n, chunk_rows):
             X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
             X_chunk = X_chunk.to(self.device)
-            if scaling is not None:
-                X_chunk.sub_(scaling[0]).div_(scaling[1])
+            if self.scaling is not None:
+                X_chunk.sub_(self.scaling[0]).div_(self.scaling[1])
             for start in range(0, X_chunk.shape[0], batch_size):
                 yield chunk_start + start, X_chunk[start : start + batch_size]
 
@@ -297,10 +296,8 @@ class BatchFeed:
             step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
             for start in range(0, X.shape[0], step):
                 rows[start : start + step] = torch.tensor(X[start : start + step])
-            if self.input_scaling is not None:
-                mean, scale = (torch.as_tensor(s, dtype=torch.float32, device=self.device)
-                               for s in self.input_scaling)
-                rows.sub_(mean).div_(scale)
+            if self.scaling is not None:
+                rows.sub_(self.scaling[0]).div_(self.scaling[1])
             self._resident_rows = (X, rows)
         try:
             yield
