@@ -114,18 +114,22 @@ def _soft_forward(X, parameters, swap, straight_through, activation):
     saved = (
         X, leaf_input, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves,
         master_hidden, leaf_output_weights, leaf_output_biases, master_output_weights,
-        input_projection, leaf_hidden_weights, master_hidden_weights,
+        input_projection, leaf_hidden_weights, master_hidden_weights, node_weights,
     )
     return outputs, leaf_probabilities, right, hard_one_hot, saved
 
 
-def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, routing_trains):
-    """Gradients of the eleven parameters from those of the outputs and leaf probabilities.
+def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, routing_trains,
+                   input_trains=False):
+    """Gradients of the eleven parameters and of the rows from those of the outputs and leaf
+    probabilities.
 
     As in the forward, the C extension computes the routing's part and, under
     straight-through routing on the CPU, the leaves' gradients from each row's hard leaf
     alone; torch operations compute the same elsewhere (:func:`_torch_path_gradients`,
-    dense products over all leaves).
+    dense products over all leaves). Under straight-through routing the rows' gradient
+    through the routing neurons is the same surrogate as the routing neurons' own: the
+    gradient of the hard mixture is given to the soft one.
 
     Parameters
     ----------
@@ -137,22 +141,32 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
     grad_probabilities : tensor broadcastable to (n_samples, n_leaves), or None
     routing_trains : bool
         Whether to compute the routing neurons' gradients.
+    input_trains : bool
+        Whether to compute the rows' gradient.
 
     Returns
     -------
-    list of 11 tensors or None
+    grads : list of 11 tensors or None
         In the order of :meth:`FFFNetwork.parameters_in_forward_order`; None where there is
         no gradient.
+    grad_X : tensor of shape (n_samples, n_features) or None
+        None unless ``input_trains``.
     """
     (X, leaf_input, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves,
      master_hidden, leaf_output_weights, leaf_output_biases, master_output_weights,
-     input_projection, leaf_hidden_weights, master_hidden_weights) = saved
+     input_projection, leaf_hidden_weights, master_hidden_weights, node_weights) = saved
     _, _, activation_backward = torch_activation(activation)
+    # The rows' gradient through the routing needs the same path gradients as the routing
+    # neurons' own.
+    through_routing = routing_trains or input_trains
     grads = [None] * 11
+    grad_X = None
     grad_mixture = grad_probabilities
     if grad_outputs is not None:
         projected = input_projection is not None
-        # The gradient of the projected rows, summed over the leaves and the master leaf.
+        # The gradient of the leaves' input rows (projected or not), summed over the leaves
+        # and the master leaf.
+        wants_leaf_input = projected or input_trains
         grad_leaf_input = None
         if master_hidden is not None:
             grads[8] = master_hidden.T @ grad_outputs
@@ -160,34 +174,39 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
                 grad_outputs @ master_output_weights.T, master_hidden
             )
             grads[6], grads[7] = leaf_input.T @ grad_master, grad_master.sum(dim=0)
-            if projected:
+            if wants_leaf_input:
                 grad_leaf_input = grad_master @ master_hidden_weights.T
         grads[9] = grad_outputs.sum(dim=0)
         if weighted is None:  # the outputs were each row's hard leaf's, in C
             *leaf_grads, leaf_grad, grad_hidden = _compiled_hard_leaf_gradients(
                 leaf_input, hidden, hard_leaves, grad_outputs, leaf_output_weights,
-                leaf_output_biases, activation, routing_trains, projected,
+                leaf_output_biases, activation, through_routing, wants_leaf_input,
             )
-            if projected:
+            if wants_leaf_input:
                 grad_leaf_input = _add(grad_leaf_input, _compiled_hard_leaf_input_gradient(
                     grad_hidden, hard_leaves, leaf_hidden_weights))
         else:
             *leaf_grads, leaf_grad, grad_hidden = _mixture_leaf_gradients(
                 leaf_input, hidden, weighted, mixture, grad_outputs, leaf_output_weights,
-                leaf_output_biases, activation_backward, routing_trains,
+                leaf_output_biases, activation_backward, through_routing,
             )
-            if projected:
+            if wants_leaf_input:
                 grad_leaf_input = _add(grad_leaf_input, grad_hidden @ leaf_hidden_weights.T)
         grads[2:6] = leaf_grads
         if projected:
             grads[10] = X.T @ grad_leaf_input
-        if routing_trains:
+        if input_trains and grad_leaf_input is not None:
+            grad_X = grad_leaf_input @ input_projection.T if projected else grad_leaf_input
+        if through_routing:
             grad_mixture = leaf_grad if grad_mixture is None else leaf_grad + grad_mixture
-    if routing_trains and grad_mixture is not None and right.shape[1]:
+    if through_routing and grad_mixture is not None and right.shape[1]:
         path_gradients = _compiled_path_gradients if _compiled(right) else _torch_path_gradients
         grad_logits = path_gradients(grad_mixture, leaf_probabilities, right, swap)
-        grads[0], grads[1] = grad_logits.T @ X, grad_logits.sum(dim=0)
-    return grads
+        if routing_trains:
+            grads[0], grads[1] = grad_logits.T @ X, grad_logits.sum(dim=0)
+        if input_trains:
+            grad_X = _add(grad_X, grad_logits @ node_weights)
+    return grads, grad_X
 
 
 def _add(total, term):
@@ -382,11 +401,11 @@ class _SoftForwardFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_outputs, grad_probabilities, _right, _hard):
         routing_trains = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grads = _soft_backward(
+        grads, grad_X = _soft_backward(
             ctx.saved_tensors, ctx.swap, ctx.activation, grad_outputs, grad_probabilities,
-            routing_trains,
+            routing_trains, input_trains=ctx.needs_input_grad[0],
         )
-        return (None, *grads, None, None, None)
+        return (grad_X, *grads, None, None, None)
 
 
 def _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_leaf_width,
@@ -437,6 +456,12 @@ class FFFNetwork(nn.Module):
     that :func:`load_balancing_loss` needs no second forward. In evaluation mode, and in
     training mode with ``straight_through=True``, the outputs are those of the hard-routed
     model that fffsklearn's estimators predict with.
+
+    The rows get a gradient as well as the parameters, so the network can follow an encoder
+    or give saliency maps; under hard routing the part of it that passes through the routing
+    neurons is the same straight-through surrogate that trains them. Under
+    :func:`torch.autocast` the network computes in its parameters' dtype, as autocast does
+    for the operations it keeps in float32, and returns outputs of that dtype.
 
     Parameters
     ----------
@@ -634,6 +659,14 @@ class FFFNetwork(nn.Module):
         -------
         SoftForward
         """
+        if torch.is_autocast_enabled(X.device.type):
+            # The routing's hard decisions and the C kernels need one dtype throughout: like
+            # the operations autocast keeps in float32, the network computes in its own.
+            with torch.autocast(X.device.type, enabled=False):
+                return self.soft_forward(
+                    X.to(self.node_weights.dtype), straight_through=straight_through,
+                    region_leak=region_leak, generator=generator,
+                )
         swap = self._region_leak_swaps(X, region_leak, generator)
         outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
             X, *self.parameters_in_forward_order(), swap, straight_through, self.activation
@@ -672,7 +705,7 @@ class FFFNetwork(nn.Module):
 
         def backward(grad_outputs, grad_leaf_probabilities):
             with torch.no_grad():
-                grads = _soft_backward(
+                grads, _ = _soft_backward(
                     saved, swap, self.activation, grad_outputs, grad_leaf_probabilities,
                     routing_trains=self.node_weights.requires_grad,
                 )

@@ -172,3 +172,20 @@ def test_a_cuda_trained_model_predicts_in_a_process_that_sees_no_gpu(digits, tmp
     np.testing.assert_array_equal(np.load(tmp_path / "leaves.npy"), model.apply(X))
     np.testing.assert_allclose(np.load(tmp_path / "proba.npy"), model.predict_proba(X),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_a_network_runs_under_cuda_autocast_in_its_own_dtype():
+    from fffsklearn.nn import FFFNetwork
+
+    torch.manual_seed(0)
+    X = torch.randn(64, 5, device="cuda")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), FFFNetwork(8, 2, depth=2, random_state=0)
+    ).cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        encoded = model[0](X)
+        outputs = model(X)
+    outputs.sum().backward()
+    assert encoded.dtype == torch.float16 and outputs.dtype == torch.float32
+    torch.testing.assert_close(outputs, model[1](encoded.float()))
+    assert torch.isfinite(model[0].weight.grad).all()

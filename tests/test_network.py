@@ -75,18 +75,19 @@ def _random_network(depth, activation, master_leaf_width, seed=0, dtype=torch.fl
 @pytest.mark.parametrize("straight_through", [True, False])
 @pytest.mark.parametrize("leak", [False, True])
 @pytest.mark.parametrize("projection_rank", [None, 3])
-def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
+def test_soft_forward_and_its_gradients_match_autograd_of_the_formulas(
     activation, depth, straight_through, leak, dtype, projection_rank
 ):
+    """The parameters' gradients and the rows' (a network used as a layer passes one on)."""
     network = _random_network(depth, activation, master_leaf_width=0 if leak else 2,
                               dtype=dtype, projection_rank=projection_rank)
     tolerance = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
     generator = torch.Generator().manual_seed(1)
-    X = torch.randn(7, 5, dtype=dtype, generator=generator)
+    X = torch.randn(7, 5, dtype=dtype, generator=generator).requires_grad_()
     swap = torch.rand(7, 2**depth - 1, generator=generator) < 0.3 if leak else None
     # Without a master leaf its zero bias is a constant; without a projection there is none.
-    parameters = [p for p in network.parameters_in_forward_order()
-                  if p is not None and p.requires_grad]
+    parameters = [X] + [p for p in network.parameters_in_forward_order()
+                        if p is not None and p.requires_grad]
 
     def fused():
         outputs, probabilities, _, _ = _SoftForwardFunction.apply(
@@ -117,7 +118,8 @@ def test_soft_forward_and_its_gradient_match_autograd_of_the_formulas(
     expected = torch.autograd.grad(plain_loss(), parameters, **options)
     got = torch.autograd.grad(loss(), parameters, **options)
     for index, (e, g) in enumerate(zip(expected, got)):
-        torch.testing.assert_close(g, e, msg=f"gradient of parameter {index}", **tolerance)
+        name = "the rows" if index == 0 else f"parameter {index - 1}"
+        torch.testing.assert_close(g, e, msg=f"gradient of {name}", **tolerance)
 
 
 def test_every_row_has_one_hard_leaf_and_a_tie_goes_left():

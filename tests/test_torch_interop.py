@@ -337,3 +337,69 @@ def test_building_a_network_of_impossible_arguments_raises_before_allocating(arg
     arguments = {"n_features": 8, "n_outputs": 3, **arguments}
     with pytest.raises(ValueError, match=message):
         FFFNetwork(**arguments)
+
+
+def test_a_network_after_an_encoder_trains_the_encoder_and_gives_input_gradients():
+    torch.manual_seed(0)
+    X = torch.randn(256, 5)
+    y = (X[:, 0] + X[:, 1] > 0).long() + (X[:, 2] > 1).long()
+    encoder = torch.nn.Linear(5, 8)
+    model = torch.nn.Sequential(encoder, FFFNetwork(8, 3, depth=2, random_state=0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first_weights = encoder.weight.detach().clone()
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(X), y)
+        loss.backward()
+        assert encoder.weight.grad is not None and encoder.weight.grad.abs().sum() > 0
+        optimizer.step()
+        losses.append(loss.item())
+    assert not torch.equal(encoder.weight, first_weights)
+    assert losses[-1] < losses[0]
+    # A saliency map: the gradient of a class score with respect to the rows.
+    rows = X[:10].clone().requires_grad_()
+    model(rows)[:, 1].sum().backward()
+    assert rows.grad is not None and rows.grad.shape == rows.shape
+    assert rows.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("region_leak", [0.0, 0.3])
+@pytest.mark.parametrize("projection_rank", [None, 2])
+def test_the_mixture_of_the_leaves_passes_gradcheck_against_its_input(
+    activation, region_leak, projection_rank
+):
+    """The hardening phase's outputs (every leaf by path probability) are smooth in the rows:
+    the analytic input gradient must be their derivative. (Hard routing is piecewise
+    constant; its straight-through surrogate is checked against the formulas in
+    ``tests/test_network.py``.)"""
+    network = FFFNetwork(4, 2, depth=2, leaf_width=3, master_leaf_width=2,
+                         activation=activation, straight_through=False,
+                         region_leak=region_leak, random_state=0,
+                         projection_rank=projection_rank).double().train()
+    X = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    X.requires_grad_()
+
+    def outputs(rows):
+        # The same region-leak draws at every evaluation of the finite differences.
+        return network(rows, generator=torch.Generator().manual_seed(2))
+
+    assert torch.autograd.gradcheck(outputs, (X,))
+
+
+def test_a_network_runs_under_cpu_autocast_in_its_own_dtype():
+    torch.manual_seed(0)
+    X = torch.randn(64, 5)
+    y = (X[:, 0] > 0).long()
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), FFFNetwork(8, 2, depth=2, random_state=0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoded = model[0](X)
+        outputs = model(X)
+        loss = F.cross_entropy(outputs, y)
+    loss.backward()
+    assert encoded.dtype == torch.bfloat16 and outputs.dtype == torch.float32
+    # The encoder ran in bfloat16, the network in float32 from its rounded outputs.
+    torch.testing.assert_close(outputs, model[1](encoded.float()))
+    assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
+    assert model[1].node_weights.grad is not None
