@@ -39,7 +39,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 try:
-    from skorch import NeuralNetClassifier
+    from skorch import NeuralNetBinaryClassifier, NeuralNetClassifier
     from skorch.callbacks import Callback
 except ImportError as error:  # pragma: no cover - the message is the point
     raise ImportError(
@@ -47,6 +47,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
     ) from error
 
 from . import nn as fff_nn
+from ._arrays import FFFArrays
 from ._classes import FFFClassifier, FFFRegressor
 
 __all__ = ["Hardening", "LoadBalancing", "to_estimator"]
@@ -195,9 +196,10 @@ def to_estimator(net, X, **params):
 
     Parameters
     ----------
-    net : skorch.NeuralNetClassifier or skorch.NeuralNetRegressor
+    net : skorch.NeuralNetClassifier, NeuralNetBinaryClassifier or NeuralNetRegressor
         A trained net whose ``module_`` is an :class:`fffsklearn.nn.FFFNetwork`. A
-        classifier's module returns one logit per class of ``net.classes_``.
+        classifier's module returns one logit per class of ``net.classes_``; a binary
+        classifier's, one logit (of class 1, with the default ``threshold=0.5``).
     X : array-like of shape (n_samples, n_features)
         The rows it was trained on (see ``FFFClassifier.from_network``).
     **params
@@ -207,19 +209,49 @@ def to_estimator(net, X, **params):
     Returns
     -------
     estimator : FFFClassifier or FFFRegressor
+        A classifier for either kind of skorch classifier: it predicts the classes and
+        probabilities that the net predicts.
 
     Raises
     ------
     sklearn.exceptions.NotFittedError
         If the net has not been initialised (trained).
+    ValueError
+        If a binary classifier's module has more than one output, or its ``threshold`` is
+        not 0.5 (an FFFClassifier predicts the most probable class).
     """
     if not getattr(net, "initialized_", False):
         raise NotFittedError(
             f"This {type(net).__name__} is not initialized yet: fit it before to_estimator."
         )
     module = _fff_module(net)
-    if isinstance(net, NeuralNetClassifier):
-        classes = params.pop("classes", None)
-        classes = np.asarray(net.classes_ if classes is None else classes)
-        return FFFClassifier.from_network(module, X, classes, **params)
-    return FFFRegressor.from_network(module, X, **params)
+    if isinstance(net, NeuralNetBinaryClassifier):
+        network, classes = _two_class_logits(net, module), [0, 1]
+    elif isinstance(net, NeuralNetClassifier):
+        network, classes = module, net.classes_
+    else:
+        return FFFRegressor.from_network(module, X, **params)
+    classes = params.pop("classes", classes)
+    return FFFClassifier.from_network(network, X, np.asarray(classes), **params)
+
+
+def _two_class_logits(net, module):
+    """The arrays of a binary net's one-logit module with a logit of 0 put before it: the
+    softmax of ``(0, z)`` is ``(1 - sigmoid(z), sigmoid(z))``, the net's probabilities, and
+    its most probable class is the net's prediction at ``threshold=0.5``."""
+    if net.threshold != 0.5:
+        raise ValueError(
+            f"{type(net).__name__} has threshold={net.threshold}; an FFFClassifier predicts "
+            "the most probable class, which is the net's prediction only at threshold=0.5."
+        )
+    arrays = module.to_arrays()
+    if arrays.n_outputs != 1:
+        raise ValueError(
+            f"A {type(net).__name__}'s module returns one logit; this FFFNetwork has "
+            f"{arrays.n_outputs} outputs."
+        )
+    state = arrays.__getstate__()
+    for name in ("leaf_output_weights", "leaf_output_biases", "master_output_weights",
+                 "master_output_biases"):
+        state[name] = np.concatenate((np.zeros_like(state[name]), state[name]), axis=-1)
+    return FFFArrays(**state)

@@ -319,6 +319,34 @@ def test_converting_an_unfitted_or_compiled_skorch_net_says_what_is_wrong(digits
         to_estimator(compiled, X_train)
 
 
+def test_converting_a_binary_skorch_classifier_gives_a_classifier_that_predicts_as_it_does():
+    skorch = pytest.importorskip("skorch")
+    from fffsklearn.skorch import Hardening, LoadBalancing, to_estimator
+
+    X, y = _scaled_breast_cancer()
+    net = skorch.NeuralNetBinaryClassifier(
+        FFFNetwork, module__n_features=X.shape[1], module__n_outputs=1, module__depth=2,
+        module__random_state=0, optimizer=torch.optim.Adam, lr=3e-3, max_epochs=10,
+        train_split=None, verbose=0, callbacks=[LoadBalancing(), Hardening(epochs=2)],
+    ).fit(X, y)
+    model = to_estimator(net, X)
+    assert isinstance(model, FFFClassifier)
+    np.testing.assert_array_equal(model.classes_, [0, 1])
+    np.testing.assert_array_equal(model.predict(X), net.predict(X))
+    np.testing.assert_allclose(model.predict_proba(X), net.predict_proba(X), atol=1e-5)
+    assert model.score(X, y) > 0.9
+    net.set_params(threshold=0.3)
+    with pytest.raises(ValueError, match="threshold=0.3"):
+        to_estimator(net, X)
+
+
+def _scaled_breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    return StandardScaler().fit_transform(X).astype(np.float32), y.astype(np.float32)
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
