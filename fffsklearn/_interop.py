@@ -22,11 +22,13 @@ class TorchInterop:
     def to_module(self):
         """A trainable torch copy of the fitted network, for a training loop of your own.
 
-        The module takes raw rows (the input standardisation is folded into its first
-        layers) and returns raw outputs: class logits in the order of ``classes_``, or the
-        targets in their own units. Train it with :func:`fffsklearn.nn.load_balancing_loss`
+        The module takes raw rows and returns raw outputs: class logits in the order of
+        ``classes_``, or the targets in their own units. It standardises the rows first as
+        the fit did, with the fitted mean and scale held fixed (``input_mean`` and
+        ``input_scale`` are buffers, not parameters), so that fine-tuning is as well
+        conditioned as training was. Train it with :func:`fffsklearn.nn.load_balancing_loss`
         and :class:`fffsklearn.nn.Hardening`, then turn it back into an estimator with
-        ``from_network``.
+        ``from_network``, which folds the standardisation into the first layers again.
 
         Returns
         -------
@@ -36,7 +38,9 @@ class TorchInterop:
         from ._network import FFFNetwork
 
         check_is_fitted(self, "arrays_")
-        return FFFNetwork.from_arrays(self._arrays_in_output_units()).train()
+        return FFFNetwork.from_arrays(
+            self._arrays_in_output_units(), input_scaling=self._preparation.scaling
+        ).train()
 
     @classmethod
     def _from_network(cls, network, X, params, target_attributes):

@@ -447,6 +447,25 @@ def _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_le
         )
 
 
+def _check_input_scaling(input_scaling, n_features):
+    """``input_scaling``'s mean and scale as float64 tensors (None, None without it)."""
+    if input_scaling is None:
+        return None, None
+    try:
+        mean, scale = (np.asarray(a, dtype=np.float64) for a in input_scaling)
+    except (TypeError, ValueError):
+        mean = scale = None
+    if mean is None or mean.shape != (n_features,) or scale.shape != (n_features,) or not (
+        np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()
+    ):
+        raise ValueError(
+            f"input_scaling must be (mean, scale), two finite arrays of shape ({n_features},) "
+            "with a positive scale."
+        )
+    # float64, so that rows far from zero lose no more to the centring than to their dtype.
+    return torch.from_numpy(mean), torch.from_numpy(scale)
+
+
 class FFFNetwork(nn.Module):
     """A fast feedforward network as a torch module: a depth-``depth`` tree of routing neurons
     over ``2**depth`` leaf MLPs, plus a master MLP that every row uses.
@@ -497,11 +516,19 @@ class FFFNetwork(nn.Module):
         (the estimators pass the principal directions of the training rows, see
         :func:`~fffsklearn._preparation.principal_directions`). None factorises the drawn
         first layers as they are. Ignored without ``projection_rank``.
+    input_scaling : tuple of two array-likes of shape (n_features,), or None, default=None
+        ``(mean, scale)``: the network standardises its rows as ``(X - mean) / scale``
+        before anything else, with both held fixed (buffers, not parameters), so that
+        training from raw rows is as well conditioned as training from standardised ones.
+        :meth:`to_arrays` folds them into the first layers; :meth:`load_arrays` unfolds
+        them. ``scale`` must be positive.
 
     Attributes
     ----------
     routing : SoftForward or None
         What the last forward pass computed besides the outputs.
+    input_mean, input_scale : tensor of shape (n_features,) or None
+        The fixed standardisation of ``input_scaling``; None without it.
     input_projection : Parameter of shape (n_features, rank) or None
         The shared projection, started as the balanced factor of the best rank-``rank``
         approximation (SVD) of the first layers drawn as without it, or of their projection
@@ -511,11 +538,16 @@ class FFFNetwork(nn.Module):
     def __init__(
         self, n_features, n_outputs, depth=4, leaf_width=16, master_leaf_width=16,
         activation="relu", *, straight_through=True, region_leak=0.0, random_state=None,
-        projection_rank=None, projection_directions=None,
+        projection_rank=None, projection_directions=None, input_scaling=None,
     ):
         super().__init__()
         _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_leaf_width,
                                  activation, region_leak, projection_rank)
+        mean, scale = _check_input_scaling(input_scaling, n_features)
+        # Buffers, not parameters: they move with .to() and pickle with the module, and no
+        # optimizer given .parameters() changes them.
+        self.register_buffer("input_mean", mean)
+        self.register_buffer("input_scale", scale)
         self.depth = depth
         self.activation = activation
         self.straight_through = straight_through
@@ -570,9 +602,13 @@ class FFFNetwork(nn.Module):
             return stacked if self.input_projection is None else self.input_projection @ stacked
 
     @classmethod
-    def from_arrays(cls, arrays):
+    def from_arrays(cls, arrays, *, input_scaling=None):
         """A module holding the weights of ``arrays`` (an :class:`FFFArrays`), in evaluation
         mode: its ``forward`` computes what the estimators predict.
+
+        With ``input_scaling`` (see the class parameters), the module standardises its rows
+        itself and holds the weights of ``arrays`` with that standardisation taken out of
+        them; it computes the same outputs.
 
         ``soft_forward(X, straight_through=False)`` gives the path-probability mixture that
         the published FFF code reports; comparing it with hard routing measures how
@@ -581,6 +617,7 @@ class FFFNetwork(nn.Module):
         network = cls(
             arrays.n_features, arrays.n_outputs, arrays.depth, arrays.leaf_width,
             arrays.master_leaf_width, arrays.activation, random_state=0,
+            input_scaling=input_scaling,
         )
         network.load_arrays(arrays)
         return network.eval()
@@ -667,6 +704,7 @@ class FFFNetwork(nn.Module):
                     X.to(self.node_weights.dtype), straight_through=straight_through,
                     region_leak=region_leak, generator=generator,
                 )
+        X = self._standardised(X)
         swap = self._region_leak_swaps(X, region_leak, generator)
         outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
             X, *self.parameters_in_forward_order(), swap, straight_through, self.activation
@@ -699,6 +737,7 @@ class FFFNetwork(nn.Module):
         swap = None
         parameters = self.parameters_in_forward_order()
         with torch.no_grad():
+            X = self._standardised(X)
             outputs, leaf_probabilities, right, hard_one_hot, saved = _soft_forward(
                 X, parameters, swap, straight_through, self.activation
             )
@@ -714,6 +753,12 @@ class FFFNetwork(nn.Module):
                     parameter.grad = grad
 
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot), backward
+
+    def _standardised(self, X):
+        """The rows as the tree reads them: through the fixed input standardisation, if any."""
+        if self.input_mean is None:
+            return X
+        return ((X - self.input_mean) / self.input_scale).to(X.dtype)
 
     def _region_leak_swaps(self, X, region_leak, generator):
         """Where each row swaps a node's two branches (region leak), or None."""
@@ -734,7 +779,7 @@ class FFFNetwork(nn.Module):
         o = self.master_output_biases.shape[0]
         first_layers = self._first_layers()
         training_width = self.leaf_hidden_biases.shape[0]
-        return FFFArrays(
+        arrays = FFFArrays(
             depth,
             self.activation,
             node_weights=numpy(self.node_weights),
@@ -750,10 +795,21 @@ class FFFNetwork(nn.Module):
             master_output_weights=numpy(self.master_output_weights),
             master_output_biases=numpy(self.master_output_biases),
         )
+        return arrays if self.input_mean is None else arrays.with_input_scaling(
+            *self._input_scaling()
+        )
+
+    def _input_scaling(self):
+        """The fixed input standardisation as float64 arrays."""
+        return tuple(t.detach().to("cpu", torch.float64).numpy()
+                     for t in (self.input_mean, self.input_scale))
 
     @torch.no_grad()
     def load_arrays(self, arrays):
-        """Copy the weights of ``arrays`` (an :class:`FFFArrays`) into this module."""
+        """Copy the weights of ``arrays`` (an :class:`FFFArrays`, which takes raw rows as
+        :meth:`to_arrays` returns them) into this module."""
+        if self.input_mean is not None:
+            arrays = arrays.without_input_scaling(*self._input_scaling())
         n_leaves = self.n_leaves
         d = arrays.n_features
 

@@ -431,3 +431,38 @@ def test_a_network_runs_under_cpu_autocast_in_its_own_dtype():
     torch.testing.assert_close(outputs, model[1](encoded.float()))
     assert model[0].weight.grad is not None and torch.isfinite(model[0].weight.grad).all()
     assert model[1].node_weights.grad is not None
+
+
+def test_fine_tuning_to_module_on_raw_rows_far_from_zero_keeps_the_accuracy(digits):
+    """The module standardises its rows itself, with the fitted statistics held fixed, so
+    Adam at its usual rate fine-tunes it as well as it trained (with the standardisation
+    folded into the first layers, the same loop dropped the accuracy to chance)."""
+    X_train, X_test, y_train, y_test = (part + 1000.0 if i < 2 else part
+                                        for i, part in enumerate(digits))
+    model = FFFClassifier(depth=3, random_state=0, max_iter=30).fit(X_train, y_train)
+    module = model.to_module()
+    assert {name for name, _ in module.named_buffers()} == {"input_mean", "input_scale"}
+    # Converted back untouched, it is the same model.
+    untouched = FFFClassifier.from_network(module.eval(), X_train, model.classes_)
+    np.testing.assert_array_equal(untouched.predict(X_test), model.predict(X_test))
+    optimizer = torch.optim.Adam(module.train().parameters(), lr=1e-3)
+    rows, labels = torch.as_tensor(X_train, dtype=torch.float32), torch.as_tensor(y_train)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for batch in torch.randperm(len(rows), generator=generator).split(64):
+            optimizer.zero_grad()
+            outputs = module(rows[batch])
+            loss = F.cross_entropy(outputs, labels[batch])
+            (loss + 0.1 * load_balancing_loss(module.routing)).backward()
+            optimizer.step()
+    tuned = FFFClassifier.from_network(module.eval(), X_train, model.classes_)
+    assert tuned.score(X_test, y_test) >= model.score(X_test, y_test) - 0.02
+    np.testing.assert_array_equal(tuned.predict(X_test), module(
+        torch.as_tensor(X_test, dtype=torch.float32)).argmax(1).numpy())
+
+
+def test_a_network_refuses_an_input_scaling_it_cannot_use():
+    for scaling in [(np.zeros(3), np.ones(4)), (np.zeros(4), np.zeros(4)),
+                    (np.full(4, np.nan), np.ones(4)), "mean"]:
+        with pytest.raises(ValueError, match="input_scaling must be"):
+            FFFNetwork(4, 2, depth=1, input_scaling=scaling)
