@@ -228,8 +228,8 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         # The routing group lasso weighs each feature by how well it separates the classes.
         return {"y": y_encoded, "n_classes": len(self.classes_)}
 
-    def _arrays_in_output_units(self):
-        return self.arrays_
+    def _output_scaling(self):
+        return None
 
     @classmethod
     def from_network(cls, network, X, classes, **params):
@@ -265,13 +265,15 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 f"them (the order of the network's outputs); got {classes.tolist()!r}."
             )
 
-        def target_attributes(arrays):
+        def target_attributes(arrays, output_scaling):
             if arrays.n_outputs != len(classes):
                 raise ValueError(
                     f"The network has {arrays.n_outputs} outputs but {len(classes)} classes "
                     "were given."
                 )
-            return {"classes_": classes}
+            if output_scaling is not None:
+                arrays = arrays.with_output_scaling(*output_scaling)
+            return arrays, {"classes_": classes}
 
         return cls._from_network(network, X, params, target_attributes)
 
@@ -507,16 +509,17 @@ class FFFRegressor(RegressorMixin, BaseFFF):
     def _n_network_outputs(self):
         return self.n_outputs_
 
-    def _arrays_in_output_units(self):
-        return self.arrays_.with_output_scaling(self._target_mean, self._target_scale)
+    def _output_scaling(self):
+        return self._target_mean, self._target_scale
 
     @classmethod
     def from_network(cls, network, X, **params):
         """A fitted regressor that predicts with ``network``, trained outside fffsklearn.
 
         The result predicts through the compiled kernel, pickles and exports to ONNX like
-        any fitted FFFRegressor; ``fit`` with ``warm_start=True`` continues from it (on the
-        targets as they are: no target standardisation).
+        any fitted FFFRegressor; ``fit`` with ``warm_start=True`` continues from it. A
+        network's fixed ``output_scaling`` (as :meth:`to_module` gives) becomes the
+        regressor's target scaling; without one, the targets are taken as they are.
 
         Parameters
         ----------
@@ -535,12 +538,15 @@ class FFFRegressor(RegressorMixin, BaseFFF):
         estimator : FFFRegressor
             ``predict`` returns a 1-D array when the network has one output.
         """
-        return cls._from_network(network, X, params, lambda arrays: {
-            "n_outputs_": arrays.n_outputs,
-            "_target_is_1d": arrays.n_outputs == 1,
-            "_target_mean": np.zeros(arrays.n_outputs),
-            "_target_scale": np.ones(arrays.n_outputs),
-        })
+        def target_attributes(arrays, output_scaling):
+            n = arrays.n_outputs
+            mean, scale = output_scaling or (np.zeros(n), np.ones(n))
+            return arrays, {
+                "n_outputs_": n, "_target_is_1d": n == 1,
+                "_target_mean": mean, "_target_scale": scale,
+            }
+
+        return cls._from_network(network, X, params, target_attributes)
 
     def _expected_target_shapes(self, n_outputs):
         return {"_target_mean": (n_outputs,), "_target_scale": (n_outputs,)}

@@ -16,8 +16,9 @@ class TorchInterop:
     """``to_module`` and ``from_network`` of the estimators (mixed into their base)."""
 
     @abstractmethod
-    def _arrays_in_output_units(self):
-        """``arrays_`` with outputs in the units users see (logits, or targets)."""
+    def _output_scaling(self):
+        """``(mean, scale)`` that turn the outputs of ``arrays_`` into the units users see
+        (logits, or targets), or None."""
 
     def to_module(self):
         """A trainable torch copy of the fitted network, for a training loop of your own.
@@ -39,21 +40,25 @@ class TorchInterop:
 
         check_is_fitted(self, "arrays_")
         return FFFNetwork.from_arrays(
-            self._arrays_in_output_units(), input_scaling=self._preparation.scaling
+            self.arrays_, input_scaling=self._preparation.scaling,
+            output_scaling=self._output_scaling(),
         ).train()
 
     @classmethod
     def _from_network(cls, network, X, params, target_attributes):
         """A fitted estimator holding ``network`` (an FFFNetwork or FFFArrays).
 
-        ``target_attributes(arrays)`` returns the fitted target attributes that give the
-        network's outputs their meaning (or raises if they cannot); ``X`` sets the input
-        attributes and the leaf counts."""
+        ``target_attributes(arrays, output_scaling)`` returns the arrays to predict with and
+        the fitted target attributes that give their outputs their meaning (or raises if
+        they cannot), from the network's arrays before its fixed output scaling and that
+        scaling (None if there is none); ``X`` sets the input attributes and the leaf
+        counts."""
         from ._network import FFFNetwork
 
-        trained_as = {}
+        trained_as, output_scaling = {}, None
         if isinstance(network, FFFNetwork):
-            arrays = network.to_arrays()
+            arrays = network.to_arrays(output_scaling=False)
+            output_scaling = network.output_scaling
             # A warm start then trains the first layers as the network did.
             projection = network.input_projection
             trained_as["projection_rank"] = None if projection is None else projection.shape[1]
@@ -75,7 +80,8 @@ class TorchInterop:
             raise ValueError(
                 f"X has {X.shape[1]} features, but the network takes {arrays.n_features}."
             )
-        vars(estimator).update(target_attributes(arrays))
+        arrays, attributes = target_attributes(arrays, output_scaling)
+        vars(estimator).update(attributes)
         estimator.arrays_ = arrays
         estimator._preparation = InputPreparation.identity(arrays.n_features)
         estimator.device_ = "cpu"

@@ -447,23 +447,29 @@ def _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_le
         )
 
 
-def _check_input_scaling(input_scaling, n_features):
-    """``input_scaling``'s mean and scale as float64 tensors (None, None without it)."""
-    if input_scaling is None:
+def _check_scaling(name, scaling, size):
+    """A fixed scaling's mean and scale as float64 tensors (None, None without it)."""
+    if scaling is None:
         return None, None
     try:
-        mean, scale = (np.asarray(a, dtype=np.float64) for a in input_scaling)
+        mean, scale = (np.asarray(a, dtype=np.float64) for a in scaling)
     except (TypeError, ValueError):
         mean = scale = None
-    if mean is None or mean.shape != (n_features,) or scale.shape != (n_features,) or not (
+    if mean is None or mean.shape != (size,) or scale.shape != (size,) or not (
         np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()
     ):
         raise ValueError(
-            f"input_scaling must be (mean, scale), two finite arrays of shape ({n_features},) "
-            "with a positive scale."
+            f"{name} must be (mean, scale), two finite arrays of shape ({size},) with a "
+            "positive scale."
         )
     # float64, so that rows far from zero lose no more to the centring than to their dtype.
     return torch.from_numpy(mean), torch.from_numpy(scale)
+
+
+def _as_arrays(mean, scale):
+    if mean is None:
+        return None
+    return tuple(t.detach().to("cpu", torch.float64).numpy() for t in (mean, scale))
 
 
 class FFFNetwork(nn.Module):
@@ -522,6 +528,11 @@ class FFFNetwork(nn.Module):
         training from raw rows is as well conditioned as training from standardised ones.
         :meth:`to_arrays` folds them into the first layers; :meth:`load_arrays` unfolds
         them. ``scale`` must be positive.
+    output_scaling : tuple of two array-likes of shape (n_outputs,), or None, default=None
+        ``(mean, scale)``: the outputs are the tree's times ``scale`` plus ``mean``, both
+        held fixed, so that a regressor's targets keep their own units while its weights
+        keep the size they trained at. :meth:`to_arrays` folds them into the output layers
+        unless told not to; :meth:`load_arrays` loads the tree's own output layers.
 
     Attributes
     ----------
@@ -529,6 +540,8 @@ class FFFNetwork(nn.Module):
         What the last forward pass computed besides the outputs.
     input_mean, input_scale : tensor of shape (n_features,) or None
         The fixed standardisation of ``input_scaling``; None without it.
+    output_mean, output_scale : tensor of shape (n_outputs,) or None
+        The fixed scaling of ``output_scaling``; None without it.
     input_projection : Parameter of shape (n_features, rank) or None
         The shared projection, started as the balanced factor of the best rank-``rank``
         approximation (SVD) of the first layers drawn as without it, or of their projection
@@ -539,15 +552,18 @@ class FFFNetwork(nn.Module):
         self, n_features, n_outputs, depth=4, leaf_width=16, master_leaf_width=16,
         activation="relu", *, straight_through=True, region_leak=0.0, random_state=None,
         projection_rank=None, projection_directions=None, input_scaling=None,
+        output_scaling=None,
     ):
         super().__init__()
         _check_network_arguments(n_features, n_outputs, depth, leaf_width, master_leaf_width,
                                  activation, region_leak, projection_rank)
-        mean, scale = _check_input_scaling(input_scaling, n_features)
         # Buffers, not parameters: they move with .to() and pickle with the module, and no
         # optimizer given .parameters() changes them.
-        self.register_buffer("input_mean", mean)
-        self.register_buffer("input_scale", scale)
+        for name, scaling, size in (("input", input_scaling, n_features),
+                                    ("output", output_scaling, n_outputs)):
+            mean, scale = _check_scaling(f"{name}_scaling", scaling, size)
+            self.register_buffer(f"{name}_mean", mean)
+            self.register_buffer(f"{name}_scale", scale)
         self.depth = depth
         self.activation = activation
         self.straight_through = straight_through
@@ -602,13 +618,14 @@ class FFFNetwork(nn.Module):
             return stacked if self.input_projection is None else self.input_projection @ stacked
 
     @classmethod
-    def from_arrays(cls, arrays, *, input_scaling=None):
+    def from_arrays(cls, arrays, *, input_scaling=None, output_scaling=None):
         """A module holding the weights of ``arrays`` (an :class:`FFFArrays`), in evaluation
         mode: its ``forward`` computes what the estimators predict.
 
         With ``input_scaling`` (see the class parameters), the module standardises its rows
         itself and holds the weights of ``arrays`` with that standardisation taken out of
-        them; it computes the same outputs.
+        them; it computes the same outputs. With ``output_scaling``, its outputs are those
+        of ``arrays`` times the scale plus the mean.
 
         ``soft_forward(X, straight_through=False)`` gives the path-probability mixture that
         the published FFF code reports; comparing it with hard routing measures how
@@ -617,7 +634,7 @@ class FFFNetwork(nn.Module):
         network = cls(
             arrays.n_features, arrays.n_outputs, arrays.depth, arrays.leaf_width,
             arrays.master_leaf_width, arrays.activation, random_state=0,
-            input_scaling=input_scaling,
+            input_scaling=input_scaling, output_scaling=output_scaling,
         )
         network.load_arrays(arrays)
         return network.eval()
@@ -709,6 +726,8 @@ class FFFNetwork(nn.Module):
         outputs, leaf_probabilities, right, hard_one_hot = _SoftForwardFunction.apply(
             X, *self.parameters_in_forward_order(), swap, straight_through, self.activation
         )
+        if self.output_mean is not None:
+            outputs = (outputs * self.output_scale + self.output_mean).to(X.dtype)
         return SoftForward(outputs, right, leaf_probabilities, hard_one_hot)
 
     def training_pass(self, X, *, straight_through):
@@ -742,7 +761,12 @@ class FFFNetwork(nn.Module):
                 X, parameters, swap, straight_through, self.activation
             )
 
+        if self.output_mean is not None:
+            outputs = (outputs * self.output_scale + self.output_mean).to(X.dtype)
+
         def backward(grad_outputs, grad_leaf_probabilities):
+            if grad_outputs is not None and self.output_mean is not None:
+                grad_outputs = (grad_outputs * self.output_scale).to(X.dtype)
             with torch.no_grad():
                 grads, _ = _soft_backward(
                     saved, swap, self.activation, grad_outputs, grad_leaf_probabilities,
@@ -768,8 +792,13 @@ class FFFNetwork(nn.Module):
             (X.shape[0], self.n_leaves - 1), generator=generator, device=X.device
         ) < region_leak
 
-    def to_arrays(self):
-        """Export the weights as the validated NumPy arrays that every inference backend reads."""
+    def to_arrays(self, *, output_scaling=True):
+        """Export the weights as the validated NumPy arrays that every inference backend reads.
+
+        The arrays take raw rows (the fixed input standardisation, if any, is folded into
+        the first layers). With ``output_scaling=False`` they give the tree's own outputs,
+        before the fixed output scaling; otherwise the outputs of :meth:`forward`.
+        """
         n_leaves, depth = self.n_leaves, self.depth
 
         def numpy(t):
@@ -795,21 +824,31 @@ class FFFNetwork(nn.Module):
             master_output_weights=numpy(self.master_output_weights),
             master_output_biases=numpy(self.master_output_biases),
         )
-        return arrays if self.input_mean is None else arrays.with_input_scaling(
-            *self._input_scaling()
-        )
+        if self.input_mean is not None:
+            arrays = arrays.with_input_scaling(*self.input_scaling)
+        if output_scaling and self.output_mean is not None:
+            arrays = arrays.with_output_scaling(*self.output_scaling)
+        return arrays
 
-    def _input_scaling(self):
-        """The fixed input standardisation as float64 arrays."""
-        return tuple(t.detach().to("cpu", torch.float64).numpy()
-                     for t in (self.input_mean, self.input_scale))
+    @property
+    def input_scaling(self):
+        """The fixed input standardisation, ``(mean, scale)`` as float64 arrays, or None."""
+        return _as_arrays(self.input_mean, self.input_scale)
+
+    @property
+    def output_scaling(self):
+        """The fixed output scaling, ``(mean, scale)`` as float64 arrays, or None."""
+        return _as_arrays(self.output_mean, self.output_scale)
 
     @torch.no_grad()
     def load_arrays(self, arrays):
-        """Copy the weights of ``arrays`` (an :class:`FFFArrays`, which takes raw rows as
-        :meth:`to_arrays` returns them) into this module."""
+        """Copy the weights of ``arrays`` (an :class:`FFFArrays`) into this module.
+
+        The arrays take raw rows, and give the outputs before the fixed output scaling:
+        what ``to_arrays(output_scaling=False)`` returns.
+        """
         if self.input_mean is not None:
-            arrays = arrays.without_input_scaling(*self._input_scaling())
+            arrays = arrays.without_input_scaling(*self.input_scaling)
         n_leaves = self.n_leaves
         d = arrays.n_features
 

@@ -127,6 +127,20 @@ def test_to_module_of_a_regressor_returns_the_targets_in_their_units():
     assert one_target.predict(X).shape == (400,)
 
 
+@pytest.mark.parametrize("magnitude", [1e30, 1e36])
+def test_to_module_of_a_regressor_of_huge_targets_round_trips(magnitude):
+    """Every model that fit makes converts: the module keeps the target scaling as fixed
+    buffers instead of folding it into weights beyond the arrays' limit."""
+    X, y = make_friedman1(n_samples=300, random_state=0)
+    model = FFFRegressor(depth=2, max_iter=5, random_state=0).fit(X, y * magnitude)
+    module = model.to_module().eval()
+    with torch.no_grad():
+        outputs = module(torch.from_numpy(X.astype(np.float32))).numpy()
+    np.testing.assert_allclose(outputs[:, 0], model.predict(X), rtol=1e-4)
+    rebuilt = FFFRegressor.from_network(module, X)
+    np.testing.assert_allclose(rebuilt.predict(X), model.predict(X), rtol=1e-5)
+
+
 def test_from_network_refuses_what_it_cannot_interpret(rng):
     X = rng.standard_normal((20, 5)).astype(np.float32)
     network = FFFNetwork(5, 3, depth=2, random_state=0)
