@@ -53,6 +53,13 @@ def to_onnx(estimator, n_features=None, target_opset=None):
     ------
     ImportError
         If the optional dependencies of ``fffsklearn[onnx]`` are not installed.
+    sklearn.exceptions.NotFittedError
+        If the estimator is not fitted.
+    ValueError
+        If ``n_features`` is not the number the estimator was fitted on, or a regressor
+        predicts targets beyond the range of float32. skl2onnx's ``to_onnx(model, X[:1])``
+        with float64 rows gives a graph of a float64 input, whose regressor outputs are
+        float64 and take such targets.
     """
     from ._onnx import export
 

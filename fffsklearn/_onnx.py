@@ -8,6 +8,8 @@ leaf plus the master leaf. :func:`register` makes skl2onnx's own ``to_onnx`` and
 """
 
 import numpy as np
+from sklearn.base import is_classifier, is_regressor
+from sklearn.utils.validation import check_is_fitted
 
 try:
     from onnx import TensorProto
@@ -40,7 +42,14 @@ _MIN_OPSET = 13  # ReduceSum and Squeeze take their axes as inputs from opset 13
 def export(estimator, n_features=None, target_opset=None):
     """The implementation of :func:`fffsklearn.to_onnx`, which documents it."""
     register()
-    n_features = estimator.n_features_in_ if n_features is None else n_features
+    check_is_fitted(estimator)
+    fitted_features = getattr(estimator, "n_features_in_", None)
+    n_features = fitted_features if n_features is None else n_features
+    if fitted_features is not None and n_features != fitted_features:
+        raise ValueError(
+            f"n_features={n_features}, but {type(estimator).__name__} was fitted on "
+            f"{fitted_features} features."
+        )
     options = None
     if getattr(estimator, "_estimator_type", None) == "classifier" or hasattr(
         estimator, "predict_proba"
@@ -107,6 +116,25 @@ def _route(g, arrays, x):
                 output=g.scope.get_unique_variable_name("fff_leaves"))
 
 
+def _check_operator(operator):
+    """Refuse an unfitted estimator, and an input whose width is not the fitted one (a
+    graph onnxruntime would reject only when it runs)."""
+    model = operator.raw_operator
+    check_is_fitted(model, "arrays_")
+    shape = operator.inputs[0].type.shape
+    if len(shape) == 2 and isinstance(shape[1], int) and shape[1] != model.n_features_in_:
+        raise ValueError(
+            f"The ONNX input has {shape[1]} features, but {type(model).__name__} was fitted "
+            f"on {model.n_features_in_}."
+        )
+
+
+def _output_dtype(operator):
+    """A regressor graph's output dtype: double for a double input, as scikit-learn's own
+    converters give, float32 otherwise."""
+    return np.float64 if isinstance(operator.inputs[0].type, DoubleTensorType) else np.float32
+
+
 def _raw_outputs(scope, operator, container):
     """Graph of the hard-routed raw outputs (chosen leaf plus master leaf) of ``X``."""
     if container.target_opset < _MIN_OPSET:
@@ -165,10 +193,14 @@ def _label_kind(classes):
 
 
 def _classifier_output_shapes(operator):
+    _check_operator(operator)
     calculate_linear_classifier_output_shapes(operator)
     n_rows = operator.inputs[0].get_first_dimension()
     label_type, _ = _LABEL_TYPES[_label_kind(operator.raw_operator.classes_)]
     operator.outputs[0].type = label_type([n_rows])
+    # float32 whatever the input's type: the network computes in float32, and onnxruntime's
+    # ZipMap (skl2onnx's default after a classifier) takes float32 probabilities only.
+    operator.outputs[1].type = FloatTensorType([n_rows, len(operator.raw_operator.classes_)])
 
 
 def _convert_classifier(scope, operator, container):
@@ -188,16 +220,35 @@ def _convert_classifier(scope, operator, container):
 
 def _convert_regressor(scope, operator, container):
     model = operator.raw_operator
+    dtype = _output_dtype(operator)
     g, outputs = _raw_outputs(scope, operator, container)
-    scaled = g.op("Mul", outputs, g.const("target_scale", model._target_scale, np.float32))
-    g.op("Add", scaled, g.const("target_mean", model._target_mean, np.float32),
+    if dtype == np.float64:
+        outputs = g.op("Cast", outputs, to=TensorProto.DOUBLE)
+    scaled = g.op("Mul", outputs, g.const("target_scale", model._target_scale, dtype))
+    g.op("Add", scaled, g.const("target_mean", model._target_mean, dtype),
          output=operator.outputs[0].full_name)
 
 
+# A float32 graph must hold the targets within this many standard deviations of their mean.
+_FLOAT32_TARGET_SPREAD = 100
+
+
 def _regressor_output_shapes(operator):
+    _check_operator(operator)
+    model = operator.raw_operator
+    dtype = _output_dtype(operator)
+    reach = np.abs(model._target_mean) + _FLOAT32_TARGET_SPREAD * model._target_scale
+    if dtype == np.float32 and (reach > np.finfo(np.float32).max).any():
+        raise ValueError(
+            f"This {type(model).__name__} predicts targets beyond the range of float32, "
+            "which a float32 graph would return as infinities: export it with a float64 "
+            "input (skl2onnx.to_onnx(model, X[:1]) with float64 X, or initial_types="
+            "[('X', DoubleTensorType([None, n_features]))]), whose outputs are float64."
+        )
     calculate_linear_regressor_output_shapes(operator)
     n_rows = operator.inputs[0].get_first_dimension()
-    operator.outputs[0].type = FloatTensorType([n_rows, operator.raw_operator.n_outputs_])
+    output_type = DoubleTensorType if dtype == np.float64 else FloatTensorType
+    operator.outputs[0].type = output_type([n_rows, model.n_outputs_])
 
 
 def register():

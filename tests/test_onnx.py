@@ -164,3 +164,54 @@ def test_exporting_a_classifier_of_every_label_type_fit_accepts(labels):
     label, proba = run(to_onnx(model), X)
     np.testing.assert_array_equal(label, model.predict(X))
     np.testing.assert_allclose(proba, model.predict_proba(X), rtol=1e-5, atol=1e-5)
+
+
+def _session(model_proto):
+    return ort.InferenceSession(model_proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+
+
+def test_converting_with_a_float64_sample_as_for_scikit_learn_models(digits):
+    """``skl2onnx.to_onnx(model, X[:1])`` with float64 rows gives a double input; the graph
+    must load in onnxruntime with skl2onnx's default ZipMap and without it."""
+    from fffsklearn import register_onnx_converters
+
+    register_onnx_converters()
+    X, y = digits
+    X = X.astype(np.float64)
+    classifier = FFFClassifier(depth=2, max_iter=3, random_state=0).fit(X, y)
+    label, probabilities = _session(skl2onnx.to_onnx(classifier, X[:1])).run(None, {"X": X})
+    np.testing.assert_array_equal(label, classifier.predict(X))
+    assert probabilities[0].keys() == set(classifier.classes_)
+    plain = skl2onnx.to_onnx(classifier, X[:1], options={"zipmap": False})
+    label, probabilities = _session(plain).run(None, {"X": X})
+    np.testing.assert_allclose(probabilities, classifier.predict_proba(X), atol=1e-5)
+    regressor = FFFRegressor(depth=2, max_iter=3, random_state=0).fit(X, X[:, 10] * 3.0)
+    (prediction,) = _session(skl2onnx.to_onnx(regressor, X[:1])).run(None, {"X": X})
+    assert prediction.dtype == np.float64
+    np.testing.assert_allclose(prediction[:, 0], regressor.predict(X), rtol=1e-5, atol=1e-4)
+
+
+def test_exporting_with_the_wrong_width_or_unfitted_says_so(digits):
+    from sklearn.exceptions import NotFittedError
+    from skl2onnx.common.data_types import FloatTensorType
+
+    X, y = digits
+    model = FFFClassifier(depth=2, max_iter=2, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="n_features=5, but FFFClassifier was fitted on 64"):
+        to_onnx(model, n_features=5)
+    with pytest.raises(ValueError, match="input has 5 features, but FFFClassifier was fitted"):
+        skl2onnx.to_onnx(model, initial_types=[("X", FloatTensorType([None, 5]))])
+    for unfitted in (FFFClassifier(), FFFRegressor()):
+        with pytest.raises(NotFittedError):
+            to_onnx(unfitted)
+
+
+def test_a_regressor_of_targets_beyond_float32_exports_only_with_float64_outputs():
+    X, y = make_regression(n_samples=200, n_features=4, random_state=0)
+    model = FFFRegressor(depth=2, max_iter=3, random_state=0).fit(X, y * 1e37)
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        to_onnx(model)
+    (prediction,) = _session(skl2onnx.to_onnx(model, X[:1])).run(None, {"X": X})
+    assert np.isfinite(prediction).all()
+    np.testing.assert_allclose(prediction[:, 0], model.predict(X), rtol=1e-4)
