@@ -32,6 +32,7 @@ Examples
 True
 """
 
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -154,6 +155,10 @@ class Hardening(Callback):
     straight-through model, which already is the hard-routed one. An LR scheduler that sets
     the learning rate itself overrides ``learning_rate_factor``; pass 1.0 then.
 
+    skorch does not tell callbacks the ``epochs`` of ``partial_fit(X, y, epochs=n)``, so the
+    phase still starts at epoch ``max_epochs - epochs`` of the call: a call that ends before
+    it, without early stopping, warns that it ran no hardening.
+
     Parameters
     ----------
     epochs : int, default=16
@@ -188,7 +193,29 @@ class Hardening(Callback):
         self.phase_.begin_epoch(net.module_, net.optimizer_)
 
     def on_train_end(self, net, **kwargs):
+        ran = len(net.history) - self.epochs_before_
+        start = max(0, net.max_epochs - self.epochs)
+        if self.epochs and not self.phase_.active and not _stopped_early(net):
+            warnings.warn(
+                f"Hardening did not run: this call trained {ran} epochs and the phase starts "
+                f"at epoch {start} of a call (max_epochs={net.max_epochs} minus "
+                f"epochs={self.epochs}); skorch does not tell callbacks the epochs of "
+                "partial_fit. The net keeps its straight-through (hard-routed) model. Call "
+                "partial_fit with at least max_epochs epochs, or set max_epochs to the "
+                "epochs of your calls.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.phase_.stop(net.module_, net.optimizer_)
+
+
+def _stopped_early(net):
+    """Whether one of ``net``'s callbacks ended the training early (skorch's
+    EarlyStopping counts its misses in ``misses_``)."""
+    return any(
+        getattr(callback, "misses_", 0) >= getattr(callback, "patience", float("inf"))
+        for _, callback in net.callbacks_
+    )
 
 
 def to_estimator(net, X, **params):

@@ -480,3 +480,30 @@ def test_a_network_refuses_an_input_scaling_it_cannot_use():
                     (np.full(4, np.nan), np.ones(4)), "mean"]:
         with pytest.raises(ValueError, match="input_scaling must be"):
             FFFNetwork(4, 2, depth=1, input_scaling=scaling)
+
+
+def test_a_skorch_partial_fit_shorter_than_the_hardening_start_says_it_ran_none(digits):
+    pytest.importorskip("skorch")
+    import warnings
+
+    from skorch.callbacks import EarlyStopping
+
+    from fffsklearn.skorch import Hardening, LoadBalancing
+
+    X_train, _, y_train, _ = digits
+    net = _skorch_classifier(X_train.shape[1], 6, [LoadBalancing(), Hardening(epochs=2)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.fit(X_train, y_train)  # the phase runs: nothing to say
+    with pytest.warns(UserWarning, match="Hardening did not run: this call trained 3 epochs"):
+        net.partial_fit(X_train, y_train, epochs=3)
+    assert net.module_.straight_through and net.module_.node_weights.requires_grad
+    # Early stopping before the phase leaves the hard-routed model on purpose: no warning.
+    stopping = _skorch_classifier(
+        X_train.shape[1], 30, [LoadBalancing(), Hardening(epochs=2),
+                               EarlyStopping(monitor="train_loss", patience=1, threshold=10.0)],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stopping.fit(X_train, y_train)
+    assert len(stopping.history) < 28
