@@ -186,12 +186,15 @@ class _TrainingData:
             y_numeric=self._task == "regression",
         )
         y_encoded = self._encode_targets(y, first_call, classes)
-        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float32)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
         sample_weight = self._weigh_targets(y_encoded, sample_weight, incremental)
         if not np.any(sample_weight):
             raise ValueError("Sample weights must contain at least one non-zero weight.")
         if np.any(sample_weight < 0):
             raise ValueError("Sample weights must be non-negative.")
+        # Only the weights' ratios matter to training; relative to their mean they survive
+        # the cast to float32 however small or large the user's were.
+        sample_weight = (sample_weight / _mean_of_positive(sample_weight)).astype(np.float32)
         return X, y, y_encoded, sample_weight
 
     def _held_out_scoring(self, X, y_encoded, sample_weight, validation, rng):
@@ -571,6 +574,13 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = False
         return tags
+
+
+def _mean_of_positive(weights):
+    """The mean of non-negative float64 ``weights`` with one positive, computed relative to
+    their largest so that weights near float64's limits neither overflow nor underflow."""
+    largest = weights.max()
+    return (weights / largest).mean() * largest
 
 
 def _validation_split(X, y_encoded, sample_weight, fraction, min_rows, stratification, rng):

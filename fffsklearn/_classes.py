@@ -222,7 +222,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 f"class_weight must give every class a finite, non-negative weight; got "
                 f"{dict(zip(self.classes_.tolist(), weights.tolist()))}."
             )
-        return (sample_weight * weights[y_encoded]).astype(np.float32)
+        return sample_weight * weights[y_encoded]
 
     def _preparation_targets(self, y_encoded):
         # The routing group lasso weighs each feature by how well it separates the classes.

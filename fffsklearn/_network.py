@@ -139,41 +139,33 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
         As given to :func:`_soft_forward`.
     grad_outputs : tensor of shape (n_samples, n_outputs) or None
     grad_probabilities : tensor broadcastable to (n_samples, n_leaves), or None
-    routing_trains : bool
-        Whether to compute the routing neurons' gradients.
-    input_trains : bool
-        Whether to compute the rows' gradient.
+    routing_trains, input_trains : bool
+        Whether to compute the routing neurons' gradients, and the rows'.
 
     Returns
     -------
-    grads : list of 11 tensors or None
-        In the order of :meth:`FFFNetwork.parameters_in_forward_order`; None where there is
-        no gradient.
-    grad_X : tensor of shape (n_samples, n_features) or None
-        None unless ``input_trains``.
+    grads, grad_X : list of 11 tensors or None, and a tensor or None
+        The parameters' gradients in the order of
+        :meth:`FFFNetwork.parameters_in_forward_order` and the rows' (None where none).
     """
     (X, leaf_input, right, leaf_probabilities, hidden, weighted, mixture, hard_leaves,
      master_hidden, leaf_output_weights, leaf_output_biases, master_output_weights,
      input_projection, leaf_hidden_weights, master_hidden_weights, node_weights) = saved
     _, _, activation_backward = torch_activation(activation)
-    # The rows' gradient through the routing needs the same path gradients as the routing
-    # neurons' own.
     through_routing = routing_trains or input_trains
     grads = [None] * 11
     grad_X = None
     grad_mixture = grad_probabilities
     if grad_outputs is not None:
         projected = input_projection is not None
-        # The gradient of the leaves' input rows (projected or not), summed over the leaves
-        # and the master leaf.
+        # The gradient of the leaves' input rows, summed over the leaves and the master leaf.
         wants_leaf_input = projected or input_trains
         grad_leaf_input = None
         if master_hidden is not None:
-            grads[8] = master_hidden.T @ grad_outputs
-            grad_master = activation_backward(
-                grad_outputs @ master_output_weights.T, master_hidden
+            grads[6], grads[7], grads[8], grad_master = _master_leaf_gradients(
+                leaf_input, master_hidden, grad_outputs, master_output_weights,
+                activation_backward,
             )
-            grads[6], grads[7] = leaf_input.T @ grad_master, grad_master.sum(dim=0)
             if wants_leaf_input:
                 grad_leaf_input = grad_master @ master_hidden_weights.T
         grads[9] = grad_outputs.sum(dim=0)
@@ -207,6 +199,15 @@ def _soft_backward(saved, swap, activation, grad_outputs, grad_probabilities, ro
         if input_trains:
             grad_X = _add(grad_X, grad_logits @ node_weights)
     return grads, grad_X
+
+
+def _master_leaf_gradients(leaf_input, master_hidden, grad_outputs, master_output_weights,
+                           activation_backward):
+    """The gradients of the master leaf's hidden weights and biases and output weights,
+    then that of its hidden pre-activations."""
+    grad_master = activation_backward(grad_outputs @ master_output_weights.T, master_hidden)
+    return (leaf_input.T @ grad_master, grad_master.sum(dim=0),
+            master_hidden.T @ grad_outputs, grad_master)
 
 
 def _add(total, term):
@@ -523,16 +524,13 @@ class FFFNetwork(nn.Module):
         :func:`~fffsklearn._preparation.principal_directions`). None factorises the drawn
         first layers as they are. Ignored without ``projection_rank``.
     input_scaling : tuple of two array-likes of shape (n_features,), or None, default=None
-        ``(mean, scale)``: the network standardises its rows as ``(X - mean) / scale``
-        before anything else, with both held fixed (buffers, not parameters), so that
-        training from raw rows is as well conditioned as training from standardised ones.
-        :meth:`to_arrays` folds them into the first layers; :meth:`load_arrays` unfolds
-        them. ``scale`` must be positive.
+        ``(mean, scale > 0)``: the network first standardises its rows as ``(X - mean) /
+        scale``, both held fixed (buffers), so that training from raw rows is as well
+        conditioned as from standardised ones. :meth:`to_arrays` folds them in.
     output_scaling : tuple of two array-likes of shape (n_outputs,), or None, default=None
-        ``(mean, scale)``: the outputs are the tree's times ``scale`` plus ``mean``, both
-        held fixed, so that a regressor's targets keep their own units while its weights
-        keep the size they trained at. :meth:`to_arrays` folds them into the output layers
-        unless told not to; :meth:`load_arrays` loads the tree's own output layers.
+        ``(mean, scale > 0)``: the outputs are the tree's times ``scale`` plus ``mean``,
+        both held fixed, so that a regressor's targets keep their units while its weights
+        keep the size they trained at. :meth:`to_arrays` folds them in unless told not to.
 
     Attributes
     ----------
@@ -799,31 +797,7 @@ class FFFNetwork(nn.Module):
         the first layers). With ``output_scaling=False`` they give the tree's own outputs,
         before the fixed output scaling; otherwise the outputs of :meth:`forward`.
         """
-        n_leaves, depth = self.n_leaves, self.depth
-
-        def numpy(t):
-            return t.detach().to("cpu", torch.float32).numpy()
-
-        d = self.node_weights.shape[1]
-        o = self.master_output_biases.shape[0]
-        first_layers = self._first_layers()
-        training_width = self.leaf_hidden_biases.shape[0]
-        arrays = FFFArrays(
-            depth,
-            self.activation,
-            node_weights=numpy(self.node_weights),
-            node_biases=numpy(self.node_biases),
-            leaf_hidden_weights=numpy(first_layers[:, :training_width])
-            .reshape(d, n_leaves, -1)
-            .transpose(1, 0, 2),
-            leaf_hidden_biases=numpy(self.leaf_hidden_biases).reshape(n_leaves, -1),
-            leaf_output_weights=numpy(self.leaf_output_weights).T.reshape(n_leaves, -1, o),
-            leaf_output_biases=numpy(self.leaf_output_biases),
-            master_hidden_weights=numpy(first_layers[:, training_width:]),
-            master_hidden_biases=numpy(self.master_hidden_biases),
-            master_output_weights=numpy(self.master_output_weights),
-            master_output_biases=numpy(self.master_output_biases),
-        )
+        arrays = _tree_arrays(self)
         if self.input_mean is not None:
             arrays = arrays.with_input_scaling(*self.input_scaling)
         if output_scaling and self.output_mean is not None:
@@ -840,7 +814,6 @@ class FFFNetwork(nn.Module):
         """The fixed output scaling, ``(mean, scale)`` as float64 arrays, or None."""
         return _as_arrays(self.output_mean, self.output_scale)
 
-    @torch.no_grad()
     def load_arrays(self, arrays):
         """Copy the weights of ``arrays`` (an :class:`FFFArrays`) into this module.
 
@@ -849,38 +822,74 @@ class FFFNetwork(nn.Module):
         """
         if self.input_mean is not None:
             arrays = arrays.without_input_scaling(*self.input_scaling)
-        n_leaves = self.n_leaves
-        d = arrays.n_features
+        _load_tree_arrays(self, arrays)
 
-        def copy(param, value):
-            param.copy_(torch.as_tensor(np.array(value)).reshape(param.shape))
 
-        copy(self.node_weights, arrays.node_weights)
-        copy(self.node_biases, arrays.node_biases)
-        leaf_first_layers = arrays.leaf_hidden_weights.transpose(1, 0, 2).reshape(d, -1)
-        if self.input_projection is None:
-            copy(self.leaf_hidden_weights, leaf_first_layers)
-            copy(self.master_hidden_weights, arrays.master_hidden_weights)
-        else:
-            # Exact for arrays exported from a projection of this rank: their first layers
-            # have at most this rank.
-            projection, first_layers = _factorise(
-                torch.as_tensor(np.concatenate(
-                    (leaf_first_layers, np.asarray(arrays.master_hidden_weights)), axis=1
-                )),
-                self.input_projection.shape[1], keep_norm=False,
-            )
-            first_layers = first_layers.numpy()
-            copy(self.input_projection, projection.numpy())
-            copy(self.leaf_hidden_weights, first_layers[:, : leaf_first_layers.shape[1]])
-            copy(self.master_hidden_weights, first_layers[:, leaf_first_layers.shape[1] :])
-        copy(self.leaf_hidden_biases, arrays.leaf_hidden_biases)
-        copy(self.leaf_output_weights,
-             arrays.leaf_output_weights.reshape(n_leaves * arrays.leaf_width, -1).T)
-        copy(self.leaf_output_biases, arrays.leaf_output_biases)
-        copy(self.master_hidden_biases, arrays.master_hidden_biases)
-        copy(self.master_output_weights, arrays.master_output_weights)
-        copy(self.master_output_biases, arrays.master_output_biases)
+def _tree_arrays(network):
+    """The arrays of the tree's own parameters (the first layers multiplied out of a
+    projection), before any fixed scaling of the rows or outputs."""
+    n_leaves, depth = network.n_leaves, network.depth
+
+    def numpy(t):
+        return t.detach().to("cpu", torch.float32).numpy()
+
+    d = network.node_weights.shape[1]
+    o = network.master_output_biases.shape[0]
+    first_layers = network._first_layers()
+    training_width = network.leaf_hidden_biases.shape[0]
+    return FFFArrays(
+        depth,
+        network.activation,
+        node_weights=numpy(network.node_weights),
+        node_biases=numpy(network.node_biases),
+        leaf_hidden_weights=numpy(first_layers[:, :training_width])
+        .reshape(d, n_leaves, -1)
+        .transpose(1, 0, 2),
+        leaf_hidden_biases=numpy(network.leaf_hidden_biases).reshape(n_leaves, -1),
+        leaf_output_weights=numpy(network.leaf_output_weights).T.reshape(n_leaves, -1, o),
+        leaf_output_biases=numpy(network.leaf_output_biases),
+        master_hidden_weights=numpy(first_layers[:, training_width:]),
+        master_hidden_biases=numpy(network.master_hidden_biases),
+        master_output_weights=numpy(network.master_output_weights),
+        master_output_biases=numpy(network.master_output_biases),
+    )
+
+
+@torch.no_grad()
+def _load_tree_arrays(network, arrays):
+    """Copy ``arrays``, those of the tree's own parameters, into ``network``."""
+    n_leaves = network.n_leaves
+    d = arrays.n_features
+
+    def copy(param, value):
+        param.copy_(torch.as_tensor(np.array(value)).reshape(param.shape))
+
+    copy(network.node_weights, arrays.node_weights)
+    copy(network.node_biases, arrays.node_biases)
+    leaf_first_layers = arrays.leaf_hidden_weights.transpose(1, 0, 2).reshape(d, -1)
+    if network.input_projection is None:
+        copy(network.leaf_hidden_weights, leaf_first_layers)
+        copy(network.master_hidden_weights, arrays.master_hidden_weights)
+    else:
+        # Exact for arrays exported from a projection of this rank: their first layers
+        # have at most this rank.
+        projection, first_layers = _factorise(
+            torch.as_tensor(np.concatenate(
+                (leaf_first_layers, np.asarray(arrays.master_hidden_weights)), axis=1
+            )),
+            network.input_projection.shape[1], keep_norm=False,
+        )
+        first_layers = first_layers.numpy()
+        copy(network.input_projection, projection.numpy())
+        copy(network.leaf_hidden_weights, first_layers[:, : leaf_first_layers.shape[1]])
+        copy(network.master_hidden_weights, first_layers[:, leaf_first_layers.shape[1] :])
+    copy(network.leaf_hidden_biases, arrays.leaf_hidden_biases)
+    copy(network.leaf_output_weights,
+         arrays.leaf_output_weights.reshape(n_leaves * arrays.leaf_width, -1).T)
+    copy(network.leaf_output_biases, arrays.leaf_output_biases)
+    copy(network.master_hidden_biases, arrays.master_hidden_biases)
+    copy(network.master_output_weights, arrays.master_output_weights)
+    copy(network.master_output_biases, arrays.master_output_biases)
 
 
 def projected_rank(projection_rank, n_features, n_first_layer_columns):

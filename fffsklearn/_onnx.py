@@ -8,7 +8,6 @@ leaf plus the master leaf. :func:`register` makes skl2onnx's own ``to_onnx`` and
 """
 
 import numpy as np
-from sklearn.base import is_classifier, is_regressor
 from sklearn.utils.validation import check_is_fitted
 
 try:

@@ -588,7 +588,7 @@ class Trainer:
         self.last_leaf_counts = leaf_counts.to(torch.int64).cpu().numpy()
         mean = total.item() / n + self.penalties.value(regulariser_total / n, n)
         if not np.isfinite(mean):
-            raise FloatingPointError(_divergence_message(self.recipe.alpha, n))
+            raise FloatingPointError(_divergence_message(self.recipe, n))
         return mean
 
     def _epoch_sums(self):
@@ -679,12 +679,27 @@ def _optimizer_for(network, recipe):
 _OVERFLOWING_DECAY = 1e20
 
 
-def _divergence_message(alpha, n_samples):
-    """What a fit whose loss became NaN or infinite tells the user to change."""
+# Settings beyond any that trains (input noise in standard deviations of each input, a
+# learning rate of Adam's normalised steps): a divergence with one of them is theirs.
+_OVERFLOWING_INPUT_NOISE = 1e3
+_OVERFLOWING_LEARNING_RATE = 1e3
+
+
+def _divergence_message(recipe, n_samples):
+    """What a fit whose loss became NaN or infinite tells the user to change: the setting
+    that no float32 training survives, where one is, else the usual remedies."""
     message = "The training loss became NaN or infinite. "
-    if alpha / n_samples > _OVERFLOWING_DECAY:
+    culprits = [
+        (recipe.alpha / n_samples > _OVERFLOWING_DECAY, f"alpha={recipe.alpha:g}"),
+        (recipe.input_noise > _OVERFLOWING_INPUT_NOISE, f"input_noise={recipe.input_noise:g}"),
+        (recipe.learning_rate > _OVERFLOWING_LEARNING_RATE,
+         f"learning_rate_init={recipe.learning_rate:g}"),
+    ]
+    named = [setting for too_large, setting in culprits if too_large]
+    if named:
         return message + (
-            f"alpha={alpha:g} is too large for float32 arithmetic: lower it."
+            f"{' and '.join(named)} {'is' if len(named) == 1 else 'are'} too large for "
+            f"float32 arithmetic: lower {'it' if len(named) == 1 else 'them'}."
         )
     return message + (
         "Scale the inputs (for example with StandardScaler), lower learning_rate_init, "

@@ -193,8 +193,8 @@ def test_converting_with_a_float64_sample_as_for_scikit_learn_models(digits):
 
 
 def test_exporting_with_the_wrong_width_or_unfitted_says_so(digits):
-    from sklearn.exceptions import NotFittedError
     from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.exceptions import NotFittedError
 
     X, y = digits
     model = FFFClassifier(depth=2, max_iter=2, random_state=0).fit(X, y)

@@ -719,3 +719,24 @@ def test_validation_rows_a_score_cannot_use_are_refused():
         model.fit(X, y, X_val=X[:1], y_val=y[:1])
     with pytest.raises(ValueError, match="sample_weight_val must be non-negative"):
         model.fit(X, y, X_val=X[:20], y_val=y[:20], sample_weight_val=-np.ones(20))
+
+
+@pytest.mark.parametrize("scale", [1e-38, 1e-50, 1e300])
+def test_uniform_sample_weights_of_any_size_train_the_unweighted_model(scale):
+    X, y = make_regression(n_samples=200, n_features=5, noise=1.0, random_state=0)
+    unweighted = FFFRegressor(depth=2, max_iter=5, random_state=0).fit(X, y)
+    weighted = FFFRegressor(depth=2, max_iter=5, random_state=0).fit(
+        X, y, sample_weight=np.full(len(y), scale)
+    )
+    np.testing.assert_array_equal(weighted.predict(X), unweighted.predict(X))
+
+
+@pytest.mark.parametrize(
+    "params, named",
+    [({"input_noise": 1e30}, r"input_noise=1e\+30 is too large"),
+     ({"learning_rate_init": 1e10}, r"learning_rate_init=1e\+10 is too large")],
+)
+def test_a_diverging_fit_names_the_setting_that_diverged(params, named):
+    X, y = make_regression(n_samples=200, n_features=5, random_state=0)
+    with pytest.raises(FloatingPointError, match=named):
+        FFFRegressor(depth=2, max_iter=5, random_state=0, **params).fit(X, y)
