@@ -175,13 +175,15 @@ class _TrainingData:
     _min_validation_rows = 1
 
     def _training_data(self, X, y, sample_weight, first_call, incremental, classes):
-        """The validated rows, targets, encoded targets and row weights of a fit."""
+        """The validated rows (float64 where they were given so, see
+        :meth:`InputPreparation.network_rows`), targets, encoded targets and row weights of a
+        fit."""
         X, y = validate_data(
             self,
             X,
             y,
             reset=first_call,
-            dtype=np.float32,
+            dtype=(np.float64, np.float32),
             multi_output=self._task == "regression",
             y_numeric=self._task == "regression",
         )
@@ -231,7 +233,8 @@ class _TrainingData:
                 "X_val and y_val are passed to fit while early_stopping=False: they are only "
                 "used for early stopping. Set early_stopping=True."
             )
-        X_val = validate_data(self, X_val, reset=False, dtype=np.float32)
+        X_val = validate_data(self, X_val, reset=False, dtype=(np.float64, np.float32))
+        X_val = self._preparation.network_rows(X_val).astype(np.float32, copy=False)
         y_val = self._encode_targets(
             column_or_1d(y_val) if self._task == "classification" else y_val, False
         )
@@ -438,14 +441,17 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
             X, y, sample_weight, first_call, incremental, classes
         )
         callback_data = {"X": X, "y": y, "metadata": {"sample_weight": sample_weight}}
+        if first_call:
+            self._preparation = InputPreparation(
+                standardize=self.standardize, statistics=bool(self.input_noise)
+            ).fit_offset(X)
+        X = self._preparation.network_rows(X).astype(np.float32, copy=False)
         rng = check_random_state(self.random_state)
         X, y_encoded, sample_weight, validation_score = self._held_out_scoring(
             X, y_encoded, sample_weight, validation, rng
         )
         if first_call:
-            self._preparation = InputPreparation(
-                standardize=self.standardize, statistics=bool(self.input_noise)
-            ).fit(X, sample_weight, **self._preparation_targets(y_encoded))
+            self._preparation.fit(X, sample_weight, **self._preparation_targets(y_encoded))
         recipe = self._recipe(X.shape[0], incremental)
         _check_training_memory(X.shape[1], self._n_network_outputs(), recipe)
         trainer = self._trainer_for(X, sample_weight, rng, device, first_call, incremental,

@@ -39,8 +39,14 @@ class TorchInterop:
         from ._network import FFFNetwork
 
         check_is_fitted(self, "arrays_")
+        preparation = self._preparation
+        # The network's own arrays take the standardised rows; the module standardises the
+        # rows as given (the offset and the standardisation together).
+        arrays = self.arrays_ if preparation.scaling is None else (
+            self.arrays_.without_input_scaling(*preparation.scaling)
+        )
         return FFFNetwork.from_arrays(
-            self.arrays_, input_scaling=self._preparation.scaling,
+            arrays, input_scaling=preparation.raw_scaling,
             output_scaling=self._output_scaling(),
         ).train()
 

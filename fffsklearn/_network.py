@@ -525,8 +525,8 @@ class FFFNetwork(nn.Module):
         first layers as they are. Ignored without ``projection_rank``.
     input_scaling : tuple of two array-likes of shape (n_features,), or None, default=None
         ``(mean, scale > 0)``: the network first standardises its rows as ``(X - mean) /
-        scale``, both held fixed (buffers), so that training from raw rows is as well
-        conditioned as from standardised ones. :meth:`to_arrays` folds them in.
+        scale`` (in float64), both held fixed (buffers), so that training from raw rows is
+        as well conditioned as from standardised ones. :meth:`to_arrays` folds them in.
     output_scaling : tuple of two array-likes of shape (n_outputs,), or None, default=None
         ``(mean, scale > 0)``: the outputs are the tree's times ``scale`` plus ``mean``,
         both held fixed, so that a regressor's targets keep their units while its weights
@@ -620,10 +620,8 @@ class FFFNetwork(nn.Module):
         """A module holding the weights of ``arrays`` (an :class:`FFFArrays`), in evaluation
         mode: its ``forward`` computes what the estimators predict.
 
-        With ``input_scaling`` (see the class parameters), the module standardises its rows
-        itself and holds the weights of ``arrays`` with that standardisation taken out of
-        them; it computes the same outputs. With ``output_scaling``, its outputs are those
-        of ``arrays`` times the scale plus the mean.
+        ``input_scaling`` and ``output_scaling`` (see the class parameters) are put around
+        the tree of ``arrays``: its rows are standardised first and its outputs scaled.
 
         ``soft_forward(X, straight_through=False)`` gives the path-probability mixture that
         the published FFF code reports; comparing it with hard routing measures how
@@ -780,7 +778,8 @@ class FFFNetwork(nn.Module):
         """The rows as the tree reads them: through the fixed input standardisation, if any."""
         if self.input_mean is None:
             return X
-        return ((X - self.input_mean) / self.input_scale).to(X.dtype)
+        # float64 rows far from zero are centred before they meet the float32 weights.
+        return ((X - self.input_mean) / self.input_scale).to(self.node_weights.dtype)
 
     def _region_leak_swaps(self, X, region_leak, generator):
         """Where each row swaps a node's two branches (region leak), or None."""
@@ -817,11 +816,10 @@ class FFFNetwork(nn.Module):
     def load_arrays(self, arrays):
         """Copy the weights of ``arrays`` (an :class:`FFFArrays`) into this module.
 
-        The arrays take raw rows, and give the outputs before the fixed output scaling:
-        what ``to_arrays(output_scaling=False)`` returns.
+        The arrays are the tree's own: they take the rows after the fixed input
+        standardisation and give the outputs before the fixed output scaling (without
+        either, what :meth:`to_arrays` returns).
         """
-        if self.input_mean is not None:
-            arrays = arrays.without_input_scaling(*self.input_scaling)
         _load_tree_arrays(self, arrays)
 
 

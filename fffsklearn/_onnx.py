@@ -1,11 +1,11 @@
 """ONNX export: a skl2onnx converter for FFFClassifier and FFFRegressor.
 
-The graph walks the tree level by level exactly as the other backends do: the input is cast
-to float32 and then to double, node logits are summed in double, and a row goes right iff its
-logit is > 0. The chosen leaf's weights are gathered per row, so the graph evaluates only that
-leaf plus the master leaf. :func:`register` makes skl2onnx's own ``to_onnx`` and
-``convert_sklearn`` convert FFF estimators (and Pipelines holding them) too.
-"""
+The graph walks the tree level by level exactly as the other backends do: the input (less
+the model's input offset, in double, where it has one) is cast to float32 and then to
+double, node logits are summed in double, and a row goes right iff its logit is > 0. The
+chosen leaf's weights are gathered per row, so the graph evaluates only that leaf plus the
+master leaf. :func:`register` makes skl2onnx's own ``to_onnx`` and ``convert_sklearn``
+convert FFF estimators (and Pipelines holding them) too."""
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -140,7 +140,12 @@ def _raw_outputs(scope, operator, container):
         raise RuntimeError(f"fffsklearn's ONNX export needs target_opset >= {_MIN_OPSET}.")
     g = _Graph(scope, container)
     arrays = operator.raw_operator.arrays_
-    x = g.op("Cast", operator.inputs[0].full_name, to=TensorProto.FLOAT)
+    x = operator.inputs[0].full_name
+    offset = operator.raw_operator._preparation.offset_
+    if offset is not None:  # subtracted in double before the float32 cast, as predict does
+        x = g.op("Sub", g.op("Cast", x, to=TensorProto.DOUBLE),
+                 g.const("input_offset", offset, np.float64))
+    x = g.op("Cast", x, to=TensorProto.FLOAT)
     leaves = _route(g, arrays, x) if arrays.depth else _row_zeros(g, x)
 
     def per_row(name):

@@ -42,6 +42,15 @@ class HardRoutedPrediction:
             ensure_all_finite=options["backend"] != "compiled",
         )
 
+    def _hard_forward_chunks(self, X, options):
+        """``(slice of rows, outputs)`` of the validated rows ``X``, chunk by chunk, each first
+        made what the network reads (:meth:`InputPreparation.network_row_blocks`)."""
+        for block, network_rows in self._preparation.network_row_blocks(X):
+            for rows, outputs, _ in inference.iter_hard_forward(
+                self.arrays_, network_rows, **options
+            ):
+                yield slice(block.start + rows.start, block.start + rows.stop), outputs
+
     def _map_outputs(self, X, transform):
         """Validate ``X`` and apply ``transform(model, outputs)`` to its raw hard-routed
         outputs chunk by chunk, so memory stays bounded by the result whatever the number of
@@ -55,7 +64,7 @@ class HardRoutedPrediction:
         options = prediction_options(model.device, model.n_jobs)
         X = model._validate_for_inference(X, options)
         result = None
-        for rows, outputs, _ in inference.iter_hard_forward(model.arrays_, X, **options):
+        for rows, outputs in model._hard_forward_chunks(X, options):
             with np.errstate(over="ignore", invalid="ignore"):
                 chunk = transform(model, outputs)
             finite = np.isfinite(outputs).all(axis=1)
@@ -89,7 +98,10 @@ class HardRoutedPrediction:
         model = self._snapshot()
         options = prediction_options(model.device, model.n_jobs)
         X = model._validate_for_inference(X, options)
-        return inference.apply(model.arrays_, X, **options)
+        return np.concatenate([
+            inference.apply(model.arrays_, network_rows, **options)
+            for _, network_rows in model._preparation.network_row_blocks(X)
+        ])
 
     def _count_leaves(self, X):
         """Rows of ``X`` that hard routing sends to each leaf of ``arrays_``."""

@@ -1,8 +1,9 @@
 """Data preparation: what training needs to know of its rows, fitted once.
 
 :class:`InputPreparation` reads the first fit's rows, as HistGradientBoosting's bin mapper
-does, and keeps what every later fit of the same model trains with: each input's mean,
-scale and standard deviation, and each input's share of the classifier's routing group lasso.
+does, and keeps what every later fit and every prediction of the same model uses: the offset
+that inputs far from zero lose before the cast to float32, each input's mean, scale and
+standard deviation, and each input's share of the classifier's routing group lasso.
 It also gives what only a fresh network needs (the principal directions its input projection
 starts on) and the scale of the training noise. Every pass reads the rows in chunks, so a
 memmap larger than memory is never loaded whole. NumPy only: loading a fitted estimator needs
@@ -14,6 +15,33 @@ import numpy as np
 # Values of X read at a time (the statistics' passes, an epoch's batches; 4 MiB in float32):
 # bounds the memory of a pass over a memmap whatever its size.
 CHUNK_VALUES = 2**20
+
+
+# A column whose values lie this many times their range away from zero is centred in float64
+# before the float32 cast: float32 keeps 24 bits, so a value's rounding error reaches
+# 2**-14 of the column's range at this ratio.
+OFFSET_RATIO = 2**10
+
+
+def input_offset(X):
+    """The offset to subtract from each column of ``X`` in float64 before the cast to
+    float32: the centre of the column's range where the column lies more than
+    ``OFFSET_RATIO`` times its range away from zero (a timestamp, a coordinate), else 0.
+    None where no column needs one. Read in chunks, one pass.
+
+    Returns
+    -------
+    ndarray of shape (n_features,), float64, or None
+    """
+    n, n_features = X.shape
+    low, high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
+    for rows in _row_chunks(n, n_features):
+        chunk = np.asarray(X[rows])
+        np.minimum(low, chunk.min(axis=0, initial=np.inf), out=low)
+        np.maximum(high, chunk.max(axis=0, initial=-np.inf), out=high)
+    centre, spread = (low + high) / 2, high - low
+    far = (spread > 0) & (np.abs(centre) > OFFSET_RATIO * spread)
+    return np.where(far, centre, 0.0) if far.any() else None
 
 
 def _row_chunks(n_samples, n_features):
@@ -200,6 +228,10 @@ class InputPreparation:
     Attributes
     ----------
     n_features_in_ : int
+    offset_ : ndarray of shape (n_features_in_,) or None
+        What :meth:`network_rows` subtracts from the rows in float64 before their cast to
+        float32 (see :func:`input_offset`); None for nothing. The statistics below are of
+        the rows less this offset.
     mean_, scale_ : ndarray of shape (n_features_in_,) or None
         The standardisation of the rows into the network's inputs; None without it.
     std_ : ndarray of shape (n_features_in_,) or None
@@ -213,9 +245,37 @@ class InputPreparation:
         self.standardize = standardize
         self.statistics = statistics
 
+    def fit_offset(self, X):
+        """Take the offset of the rows (:func:`input_offset`), from all the rows of a first
+        fit as given (float64 where they are), before anything casts them."""
+        self.n_features_in_ = X.shape[1]
+        self.offset_ = input_offset(X)
+        return self
+
+    def network_rows(self, X):
+        """The rows as the network reads them: ``X`` less the offset, computed in float64
+        and cast to float32 in chunks; ``X`` itself where there is no offset."""
+        if self.offset_ is None:
+            return X
+        rows = np.empty(X.shape, dtype=np.float32)
+        for chunk in _row_chunks(*X.shape):
+            rows[chunk] = np.subtract(X[chunk], self.offset_, dtype=np.float64)
+        return rows
+
+    def network_row_blocks(self, X):
+        """:meth:`network_rows` of ``X`` block by block, as ``(slice of rows, rows)``
+        pairs, so that a prediction's memory stays bounded: one block, ``X`` itself, where
+        there is no offset."""
+        if self.offset_ is None:
+            yield slice(0, X.shape[0]), X
+            return
+        for rows in _row_chunks(*X.shape):
+            yield rows, self.network_rows(X[rows])
+
     def fit(self, X, sample_weight, y=None, n_classes=None):
-        """Take the statistics of ``X``, and of its classes ``y`` (indices in
-        ``range(n_classes)``) where the routing penalties are wanted."""
+        """Take the statistics of ``X`` (rows as :meth:`network_rows` gives them), and of
+        its classes ``y`` (indices in ``range(n_classes)``) where the routing penalties are
+        wanted."""
         self.n_features_in_ = X.shape[1]
         self.mean_ = self.scale_ = self.std_ = None
         if self.standardize or self.statistics:
@@ -235,14 +295,25 @@ class InputPreparation:
         outside fffsklearn takes raw rows), without statistics."""
         preparation = cls(standardize=False, statistics=False)
         preparation.n_features_in_ = n_features
-        preparation.mean_ = preparation.scale_ = preparation.std_ = None
+        preparation.offset_ = preparation.mean_ = preparation.scale_ = preparation.std_ = None
         preparation.routing_feature_penalties_ = None
         return preparation
 
     @property
     def scaling(self):
-        """``(mean, scale)`` that turn raw rows into the network's inputs, or None."""
+        """``(mean, scale)`` that turn the rows of :meth:`network_rows` into the network's
+        inputs, or None."""
         return None if self.mean_ is None else (self.mean_, self.scale_)
+
+    @property
+    def raw_scaling(self):
+        """``(mean, scale)`` that turn the rows as given into the network's inputs (the
+        offset and the standardisation together), or None for none."""
+        if self.offset_ is None:
+            return self.scaling
+        if self.mean_ is None:
+            return self.offset_, np.ones(self.n_features_in_)
+        return self.mean_ + self.offset_, self.scale_
 
     def noise_std(self, input_noise, X, sample_weight):
         """Standard deviation of the training noise on each network input: ``input_noise``
@@ -275,6 +346,12 @@ class InputPreparation:
             return (isinstance(value, np.ndarray) and value.dtype.kind == "f"
                     and value.shape == (n,) and np.isfinite(value).all())
 
+        if "offset_" not in self.__dict__ or (
+            self.offset_ is not None and not is_feature_vector(self.offset_)
+        ):
+            raise ValueError(
+                f"{where}: offset_ must be None or a finite float array of shape ({n},)."
+            )
         mean, scale = self.__dict__.get("mean_"), self.__dict__.get("scale_")
         if mean is not None or scale is not None:
             if not (is_feature_vector(mean) and is_feature_vector(scale)) or (scale <= 0).any():

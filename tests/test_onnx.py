@@ -166,6 +166,14 @@ def test_exporting_a_classifier_of_every_label_type_fit_accepts(labels):
     np.testing.assert_allclose(proba, model.predict_proba(X), rtol=1e-5, atol=1e-5)
 
 
+def _convert(model, X, **options):
+    """``skl2onnx.to_onnx(model, X[:1])``, after registering as the guide says."""
+    from fffsklearn import register_onnx_converters
+
+    register_onnx_converters()
+    return skl2onnx.to_onnx(model, X[:1], **options)
+
+
 def _session(model_proto):
     return ort.InferenceSession(model_proto.SerializeToString(),
                                 providers=["CPUExecutionProvider"])
@@ -174,20 +182,17 @@ def _session(model_proto):
 def test_converting_with_a_float64_sample_as_for_scikit_learn_models(digits):
     """``skl2onnx.to_onnx(model, X[:1])`` with float64 rows gives a double input; the graph
     must load in onnxruntime with skl2onnx's default ZipMap and without it."""
-    from fffsklearn import register_onnx_converters
-
-    register_onnx_converters()
     X, y = digits
     X = X.astype(np.float64)
     classifier = FFFClassifier(depth=2, max_iter=3, random_state=0).fit(X, y)
-    label, probabilities = _session(skl2onnx.to_onnx(classifier, X[:1])).run(None, {"X": X})
+    label, probabilities = _session(_convert(classifier, X)).run(None, {"X": X})
     np.testing.assert_array_equal(label, classifier.predict(X))
     assert probabilities[0].keys() == set(classifier.classes_)
-    plain = skl2onnx.to_onnx(classifier, X[:1], options={"zipmap": False})
+    plain = _convert(classifier, X, options={"zipmap": False})
     label, probabilities = _session(plain).run(None, {"X": X})
     np.testing.assert_allclose(probabilities, classifier.predict_proba(X), atol=1e-5)
     regressor = FFFRegressor(depth=2, max_iter=3, random_state=0).fit(X, X[:, 10] * 3.0)
-    (prediction,) = _session(skl2onnx.to_onnx(regressor, X[:1])).run(None, {"X": X})
+    (prediction,) = _session(_convert(regressor, X)).run(None, {"X": X})
     assert prediction.dtype == np.float64
     np.testing.assert_allclose(prediction[:, 0], regressor.predict(X), rtol=1e-5, atol=1e-4)
 
@@ -212,6 +217,19 @@ def test_a_regressor_of_targets_beyond_float32_exports_only_with_float64_outputs
     model = FFFRegressor(depth=2, max_iter=3, random_state=0).fit(X, y * 1e37)
     with pytest.raises(ValueError, match="beyond the range of float32"):
         to_onnx(model)
-    (prediction,) = _session(skl2onnx.to_onnx(model, X[:1])).run(None, {"X": X})
+    (prediction,) = _session(_convert(model, X)).run(None, {"X": X})
     assert np.isfinite(prediction).all()
     np.testing.assert_allclose(prediction[:, 0], model.predict(X), rtol=1e-4)
+
+
+def test_a_model_with_a_feature_far_from_zero_exports_its_centring():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((1000, 3))
+    y = (X[:, 0] > 0).astype(int)
+    X[:, 0] += 1e8
+    model = FFFClassifier(depth=2, max_iter=20, random_state=0).fit(X, y)
+    label, probabilities = _session(_convert(model, X, options={"zipmap": False})).run(
+        None, {"X": X}
+    )
+    np.testing.assert_array_equal(label, model.predict(X))
+    np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)

@@ -18,6 +18,7 @@ from joblib import Parallel, delayed
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_classification, make_regression
 from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
@@ -740,3 +741,34 @@ def test_a_diverging_fit_names_the_setting_that_diverged(params, named):
     X, y = make_regression(n_samples=200, n_features=5, random_state=0)
     with pytest.raises(FloatingPointError, match=named):
         FFFRegressor(depth=2, max_iter=5, random_state=0, **params).fit(X, y)
+
+
+def _timestamp_like_data(n=2000, offset=1e8, seed=0):
+    """One informative feature of unit spread around ``offset``: float32 rounds it to
+    steps of 8 there, so only rows centred before the cast keep the signal."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    y = (X[:, 0] > 0).astype(int)
+    X[:, 0] += offset
+    return X, y
+
+
+def test_a_feature_far_from_zero_trains_and_predicts_as_if_centred():
+    X, y = _timestamp_like_data()
+    X_test, y_test = _timestamp_like_data(seed=1)
+    model = FFFClassifier(depth=2, random_state=0).fit(X, y)
+    scaled = make_pipeline(StandardScaler(), FFFClassifier(depth=2, random_state=0)).fit(X, y)
+    assert scaled.score(X_test, y_test) > 0.95
+    assert model.score(X_test, y_test) >= scaled.score(X_test, y_test) - 0.01
+    # partial_fit and the rows given as float32 (already rounded) keep working.
+    streamed = FFFClassifier(depth=2, random_state=0)
+    for rows in np.array_split(np.arange(len(y)), 4) * 5:
+        streamed.partial_fit(X[rows], y[rows], classes=[0, 1])
+    assert streamed.score(X_test, y_test) > 0.9
+    assert model.predict(X_test.astype(np.float32)).shape == (len(y_test),)
+    # The torch module of the model centres float64 rows before its float32 weights too.
+    import torch
+
+    with torch.no_grad():
+        logits = model.to_module().eval()(torch.as_tensor(X_test))
+    assert (logits.argmax(1).numpy() == model.predict(X_test)).mean() > 0.99
