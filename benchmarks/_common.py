@@ -61,16 +61,10 @@ def routed_arrays(X, depth, leaf_width, master_leaf_width, n_outputs, seed=0):
 
 def classifier_from_arrays(arrays, n_jobs=None):
     """A fitted FFFClassifier around ``arrays``, as fit would leave it (for timing predict)."""
-    model = FFFClassifier(
-        depth=arrays.depth,
-        leaf_width=arrays.leaf_width,
-        master_leaf_width=arrays.master_leaf_width,
-        n_jobs=n_jobs,
+    rows = np.zeros((1, arrays.n_features), dtype=np.float32)
+    return FFFClassifier.from_network(
+        arrays, rows, classes=np.arange(arrays.n_outputs), n_jobs=n_jobs
     )
-    model.arrays_ = arrays
-    model.classes_ = np.arange(arrays.n_outputs)
-    model.n_features_in_ = arrays.n_features
-    return model
 
 
 def leaf_usage_entropy(leaves, n_leaves):

@@ -25,7 +25,7 @@ from ._interop import TorchInterop
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 from ._persistence import FittedStatePersistence
 from ._prediction import HardRoutedPrediction
-from ._preparation import InputPreparation
+from ._preparation import DRIFT_RATIO, InputPreparation
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._recipe import Recipe, Schedule
 
@@ -446,6 +446,8 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
                 standardize=self.standardize, statistics=bool(self.input_noise)
             ).fit_offset(X)
         X = self._preparation.network_rows(X).astype(np.float32, copy=False)
+        if incremental and not first_call:
+            _warn_about_drift(type(self).__name__, self._preparation, X, sample_weight)
         rng = check_random_state(self.random_state)
         X, y_encoded, sample_weight, validation_score = self._held_out_scoring(
             X, y_encoded, sample_weight, validation, rng
@@ -650,6 +652,23 @@ def _warn_about_stop(name, n_iter, stop_reason, incremental, max_epochs):
             f"{name}: maximum iterations ({max_epochs}) reached and the "
             "optimization hasn't converged yet.",
             ConvergenceWarning,
+        )
+
+
+def _warn_about_drift(name, preparation, X, sample_weight):
+    """Warn when a later batch of partial_fit lies far outside the statistics of the first,
+    which standardise every batch."""
+    drifted = preparation.drifted_features(X, sample_weight)
+    if drifted.size:
+        shown = ", ".join(map(str, drifted[:10])) + (", ..." if drifted.size > 10 else "")
+        warnings.warn(
+            f"{name}.partial_fit: feature(s) {shown} of this batch spread more than "
+            f"{DRIFT_RATIO} times as widely as in the first batch, or lie that many spreads "
+            "from its mean (a feature constant in the first batch, or drifting). The first "
+            "batch's statistics standardise every later batch: give partial_fit a "
+            "representative first batch, or scale the features yourself (a StandardScaler "
+            "fitted on enough of the data) and pass standardize=False.",
+            UserWarning,
         )
 
 

@@ -44,6 +44,11 @@ def input_offset(X):
     return np.where(far, centre, 0.0) if far.any() else None
 
 
+# A later batch of partial_fit whose feature spreads this many times the first fit's, or
+# whose mean lies this many spreads away, trains on statistics that no longer describe it.
+DRIFT_RATIO = 10
+
+
 def _row_chunks(n_samples, n_features):
     """Slices of rows holding about ``CHUNK_VALUES`` values each."""
     step = max(1, CHUNK_VALUES // max(1, n_features))
@@ -288,6 +293,21 @@ class InputPreparation:
                 X, y, sample_weight, n_classes
             )
         return self
+
+    def drifted_features(self, X, sample_weight):
+        """Indices of the features of ``X`` (rows as :meth:`network_rows` gives them) whose
+        spread exceeds ``DRIFT_RATIO`` times the fitted one, or whose mean lies more than
+        ``DRIFT_RATIO`` spreads from the fitted mean (where one was fitted): the fitted
+        statistics no longer describe them.
+        Empty where no statistics were taken."""
+        if self.std_ is None:
+            return np.array([], dtype=np.intp)
+        mean, std = input_statistics(X, sample_weight)
+        drifted = std > DRIFT_RATIO * self.std_
+        if self.mean_ is not None:
+            spread = np.maximum(np.maximum(std, self.std_), np.finfo(np.float32).tiny)
+            drifted |= np.abs(mean - self.mean_) > DRIFT_RATIO * spread
+        return np.flatnonzero(drifted)
 
     @classmethod
     def identity(cls, n_features):

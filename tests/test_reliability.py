@@ -772,3 +772,26 @@ def test_a_feature_far_from_zero_trains_and_predicts_as_if_centred():
     with torch.no_grad():
         logits = model.to_module().eval()(torch.as_tensor(X_test))
     assert (logits.argmax(1).numpy() == model.predict(X_test)).mean() > 0.99
+
+
+def test_streaming_batches_unlike_the_first_warns_that_its_statistics_are_frozen():
+    X, y = make_classification(n_samples=2000, n_features=6, random_state=0)
+    batches = np.array_split(np.arange(len(y)), 10)
+    representative = FFFClassifier(depth=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rows in batches:
+            representative.partial_fit(X[rows], y[rows], classes=[0, 1])
+    X_constant_first = X.copy()
+    X_constant_first[batches[0], 0] = 3.0  # one value in the first batch only
+    model = FFFClassifier(depth=2, random_state=0)
+    model.partial_fit(X_constant_first[batches[0]], y[batches[0]], classes=[0, 1])
+    with pytest.warns(UserWarning, match=r"partial_fit: feature\(s\) 0 of this batch"):
+        model.partial_fit(X_constant_first[batches[1]], y[batches[1]])
+    drifting = X.copy()
+    drifting[batches[1], 2] += 1e3
+    model = FFFClassifier(depth=2, random_state=0).partial_fit(
+        drifting[batches[0]], y[batches[0]], classes=[0, 1]
+    )
+    with pytest.warns(UserWarning, match=r"feature\(s\) 2 of this batch"):
+        model.partial_fit(drifting[batches[1]], y[batches[1]])
