@@ -20,7 +20,7 @@ from sklearn.utils.validation import (
 
 from . import inference
 from ._arrays import ACTIVATIONS
-from ._device import prediction_options, training_device
+from ._device import prediction_options, short_gil_waits, training_device
 from ._interop import TorchInterop
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 from ._persistence import FittedStatePersistence
@@ -423,7 +423,8 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         fails leaves this estimator as it was."""
         staged = self._snapshot()
         try:
-            staged._fit(*args, callback_estimator=self, **kwargs)
+            with short_gil_waits():
+                staged._fit(*args, callback_estimator=self, **kwargs)
         except FitInterrupted:
             self.__dict__ = staged.__dict__
             raise

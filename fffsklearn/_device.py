@@ -1,7 +1,8 @@
 """Device policy: where training and prediction run, for the estimators' ``device`` parameter.
 
 Training runs where ``device`` says and fails early when that device is missing; on the CPU,
-small training steps run on one of torch's threads (:func:`training_threads`). Prediction
+small training steps run on one of torch's threads (:func:`training_threads`), and a
+training thread waits briefly for the GIL beside busy threads (:func:`short_gil_waits`). Prediction
 runs on the CUDA device that ``device`` names or ("auto") finds if this machine has it
 (Triton kernels where Triton is installed, torch operations otherwise), and otherwise on the
 CPU: a model trained on a GPU predicts on a CPU-only machine.
@@ -13,6 +14,7 @@ NVIDIA driver, no CUDA device can be visible, and torch stays unloaded.
 import os
 import re
 import sys
+import threading
 from contextlib import contextmanager
 from functools import cache
 
@@ -76,6 +78,37 @@ def training_threads(device, step_multiply_adds):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# Every torch operation releases the GIL and takes it back. Beside a thread that runs Python
+# without pause (a server answering one-row predictions), taking it back waits for the
+# interpreter's switch interval, 5 ms by default: a training step of a hundred small
+# operations then waits half a second. During training the interval is at most this.
+TRAINING_SWITCH_INTERVAL = 2e-5
+
+_switch_interval_lock = threading.Lock()
+_switch_interval_users = 0
+_switch_interval_saved = None
+
+
+@contextmanager
+def short_gil_waits():
+    """Within this context, the interpreter's switch interval (:func:`sys.setswitchinterval`)
+    is at most ``TRAINING_SWITCH_INTERVAL``; the interval of before comes back when the last
+    of the fits running in this process leaves it."""
+    global _switch_interval_users, _switch_interval_saved
+    with _switch_interval_lock:
+        if _switch_interval_users == 0:
+            _switch_interval_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_interval_saved, TRAINING_SWITCH_INTERVAL))
+        _switch_interval_users += 1
+    try:
+        yield
+    finally:
+        with _switch_interval_lock:
+            _switch_interval_users -= 1
+            if _switch_interval_users == 0:
+                sys.setswitchinterval(_switch_interval_saved)
 
 
 def prediction_options(device, n_jobs):

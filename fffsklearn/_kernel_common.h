@@ -107,4 +107,17 @@ static inline int fff_get_vector(PyObject *obj, fff_buffer_t *b, const char *nam
     return 0;
 }
 
+/* Work (values or multiply-adds) below which a call keeps the GIL. Beside a thread that runs
+ * Python without pause, taking the GIL back waits for the interpreter's switch interval: a
+ * short call gains less from releasing it than that wait costs. */
+#define FFF_GIL_RELEASE_WORK 65536
+
+#define FFF_BEGIN_ALLOW_THREADS_FOR(work)                                                       \
+    {                                                                                          \
+        PyThreadState *fff_saved_thread_ =                                                     \
+            (double)(work) >= FFF_GIL_RELEASE_WORK ? PyEval_SaveThread() : NULL;
+#define FFF_END_ALLOW_THREADS                                                                   \
+    if (fff_saved_thread_) PyEval_RestoreThread(fff_saved_thread_);                             \
+    }
+
 #endif

@@ -135,7 +135,7 @@ static PyObject *path_probabilities(PyObject *self, PyObject *args) {
     Py_ssize_t z_row = logits.view.strides[0], z_col = logits.view.strides[1];
     Py_ssize_t s_row = swap.held ? swap.view.strides[0] : 0;
     Py_ssize_t s_col = swap.held ? swap.view.strides[1] : 0;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * n_leaves)
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *z_row_base = z_base + i * z_row;
         float *p = (float *)probabilities.view.buf + i * n_leaves;
@@ -169,7 +169,7 @@ static PyObject *path_probabilities(PyObject *self, PyObject *args) {
         h[node - n_nodes] = 1.0f;
         ((int64_t *)leaves.view.buf)[i] = node - n_nodes;
     }
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -211,7 +211,7 @@ static PyObject *path_gradients(PyObject *self, PyObject *args) {
     const char *s_base = swap.held ? swap.view.buf : NULL;
     Py_ssize_t s_row = swap.held ? swap.view.strides[0] : 0;
     Py_ssize_t s_col = swap.held ? swap.view.strides[1] : 0;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * n_leaves)
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *g_row = (const char *)g->buf + i * g->strides[0];
         const char *p_row = (const char *)p->buf + i * p->strides[0];
@@ -234,7 +234,7 @@ static PyObject *path_gradients(PyObject *self, PyObject *args) {
             }
         }
     }
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -310,10 +310,10 @@ static PyObject *hard_leaf_outputs(PyObject *self, PyObject *args) {
         get_dense(out_obj, &out, "outputs_out", n, n_outputs, 1) < 0 ||
         leaf_layout(width, n_leaves, leaves.view.buf, n, &leaf_width) < 0)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * leaf_width * n_outputs)
     hard_outputs_loop(n, width, leaf_width, n_outputs, hidden.view.buf, leaves.view.buf,
                       weights.view.buf, biases.view.buf, out.view.buf);
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -553,9 +553,9 @@ static PyObject *hard_leaf_gradients(PyObject *self, PyObject *args) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * leaf_width * (d + o))
     hard_gradients_loop(&a, leaf_width);
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -594,11 +594,11 @@ static PyObject *hard_leaf_input_gradients(PyObject *self, PyObject *args) {
     const float *g = pre.view.buf, *w = weights.view.buf;
     const int64_t *leaf = leaves.view.buf;
     float *o = out.view.buf;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * rank * L)
     for (Py_ssize_t i = 0; i < n; i++)
         for (Py_ssize_t q = 0; q < rank; q++)
             o[i * rank + q] = block_dot(g + i * L, w + q * width + leaf[i] * L, L);
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:
@@ -635,7 +635,7 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
             goto done;
         }
     double total = 0.0, spread = smoothing / (double)n_classes;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * n_classes)
     for (Py_ssize_t i = 0; i < n; i++) {
         const float *z = (const float *)logits.view.buf + i * n_classes;
         float *g = (float *)out.view.buf + i * n_classes;
@@ -654,7 +654,7 @@ static PyObject *cross_entropy(PyObject *self, PyObject *args) {
         /* -sum_c q_c log p_c = log(sum) + top - (1 - smoothing) z_y - spread * sum_c z_c */
         total += w * (log(sum) + top - (1.0 - smoothing) * z[y[i]] - spread * z_sum);
     }
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = PyFloat_FromDouble(total);
 done:
     fff_release(&logits), fff_release(&targets), fff_release(&weight), fff_release(&out);
@@ -684,7 +684,7 @@ static PyObject *add_normal_noise(PyObject *self, PyObject *args) {
     if (fff_get_vector(std_obj, &std, "std", 'f', 4, d, 0) < 0 ||
         fff_get_vector(quantiles_obj, &quantiles, "quantiles", 'f', 4, 65536, 0) < 0)
         goto done;
-    Py_BEGIN_ALLOW_THREADS
+    FFF_BEGIN_ALLOW_THREADS_FOR(n * d)
     const float *s = std.view.buf, *q = quantiles.view.buf;
     uint64_t state = seed, word = 0;
     int left = 0;
@@ -696,7 +696,7 @@ static PyObject *add_normal_noise(PyObject *self, PyObject *args) {
             word >>= 16, left--;
         }
     }
-    Py_END_ALLOW_THREADS
+    FFF_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
 done:

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from fffsklearn import FFFArrays, FFFClassifier, FFFRegressor, inference
 from fffsklearn._arrays import _rebuild
 from fffsklearn._preparation import InputPreparation
-from fffsklearn._testing import random_arrays
+from fffsklearn._testing import EpochCallback, random_arrays
 from fffsklearn._training import Trainer
 
 
@@ -795,3 +795,37 @@ def test_streaming_batches_unlike_the_first_warns_that_its_statistics_are_frozen
     )
     with pytest.warns(UserWarning, match=r"feature\(s\) 2 of this batch"):
         model.partial_fit(drifting[batches[1]], y[batches[1]])
+
+
+class _SwitchIntervalSeen(EpochCallback):
+    """Records the interpreter's switch interval at the end of every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def epoch_end(self, epoch, fitted_estimator):
+        self.seen.append(sys.getswitchinterval())
+
+
+def test_a_background_fit_beside_a_serving_thread_waits_briefly_for_the_gil():
+    """Every torch operation releases the GIL; beside a thread that serves predictions
+    without pause, each one used to wait a whole switch interval (5 ms) to take it back, and
+    a fit of 0.03 s took minutes. During a fit the interval is short, and it comes back
+    after, also when fits overlap in threads or one fails. (The slowdown itself is measured
+    by ``benchmarks/bench_gil.py``: tests assert no timings.)"""
+    from fffsklearn._device import TRAINING_SWITCH_INTERVAL
+
+    X, y = make_regression(n_samples=300, n_features=5, random_state=0)
+    before = sys.getswitchinterval()
+    assert before > TRAINING_SWITCH_INTERVAL
+    seen = _SwitchIntervalSeen()
+    FFFRegressor(depth=2, max_iter=3, random_state=0).set_callbacks(seen).fit(X, y)
+    assert seen.seen and max(seen.seen) <= TRAINING_SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(lambda seed: FFFRegressor(depth=2, max_iter=5, random_state=seed).fit(
+            X, y), range(6)))
+    assert sys.getswitchinterval() == before
+    with pytest.raises(ValueError):
+        FFFRegressor(depth=2).fit(X, y, sample_weight=-np.ones(len(y)))
+    assert sys.getswitchinterval() == before
