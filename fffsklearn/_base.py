@@ -14,7 +14,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_consistent_length,
-    column_or_1d,
     validate_data,
 )
 
@@ -184,7 +183,7 @@ class _TrainingData:
             y,
             reset=first_call,
             dtype=(np.float64, np.float32),
-            multi_output=self._task == "regression",
+            multi_output=True,
             y_numeric=self._task == "regression",
         )
         y_encoded = self._encode_targets(y, first_call, classes)
@@ -236,7 +235,7 @@ class _TrainingData:
         X_val = validate_data(self, X_val, reset=False, dtype=(np.float64, np.float32))
         X_val = self._preparation.network_rows(X_val).astype(np.float32, copy=False)
         y_val = self._encode_targets(
-            column_or_1d(y_val) if self._task == "classification" else y_val, False
+            y_val, False
         )
         check_consistent_length(X_val, y_val)
         if X_val.shape[0] < self._min_validation_rows:

@@ -3,12 +3,13 @@
 from numbers import Real
 
 import numpy as np
-from scipy.special import log_softmax, softmax
+from scipy.special import expit, log_expit, log_softmax, softmax
 from sklearn.base import ClassifierMixin, RegressorMixin, _fit_context
 from sklearn.metrics import r2_score
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+from sklearn.utils.validation import column_or_1d
 
 from ._arrays import FFFArrays
 from ._base import _ATTRIBUTES_DOC, _PARAMETERS_DOC, BaseFFF
@@ -154,6 +155,17 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _encode_targets(self, y, first_call, classes=None):
         check_classification_targets(y)
         if first_call:
+            self._multilabel = type_of_target(y) == "multilabel-indicator"
+        if self._multilabel:
+            return self._encode_label_indicators(y, first_call)
+        if np.ndim(y) == 2 and np.shape(y)[1] != 1:
+            raise ValueError(
+                f"{type(self).__name__} was fitted on one label per row; y has "
+                f"{np.shape(y)[1]} columns. A 2-D y must be a 0/1 indicator matrix of labels "
+                "(multi-label), given from the first fit on."
+            )
+        y = column_or_1d(y, warn=True)
+        if first_call:
             classes = unique_labels(y if classes is None else classes)
             if len(classes) < 2:
                 raise ValueError(
@@ -169,6 +181,24 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
+    def _encode_label_indicators(self, y, first_call):
+        """Multi-label ``y``, an (n_samples, n_labels) 0/1 matrix, as float32 targets of one
+        sigmoid output per label; ``classes_`` is ``arange(n_labels)``."""
+        y = np.asarray(y)
+        if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+            raise ValueError(
+                f"{type(self).__name__} was fitted on multi-label targets: y must be a 0/1 "
+                "indicator matrix."
+            )
+        if first_call:
+            self.classes_ = np.arange(y.shape[1])
+        if y.shape[1] != len(self.classes_):
+            raise ValueError(
+                f"y has {y.shape[1]} labels but {type(self).__name__} was fitted with "
+                f"{len(self.classes_)}."
+            )
+        return y.astype(np.float32)
+
     # Under batch_size="auto", rows of a step per leaf (so that each leaf learns from each
     # step), and at least this many steps an epoch (fewer, larger batches learnt less).
     _AUTO_BATCH_ROWS_PER_LEAF = 25
@@ -182,9 +212,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     _ROUTING_GROUP_LASSO = 20.0
 
     def _loss(self):
-        from ._losses import CrossEntropy
+        from ._losses import BinaryCrossEntropy, CrossEntropy
 
-        return CrossEntropy(self.label_smoothing)
+        # Until a fit has seen the targets, the recipe is that of one label per row.
+        loss = BinaryCrossEntropy if getattr(self, "_multilabel", False) else CrossEntropy
+        return loss(self.label_smoothing)
 
     def _auto_batch_size(self, n_samples):
         """25 rows per leaf while an epoch keeps at least 50 steps, and at least 200: with
@@ -198,6 +230,8 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         return len(self.classes_)
 
     def _stratification(self, y_encoded, n_val):
+        if self._multilabel:
+            return None
         # Stratified where every class present has 2 rows and the split room for each.
         counts = np.bincount(y_encoded)
         if counts[counts > 0].min() >= 2 and n_val >= np.count_nonzero(counts):
@@ -207,6 +241,11 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _weigh_targets(self, y_encoded, sample_weight, incremental):
         if self.class_weight is None:
             return sample_weight
+        if self._multilabel:
+            raise ValueError(
+                "class_weight is not supported for multi-label y: weigh the rows with "
+                "sample_weight instead."
+            )
         if self.class_weight == "balanced" and incremental:
             raise ValueError(
                 "class_weight='balanced' is not supported by partial_fit: the class frequencies "
@@ -225,7 +264,10 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         return sample_weight * weights[y_encoded]
 
     def _preparation_targets(self, y_encoded):
-        # The routing group lasso weighs each feature by how well it separates the classes.
+        # The routing group lasso weighs each feature by how well it separates the classes;
+        # multi-label rows have no one class to separate: no group lasso.
+        if self._multilabel:
+            return {}
         return {"y": y_encoded, "n_classes": len(self.classes_)}
 
     def _output_scaling(self):
@@ -273,7 +315,7 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 )
             if output_scaling is not None:
                 arrays = arrays.with_output_scaling(*output_scaling)
-            return arrays, {"classes_": classes}
+            return arrays, {"classes_": classes, "_multilabel": False}
 
         return cls._from_network(network, X, params, target_attributes)
 
@@ -292,9 +334,22 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 f"Corrupt {type(self).__name__} state: classes_ must be distinct, orderable "
                 "labels (no NaN)."
             )
+        if not isinstance(state.get("_multilabel"), (bool, np.bool_)):
+            raise ValueError(
+                f"Corrupt {type(self).__name__} state: _multilabel must be a bool."
+            )
 
     def _score_outputs(self, outputs, y_encoded, sample_weight=None):
-        return float(np.average(np.argmax(outputs, axis=1) == y_encoded, weights=sample_weight))
+        if self._multilabel:  # subset accuracy, as accuracy_score gives
+            correct = ((outputs > 0) == (y_encoded > 0.5)).all(axis=1)
+        else:
+            correct = np.argmax(outputs, axis=1) == y_encoded
+        return float(np.average(correct, weights=sample_weight))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
 
     def predict_proba(self, X):
         """Class probabilities of each row under hard routing.
@@ -308,11 +363,12 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         -------
         proba : ndarray of shape (n_samples, n_classes)
             Softmax of the chosen leaf's plus the master leaf's output; columns follow
-            ``classes_``.
+            ``classes_``. For multi-label targets, each label's probability: the sigmoid of
+            its output.
         """
-        return self._map_outputs(
-            X, lambda model, outputs: softmax(outputs.astype(np.float64), axis=1)
-        )
+        return self._map_outputs(X, lambda model, outputs: (
+            expit if model._multilabel else lambda z: softmax(z, axis=1)
+        )(outputs.astype(np.float64)))
 
     def predict_log_proba(self, X):
         """Logarithm of :meth:`predict_proba`, computed without underflow.
@@ -327,9 +383,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         log_proba : ndarray of shape (n_samples, n_classes)
             Log-probabilities; columns follow ``classes_``.
         """
-        return self._map_outputs(
-            X, lambda model, outputs: log_softmax(outputs.astype(np.float64), axis=1)
-        )
+        return self._map_outputs(X, lambda model, outputs: (
+            log_expit if model._multilabel else lambda z: log_softmax(z, axis=1)
+        )(outputs.astype(np.float64)))
 
     def predict(self, X):
         """Predicted class of each row under hard routing.
@@ -341,14 +397,16 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
 
         Returns
         -------
-        y : ndarray of shape (n_samples,)
-            The class of highest probability in :meth:`predict_proba`.
+        y : ndarray of shape (n_samples,) or (n_samples, n_labels)
+            The class of highest probability in :meth:`predict_proba`; for multi-label
+            targets, the 0/1 indicator matrix of the labels of probability above 1/2.
         """
         # The softmax is monotone, so its argmax is the argmax of the raw outputs. Labels are
         # written chunk by chunk: no full-length index array besides the result.
-        return self._map_outputs(
-            X, lambda model, outputs: model.classes_[np.argmax(outputs, axis=1)]
-        )
+        return self._map_outputs(X, lambda model, outputs: (
+            (outputs > 0).astype(np.int64) if model._multilabel
+            else model.classes_[np.argmax(outputs, axis=1)]
+        ))
 
 
 class FFFRegressor(RegressorMixin, BaseFFF):

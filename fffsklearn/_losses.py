@@ -3,7 +3,8 @@
 The trainer differentiates the losses by hand and hands their gradients to the network's
 backward (:meth:`FFFNetwork.training_pass`): autograd's bookkeeping of their dozen small
 operations cost more than computing them. A loss object is all the trainer knows of the task:
-:class:`CrossEntropy` for FFFClassifier, :class:`SquaredError` for FFFRegressor.
+:class:`CrossEntropy` for FFFClassifier, :class:`BinaryCrossEntropy` for its multi-label
+targets, :class:`SquaredError` for FFFRegressor.
 """
 
 import torch
@@ -52,6 +53,40 @@ class CrossEntropy:
         grad = log_probabilities.exp_().sub_(spread).mul_(row_weight.unsqueeze(1))
         grad.scatter_add_(1, targets, row_weight.mul(smoothing - 1.0).unsqueeze(1))
         return loss, grad
+
+    def regulariser_weight(self, data_loss, y):
+        """The factor on the L2 and load-balancing terms of a step: always 1."""
+        return 1.0
+
+
+class BinaryCrossEntropy:
+    """Binary cross-entropy of each output's sigmoid against a 0/1 label, summed over the
+    labels (one sigmoid output per label: multi-label classification).
+
+    While balancing, each label's target is moved ``label_smoothing / 2`` towards 1/2; the
+    hardening phase fits the plain log-loss, as :class:`CrossEntropy` does.
+
+    Parameters
+    ----------
+    label_smoothing : float
+    """
+
+    regulariser_weight_is_constant = True
+
+    def __init__(self, label_smoothing=0.0):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, outputs, y, row_weight, hardening):
+        """The weighted loss ``sum_i row_weight_i * loss_i`` (a 0-d tensor) and its gradient
+        with respect to ``outputs``."""
+        smoothing = 0.0 if hardening else self.label_smoothing
+        targets = y * (1.0 - smoothing) + 0.5 * smoothing
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            outputs, targets, reduction="none"
+        )
+        # d/d logit of that cross-entropy = sigmoid - target, for each label.
+        grad = torch.sigmoid(outputs).sub_(targets).mul_(row_weight.unsqueeze(1))
+        return torch.dot(losses.sum(dim=1), row_weight), grad
 
     def regulariser_weight(self, data_loss, y):
         """The factor on the L2 and load-balancing terms of a step: always 1."""

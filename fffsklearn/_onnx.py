@@ -200,8 +200,11 @@ def _classifier_output_shapes(operator):
     _check_operator(operator)
     calculate_linear_classifier_output_shapes(operator)
     n_rows = operator.inputs[0].get_first_dimension()
-    label_type, _ = _LABEL_TYPES[_label_kind(operator.raw_operator.classes_)]
-    operator.outputs[0].type = label_type([n_rows])
+    model = operator.raw_operator
+    label_type, _ = _LABEL_TYPES[_label_kind(model.classes_)]
+    # Multi-label: the 0/1 indicator matrix, as predict returns it.
+    operator.outputs[0].type = (Int64TensorType([n_rows, len(model.classes_)])
+                                if model._multilabel else label_type([n_rows]))
     # float32 whatever the input's type: the network computes in float32, and onnxruntime's
     # ZipMap (skl2onnx's default after a classifier) takes float32 probabilities only.
     operator.outputs[1].type = FloatTensorType([n_rows, len(operator.raw_operator.classes_)])
@@ -210,6 +213,11 @@ def _classifier_output_shapes(operator):
 def _convert_classifier(scope, operator, container):
     classes = operator.raw_operator.classes_
     g, logits = _raw_outputs(scope, operator, container)
+    if operator.raw_operator._multilabel:  # a sigmoid per label; a label where it is > 1/2
+        g.op("Sigmoid", logits, output=operator.outputs[1].full_name)
+        above = g.op("Greater", logits, g.const("zero", 0.0, np.float32))
+        g.op("Cast", above, output=operator.outputs[0].full_name, to=TensorProto.INT64)
+        return
     g.op("Softmax", logits, output=operator.outputs[1].full_name, axis=1)
     index = g.op("ArgMax", logits, axis=1, keepdims=0)
     _, dtype = _LABEL_TYPES[_label_kind(classes)]

@@ -826,3 +826,54 @@ def test_a_callback_can_stop_training_after_an_epoch(digits):
         model.fit(X_train, np.zeros_like(y_train))
     assert stop.calls[-1] == "teardown" and stop.calls.count("setup") == 2
     np.testing.assert_array_equal(model.predict_proba(X_test), before)
+
+
+# ------------------------------------------------------------------------------ multi-label
+@pytest.fixture(scope="module")
+def multilabel():
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=1200, n_features=12, n_classes=5,
+                                          random_state=0)
+    return train_test_split(X, Y, test_size=0.25, random_state=0)
+
+
+def test_a_multi_label_indicator_y_trains_one_network_of_a_sigmoid_per_label(multilabel):
+    from scipy.special import expit
+    from sklearn.metrics import accuracy_score
+
+    X_train, X_test, Y_train, Y_test = multilabel
+    model = FFFClassifier(depth=2, random_state=0).fit(X_train, Y_train)
+    np.testing.assert_array_equal(model.classes_, np.arange(5))
+    assert model.arrays_.n_outputs == 5  # one network, not one per label
+    predicted = model.predict(X_test)
+    assert predicted.shape == Y_test.shape and predicted.dtype == np.int64
+    assert set(np.unique(predicted)) <= {0, 1}
+    proba = model.predict_proba(X_test)
+    outputs, _ = inference.hard_forward(model.arrays_, X_test.astype(np.float32))
+    np.testing.assert_allclose(proba, expit(outputs.astype(np.float64)), rtol=1e-6)
+    np.testing.assert_array_equal(predicted, (proba > 0.5).astype(int))
+    np.testing.assert_allclose(model.predict_log_proba(X_test), np.log(proba), rtol=1e-6)
+    assert model.score(X_test, Y_test) == accuracy_score(Y_test, predicted)
+    assert (predicted == Y_test).mean() > 0.75  # per label
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(X_test), predicted)
+    stopped = FFFClassifier(depth=2, early_stopping=True, random_state=0).fit(X_train, Y_train)
+    assert 0 <= stopped.best_validation_score_ <= 1
+
+
+def test_multi_label_partial_fit_and_what_it_refuses(multilabel):
+    X_train, X_test, Y_train, _ = multilabel
+    model = FFFClassifier(depth=2, random_state=0)
+    for rows in np.array_split(np.arange(len(X_train)), 3):
+        model.partial_fit(X_train[rows], Y_train[rows], classes=np.arange(5))
+    assert model.predict(X_test).shape == (len(X_test), 5)
+    with pytest.raises(ValueError, match="y has 4 labels but FFFClassifier was fitted with 5"):
+        model.partial_fit(X_train, Y_train[:, :4])
+    with pytest.raises(ValueError, match="fitted on multi-label targets"):
+        model.partial_fit(X_train, Y_train[:, 0])
+    with pytest.raises(ValueError, match="class_weight is not supported for multi-label"):
+        FFFClassifier(class_weight="balanced").fit(X_train, Y_train)
+    single = FFFClassifier(depth=2, max_iter=2).fit(X_train, Y_train[:, 0])
+    with pytest.raises(ValueError, match="fitted on one label per row"):
+        single.partial_fit(X_train, Y_train)

@@ -233,3 +233,14 @@ def test_a_model_with_a_feature_far_from_zero_exports_its_centring():
     )
     np.testing.assert_array_equal(label, model.predict(X))
     np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)
+
+
+def test_a_multi_label_classifier_exports_its_indicator_matrix():
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=400, n_features=10, n_classes=5,
+                                          random_state=0)
+    model = FFFClassifier(depth=2, max_iter=10, random_state=0).fit(X, Y)
+    label, probabilities = run(to_onnx(model), X)
+    np.testing.assert_array_equal(label, model.predict(X))
+    np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)

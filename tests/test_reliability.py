@@ -1,5 +1,6 @@
 """Reliability: hostile model files, interrupted and diverging fits, concurrency, extremes."""
 
+import copy
 import os
 import pickle
 import signal
@@ -55,9 +56,7 @@ def _edited_pickle(model, **array_edits):
     state = model.arrays_.__getstate__()
     for name, edit in array_edits.items():
         state[name] = edit(state[name]) if callable(edit) else edit
-    hostile = clone(model)
-    hostile.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
-    hostile._preparation = model._preparation
+    hostile = copy.copy(model)
     hostile.__dict__["arrays_"] = _EditedArrays(state)
     return pickle.dumps(hostile)
 
