@@ -24,7 +24,7 @@ from ._interop import TorchInterop
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 from ._persistence import FittedStatePersistence
 from ._prediction import HardRoutedPrediction
-from ._preparation import DRIFT_RATIO, InputPreparation
+from ._preparation import DRIFT_RATIO, InputPreparation, dense_blocks
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._recipe import Recipe, Schedule
 
@@ -182,6 +182,7 @@ class _TrainingData:
             X,
             y,
             reset=first_call,
+            accept_sparse="csr",
             dtype=(np.float64, np.float32),
             multi_output=True,
             y_numeric=self._task == "regression",
@@ -212,7 +213,10 @@ class _TrainingData:
         inference_options = prediction_options(self.device, self.n_jobs)
 
         def validation_score(arrays):
-            outputs, _ = inference.hard_forward(arrays, X_val, **inference_options)
+            outputs = np.concatenate([
+                inference.hard_forward(arrays, rows, **inference_options)[0]
+                for _, rows in dense_blocks(X_val)
+            ])
             return self._score_outputs(outputs, y_val, weight_val)
 
         return X, y_encoded, sample_weight, validation_score
@@ -232,7 +236,8 @@ class _TrainingData:
                 "X_val and y_val are passed to fit while early_stopping=False: they are only "
                 "used for early stopping. Set early_stopping=True."
             )
-        X_val = validate_data(self, X_val, reset=False, dtype=(np.float64, np.float32))
+        X_val = validate_data(self, X_val, reset=False, accept_sparse="csr",
+                              dtype=(np.float64, np.float32))
         X_val = self._preparation.network_rows(X_val).astype(np.float32, copy=False)
         y_val = self._encode_targets(
             y_val, False
@@ -580,7 +585,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         return tags
 
 

@@ -157,22 +157,12 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
         if first_call:
             self._multilabel = type_of_target(y) == "multilabel-indicator"
         if self._multilabel:
-            return self._encode_label_indicators(y, first_call)
-        if np.ndim(y) == 2 and np.shape(y)[1] != 1:
-            raise ValueError(
-                f"{type(self).__name__} was fitted on one label per row; y has "
-                f"{np.shape(y)[1]} columns. A 2-D y must be a 0/1 indicator matrix of labels "
-                "(multi-label), given from the first fit on."
-            )
-        y = column_or_1d(y, warn=True)
+            if first_call:
+                self.classes_ = np.arange(np.shape(y)[1])
+            return _label_indicators(type(self).__name__, y, len(self.classes_))
+        y = _one_label_per_row(type(self).__name__, y)
         if first_call:
-            classes = unique_labels(y if classes is None else classes)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                    f"but the data contains only one class: {classes[0]!r}."
-                )
-            self.classes_ = classes
+            self.classes_ = _classes_of(type(self).__name__, y if classes is None else classes)
         unseen = np.setdiff1d(y, self.classes_)
         if unseen.size:
             raise ValueError(
@@ -180,24 +170,6 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
                 f"{self.classes_.tolist()}."
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
-
-    def _encode_label_indicators(self, y, first_call):
-        """Multi-label ``y``, an (n_samples, n_labels) 0/1 matrix, as float32 targets of one
-        sigmoid output per label; ``classes_`` is ``arange(n_labels)``."""
-        y = np.asarray(y)
-        if y.ndim != 2 or not np.isin(y, (0, 1)).all():
-            raise ValueError(
-                f"{type(self).__name__} was fitted on multi-label targets: y must be a 0/1 "
-                "indicator matrix."
-            )
-        if first_call:
-            self.classes_ = np.arange(y.shape[1])
-        if y.shape[1] != len(self.classes_):
-            raise ValueError(
-                f"y has {y.shape[1]} labels but {type(self).__name__} was fitted with "
-                f"{len(self.classes_)}."
-            )
-        return y.astype(np.float32)
 
     # Under batch_size="auto", rows of a step per leaf (so that each leaf learns from each
     # step), and at least this many steps an epoch (fewer, larger batches learnt less).
@@ -241,27 +213,9 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
     def _weigh_targets(self, y_encoded, sample_weight, incremental):
         if self.class_weight is None:
             return sample_weight
-        if self._multilabel:
-            raise ValueError(
-                "class_weight is not supported for multi-label y: weigh the rows with "
-                "sample_weight instead."
-            )
-        if self.class_weight == "balanced" and incremental:
-            raise ValueError(
-                "class_weight='balanced' is not supported by partial_fit: the class frequencies "
-                "of one batch are not those of the data. Compute them with "
-                "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, "
-                "y=y) on enough of the labels and pass the result as a dict."
-            )
-        weights = compute_class_weight(
-            self.class_weight, classes=self.classes_, y=self.classes_[y_encoded]
+        return sample_weight * _class_weights(
+            self.class_weight, self.classes_, y_encoded, self._multilabel, incremental
         )
-        if not (np.isfinite(weights).all() and (weights >= 0).all()):
-            raise ValueError(
-                f"class_weight must give every class a finite, non-negative weight; got "
-                f"{dict(zip(self.classes_.tolist(), weights.tolist()))}."
-            )
-        return sample_weight * weights[y_encoded]
 
     def _preparation_targets(self, y_encoded):
         # The routing group lasso weighs each feature by how well it separates the classes;
@@ -407,6 +361,63 @@ class FFFClassifier(ClassifierMixin, BaseFFF):
             (outputs > 0).astype(np.int64) if model._multilabel
             else model.classes_[np.argmax(outputs, axis=1)]
         ))
+
+
+def _one_label_per_row(name, y):
+    """``y`` of one label per row as a 1-D array (a column vector warns, as in scikit-learn)."""
+    if np.ndim(y) == 2 and np.shape(y)[1] != 1:
+        raise ValueError(
+            f"{name} was fitted on one label per row; y has {np.shape(y)[1]} columns. A 2-D y "
+            "must be a 0/1 indicator matrix of labels (multi-label), given from the first fit on."
+        )
+    return column_or_1d(y, warn=True)
+
+
+def _classes_of(name, labels):
+    """The sorted distinct labels, at least two."""
+    classes = unique_labels(labels)
+    if len(classes) < 2:
+        raise ValueError(
+            f"{name} needs samples of at least 2 classes in the data, but the data contains "
+            f"only one class: {classes[0]!r}."
+        )
+    return classes
+
+
+def _label_indicators(name, y, n_labels):
+    """Multi-label ``y``, an (n_samples, n_labels) 0/1 matrix, as float32 targets of one
+    sigmoid output per label."""
+    y = np.asarray(y)
+    if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+        raise ValueError(
+            f"{name} was fitted on multi-label targets: y must be a 0/1 indicator matrix."
+        )
+    if y.shape[1] != n_labels:
+        raise ValueError(f"y has {y.shape[1]} labels but {name} was fitted with {n_labels}.")
+    return y.astype(np.float32)
+
+
+def _class_weights(class_weight, classes, y_encoded, multilabel, incremental):
+    """The weight of each row's class under ``class_weight``."""
+    if multilabel:
+        raise ValueError(
+            "class_weight is not supported for multi-label y: weigh the rows with "
+            "sample_weight instead."
+        )
+    if class_weight == "balanced" and incremental:
+        raise ValueError(
+            "class_weight='balanced' is not supported by partial_fit: the class frequencies "
+            "of one batch are not those of the data. Compute them with "
+            "sklearn.utils.class_weight.compute_class_weight('balanced', classes=classes, "
+            "y=y) on enough of the labels and pass the result as a dict."
+        )
+    weights = compute_class_weight(class_weight, classes=classes, y=classes[y_encoded])
+    if not (np.isfinite(weights).all() and (weights >= 0).all()):
+        raise ValueError(
+            f"class_weight must give every class a finite, non-negative weight; got "
+            f"{dict(zip(classes.tolist(), weights.tolist()))}."
+        )
+    return weights[y_encoded]
 
 
 class FFFRegressor(RegressorMixin, BaseFFF):

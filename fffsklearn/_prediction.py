@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import inference
 from ._device import prediction_options
+from ._preparation import dense_blocks
 
 
 class HardRoutedPrediction:
@@ -38,6 +39,7 @@ class HardRoutedPrediction:
             self,
             X,
             reset=False,
+            accept_sparse="csr",
             dtype=(np.float32, np.float64),
             ensure_all_finite=options["backend"] != "compiled",
         )
@@ -104,6 +106,11 @@ class HardRoutedPrediction:
         ])
 
     def _count_leaves(self, X):
-        """Rows of ``X`` that hard routing sends to each leaf of ``arrays_``."""
-        leaves = inference.apply(self.arrays_, X, **prediction_options(self.device, self.n_jobs))
-        return np.bincount(leaves, minlength=self.arrays_.n_leaves).astype(np.int64)
+        """Rows of ``X`` (as the network reads them, dense or sparse) that hard routing sends
+        to each leaf of ``arrays_``."""
+        options = prediction_options(self.device, self.n_jobs)
+        counts = np.zeros(self.arrays_.n_leaves, dtype=np.int64)
+        for _, rows in dense_blocks(X):
+            counts += np.bincount(inference.apply(self.arrays_, rows, **options),
+                                  minlength=self.arrays_.n_leaves)
+        return counts

@@ -11,6 +11,7 @@ no torch.
 """
 
 import numpy as np
+from scipy import sparse
 
 # Values of X read at a time (the statistics' passes, an epoch's batches; 4 MiB in float32):
 # bounds the memory of a pass over a memmap whatever its size.
@@ -36,7 +37,7 @@ def input_offset(X):
     n, n_features = X.shape
     low, high = np.full(n_features, np.inf), np.full(n_features, -np.inf)
     for rows in _row_chunks(n, n_features):
-        chunk = np.asarray(X[rows])
+        chunk = np.asarray(dense_rows(X, rows))
         np.minimum(low, chunk.min(axis=0, initial=np.inf), out=low)
         np.maximum(high, chunk.max(axis=0, initial=-np.inf), out=high)
     centre, spread = (low + high) / 2, high - low
@@ -47,6 +48,24 @@ def input_offset(X):
 # A later batch of partial_fit whose feature spreads this many times the first fit's, or
 # whose mean lies this many spreads away, trains on statistics that no longer describe it.
 DRIFT_RATIO = 10
+
+
+def dense_rows(X, rows):
+    """The rows ``rows`` of ``X`` as a dense array: a sparse ``X`` is densified one chunk
+    at a time, never whole."""
+    chunk = X[rows]
+    return chunk.toarray() if sparse.issparse(chunk) else chunk
+
+
+def dense_blocks(X):
+    """``(slice of rows, dense rows)`` covering ``X``: ``X`` itself in one block where it is
+    dense, chunks of about ``CHUNK_VALUES`` values densified one at a time where it is
+    sparse."""
+    if not sparse.issparse(X):
+        yield slice(0, X.shape[0]), X
+        return
+    for rows in _row_chunks(*X.shape):
+        yield rows, X[rows].toarray()
 
 
 def _row_chunks(n_samples, n_features):
@@ -73,7 +92,7 @@ def input_statistics(X, sample_weight):
     mean = _weighted_column_mean(X, weight, chunks)
     variance = np.zeros(n_features)
     for rows in chunks:
-        deviation = X[rows].astype(np.float64)
+        deviation = dense_rows(X, rows).astype(np.float64)
         deviation -= mean
         variance += weight[rows] @ np.square(deviation, out=deviation)
     variance /= weight.sum()
@@ -82,7 +101,8 @@ def input_statistics(X, sample_weight):
 
 def _weighted_column_mean(X, weight, chunks):
     """The ``weight``-weighted mean of every column of ``X``, in float64, read by ``chunks``."""
-    return sum(weight[rows] @ X[rows].astype(np.float64) for rows in chunks) / weight.sum()
+    return sum(weight[rows] @ dense_rows(X, rows).astype(np.float64)
+               for rows in chunks) / weight.sum()
 
 
 def _constant(variance, mean, n_samples):
@@ -148,7 +168,7 @@ def principal_directions(X, sample_weight, rank, seed, input_scaling=None):
         basis32 = basis.astype(np.float32)
         product = np.zeros_like(basis)
         for rows in chunks:
-            inputs = np.subtract(X[rows], mean, dtype=np.float32)
+            inputs = np.subtract(dense_rows(X, rows), mean, dtype=np.float32)
             inputs /= scale
             product += inputs.T @ (weight32[rows, None] * (inputs @ basis32))
         return product
@@ -202,13 +222,13 @@ def routing_feature_penalties(X, y, sample_weight, n_classes):
         labels = y[rows]
         weighted_labels = np.zeros((labels.shape[0], n_classes))
         weighted_labels[np.arange(labels.shape[0]), labels] = weight[rows]
-        class_means += weighted_labels.T @ X[rows].astype(np.float64)
+        class_means += weighted_labels.T @ dense_rows(X, rows).astype(np.float64)
     class_means[present] /= class_weight[present, None]
     mean = class_weight @ class_means / n
     between = class_weight @ np.square(class_means - mean)
     within = np.zeros(n_features)
     for rows in chunks:
-        deviation = X[rows].astype(np.float64)
+        deviation = dense_rows(X, rows).astype(np.float64)
         deviation -= class_means[y[rows]]
         within += weight[rows] @ np.square(deviation, out=deviation)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -254,7 +274,8 @@ class InputPreparation:
         """Take the offset of the rows (:func:`input_offset`), from all the rows of a first
         fit as given (float64 where they are), before anything casts them."""
         self.n_features_in_ = X.shape[1]
-        self.offset_ = input_offset(X)
+        # A sparse column holds zeros: its range reaches zero, so it never needs an offset.
+        self.offset_ = None if sparse.issparse(X) else input_offset(X)
         return self
 
     def network_rows(self, X):
@@ -270,9 +291,9 @@ class InputPreparation:
     def network_row_blocks(self, X):
         """:meth:`network_rows` of ``X`` block by block, as ``(slice of rows, rows)``
         pairs, so that a prediction's memory stays bounded: one block, ``X`` itself, where
-        there is no offset."""
+        there is no offset and ``X`` is dense; a sparse ``X`` is densified block by block."""
         if self.offset_ is None:
-            yield slice(0, X.shape[0]), X
+            yield from dense_blocks(X)
             return
         for rows in _row_chunks(*X.shape):
             yield rows, self.network_rows(X[rows])

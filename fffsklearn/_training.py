@@ -28,7 +28,7 @@ from ._device import training_threads
 from ._network import FFFNetwork, _compiled, _training_kernel, projected_rank
 from ._optim import FusedAdam
 from ._phases import BestEpoch, Epoch, Hardening, PhaseSwitch
-from ._preparation import CHUNK_VALUES
+from ._preparation import CHUNK_VALUES, dense_rows
 
 
 class _CapturedStep:
@@ -275,7 +275,9 @@ class BatchFeed:
         # chunk rather than per batch, and a memmap is never loaded whole.
         chunk_rows = batch_size * max(1, CHUNK_VALUES // (batch_size * max(1, X.shape[1])))
         for chunk_start in range(0, n, chunk_rows):
-            X_chunk = torch.from_numpy(X[order[chunk_start : chunk_start + chunk_rows]])
+            X_chunk = torch.from_numpy(
+                dense_rows(X, order[chunk_start : chunk_start + chunk_rows])
+            )
             X_chunk = X_chunk.to(self.device)
             if self.scaling is not None:
                 X_chunk.sub_(self.scaling[0]).div_(self.scaling[1])
@@ -291,11 +293,13 @@ class BatchFeed:
         (else batches come from the host as outside the context), some 4 MiB at a time, so
         a memmap is never loaded whole into host memory. It is freed on exit.
         """
-        if self.device.type == "cuda" and X.nbytes <= torch.cuda.mem_get_info(self.device)[0] / 4:
+        dense_bytes = 4 * X.shape[0] * X.shape[1]  # float32 on the device, even from sparse X
+        free_bytes = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+        if dense_bytes <= free_bytes / 4:
             rows = torch.empty(X.shape, dtype=torch.float32, device=self.device)
             step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
             for start in range(0, X.shape[0], step):
-                rows[start : start + step] = torch.tensor(X[start : start + step])
+                rows[start : start + step] = torch.tensor(dense_rows(X, slice(start, start + step)))
             if self.scaling is not None:
                 rows.sub_(self.scaling[0]).div_(self.scaling[1])
             self._resident_rows = (X, rows)
