@@ -12,7 +12,27 @@ import torch
 from ._network import _compiled, _training_kernel
 
 
-class CrossEntropy:
+class _SmoothedLabels:
+    """What the two classification losses share: targets smoothed by ``label_smoothing``
+    while balancing (plain in the hardening phase, so that ``predict_proba`` ends as
+    confident as the data allow), and regularisers of weight 1 whatever the fit, so that a
+    step needs no loss on the host."""
+
+    regulariser_weight_is_constant = True
+
+    def __init__(self, label_smoothing=0.0):
+        self.label_smoothing = label_smoothing
+
+    def smoothing(self, hardening):
+        """The label smoothing of a step in the given phase."""
+        return 0.0 if hardening else self.label_smoothing
+
+    def regulariser_weight(self, data_loss, y):
+        """The factor on the L2 and load-balancing terms of a step: always 1."""
+        return 1.0
+
+
+class CrossEntropy(_SmoothedLabels):
     """Cross-entropy of the logits against class indices.
 
     While balancing, each row's target puts ``1 - label_smoothing`` on its class plus
@@ -25,16 +45,10 @@ class CrossEntropy:
     label_smoothing : float
     """
 
-    # The regularisers' weight is 1 whatever the fit, so a step needs no loss on the host.
-    regulariser_weight_is_constant = True
-
-    def __init__(self, label_smoothing=0.0):
-        self.label_smoothing = label_smoothing
-
     def __call__(self, outputs, y, row_weight, hardening):
         """The weighted loss ``sum_i row_weight_i * loss_i`` (a 0-d tensor) and its gradient
         with respect to ``outputs``."""
-        smoothing = 0.0 if hardening else self.label_smoothing
+        smoothing = self.smoothing(hardening)
         if _compiled(outputs):
             grad = torch.empty_like(outputs)
             loss = _training_kernel.cross_entropy(
@@ -54,12 +68,8 @@ class CrossEntropy:
         grad.scatter_add_(1, targets, row_weight.mul(smoothing - 1.0).unsqueeze(1))
         return loss, grad
 
-    def regulariser_weight(self, data_loss, y):
-        """The factor on the L2 and load-balancing terms of a step: always 1."""
-        return 1.0
 
-
-class BinaryCrossEntropy:
+class BinaryCrossEntropy(_SmoothedLabels):
     """Binary cross-entropy of each output's sigmoid against a 0/1 label, summed over the
     labels (one sigmoid output per label: multi-label classification).
 
@@ -71,15 +81,10 @@ class BinaryCrossEntropy:
     label_smoothing : float
     """
 
-    regulariser_weight_is_constant = True
-
-    def __init__(self, label_smoothing=0.0):
-        self.label_smoothing = label_smoothing
-
     def __call__(self, outputs, y, row_weight, hardening):
         """The weighted loss ``sum_i row_weight_i * loss_i`` (a 0-d tensor) and its gradient
         with respect to ``outputs``."""
-        smoothing = 0.0 if hardening else self.label_smoothing
+        smoothing = self.smoothing(hardening)
         targets = y * (1.0 - smoothing) + 0.5 * smoothing
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             outputs, targets, reduction="none"
@@ -87,10 +92,6 @@ class BinaryCrossEntropy:
         # d/d logit of that cross-entropy = sigmoid - target, for each label.
         grad = torch.sigmoid(outputs).sub_(targets).mul_(row_weight.unsqueeze(1))
         return torch.dot(losses.sum(dim=1), row_weight), grad
-
-    def regulariser_weight(self, data_loss, y):
-        """The factor on the L2 and load-balancing terms of a step: always 1."""
-        return 1.0
 
 
 class SquaredError:
