@@ -24,7 +24,7 @@ from ._interop import TorchInterop
 from ._limits import MAX_DEPTH, MAX_THREADS, TRAINING_MEMORY_FRACTION, physical_memory_bytes
 from ._persistence import FittedStatePersistence
 from ._prediction import HardRoutedPrediction
-from ._preparation import DRIFT_RATIO, InputPreparation, dense_blocks
+from ._preparation import DRIFT_RATIO, InputPreparation
 from ._progress import CallbackSupportMixin, EpochHooks, EpochReporter
 from ._recipe import Recipe, Schedule
 
@@ -213,10 +213,7 @@ class _TrainingData:
         inference_options = prediction_options(self.device, self.n_jobs)
 
         def validation_score(arrays):
-            outputs = np.concatenate([
-                inference.hard_forward(arrays, rows, **inference_options)[0]
-                for _, rows in dense_blocks(X_val)
-            ])
+            outputs = inference.hard_forward(arrays, X_val, **inference_options)[0]
             return self._score_outputs(outputs, y_val, weight_val)
 
         return X, y_encoded, sample_weight, validation_score

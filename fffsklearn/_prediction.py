@@ -9,7 +9,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import inference
 from ._device import prediction_options
-from ._preparation import dense_blocks
 
 
 class HardRoutedPrediction:
@@ -109,8 +108,5 @@ class HardRoutedPrediction:
         """Rows of ``X`` (as the network reads them, dense or sparse) that hard routing sends
         to each leaf of ``arrays_``."""
         options = prediction_options(self.device, self.n_jobs)
-        counts = np.zeros(self.arrays_.n_leaves, dtype=np.int64)
-        for _, rows in dense_blocks(X):
-            counts += np.bincount(inference.apply(self.arrays_, rows, **options),
-                                  minlength=self.arrays_.n_leaves)
-        return counts
+        return np.bincount(inference.apply(self.arrays_, X, **options),
+                           minlength=self.arrays_.n_leaves)

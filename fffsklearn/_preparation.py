@@ -57,17 +57,6 @@ def dense_rows(X, rows):
     return chunk.toarray() if sparse.issparse(chunk) else chunk
 
 
-def dense_blocks(X):
-    """``(slice of rows, dense rows)`` covering ``X``: ``X`` itself in one block where it is
-    dense, chunks of about ``CHUNK_VALUES`` values densified one at a time where it is
-    sparse."""
-    if not sparse.issparse(X):
-        yield slice(0, X.shape[0]), X
-        return
-    for rows in _row_chunks(*X.shape):
-        yield rows, X[rows].toarray()
-
-
 def _row_chunks(n_samples, n_features):
     """Slices of rows holding about ``CHUNK_VALUES`` values each."""
     step = max(1, CHUNK_VALUES // max(1, n_features))
@@ -280,20 +269,21 @@ class InputPreparation:
 
     def network_rows(self, X):
         """The rows as the network reads them: ``X`` less the offset, computed in float64
-        and cast to float32 in chunks; ``X`` itself where there is no offset."""
+        and cast to float32 in chunks (densified, where ``X`` is sparse); ``X`` itself where
+        there is no offset."""
         if self.offset_ is None:
             return X
         rows = np.empty(X.shape, dtype=np.float32)
         for chunk in _row_chunks(*X.shape):
-            rows[chunk] = np.subtract(X[chunk], self.offset_, dtype=np.float64)
+            rows[chunk] = np.subtract(dense_rows(X, chunk), self.offset_, dtype=np.float64)
         return rows
 
     def network_row_blocks(self, X):
         """:meth:`network_rows` of ``X`` block by block, as ``(slice of rows, rows)``
-        pairs, so that a prediction's memory stays bounded: one block, ``X`` itself, where
-        there is no offset and ``X`` is dense; a sparse ``X`` is densified block by block."""
+        pairs, so that a prediction's memory stays bounded: one block, ``X`` itself, dense
+        or sparse, where there is no offset."""
         if self.offset_ is None:
-            yield from dense_blocks(X)
+            yield slice(0, X.shape[0]), X
             return
         for rows in _row_chunks(*X.shape):
             yield rows, self.network_rows(X[rows])

@@ -5,6 +5,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,10 +55,26 @@ def assert_backends_agree(arrays, X, n_threads=2, triton=CUDA):
     for name in _kernel.instruction_sets():
         with instruction_set(name):
             check("compiled", f"compiled ({name})")
+            check_csr(arrays, X, ref_out, ref_leaves, tolerance, scale, n_threads, name)
     check("torch", "torch")
     if triton and TRITON_DEVICE:
         check("triton", f"triton ({TRITON_DEVICE})", TRITON_DEVICE)
     return ref_leaves
+
+
+def check_csr(arrays, X, ref_out, ref_leaves, tolerance, scale, n_threads, label):
+    """The compiled kernel's CSR path on ``X`` as a CSR matrix, with 32- and 64-bit indices,
+    against the reference's results on the dense rows."""
+    for index_dtype in (np.int32, np.int64):
+        csr = sp.csr_matrix(X)
+        csr.indices, csr.indptr = csr.indices.astype(index_dtype), csr.indptr.astype(index_dtype)
+        out, leaves = inference.hard_forward(arrays, csr, n_threads=n_threads)
+        message = f"compiled CSR ({label}, {np.dtype(index_dtype).name})"
+        np.testing.assert_array_equal(leaves, ref_leaves, err_msg=message)
+        np.testing.assert_allclose(out, ref_out, rtol=tolerance, atol=tolerance * scale,
+                                   err_msg=message)
+        np.testing.assert_array_equal(inference.apply(arrays, csr, n_threads=n_threads),
+                                      ref_leaves, err_msg=message)
 
 
 def test_compiled_kernel_is_built_and_is_the_default():
@@ -90,6 +107,8 @@ def _random_case(seed):
     arrays = random_arrays(rng, depth, n_features, leaf_width, master, n_outputs, activation)
     n_rows = int(rng.choice([1, 2, 5, 511, 512, 513, 3000]))
     X = rng.standard_normal((n_rows, n_features)) * rng.choice([1e-3, 1.0, 50.0])
+    # Mostly zeros in some cases, as the sparse rows the CSR path reads are.
+    X[rng.random(X.shape) < rng.choice([0.0, 0.5, 0.98])] = 0.0
     dtype = np.float32 if seed % 2 else np.float64
     order = "F" if seed % 3 == 0 else "C"
     return arrays, np.asarray(X, dtype=dtype, order=order)
@@ -193,6 +212,68 @@ def test_threads_give_identical_results(rng, n_rows):
         many = inference.hard_forward(arrays, X, n_threads=n_threads)
         np.testing.assert_array_equal(one[0], many[0])
         np.testing.assert_array_equal(one[1], many[1])
+
+
+def test_csr_rows_in_any_form_scipy_allows_give_the_dense_rows_results(rng):
+    arrays = random_arrays(rng, 5, 40, 16, 8, 3, "tanh")
+    X = rng.standard_normal((700, 40))
+    X[rng.random(X.shape) < 0.9] = 0.0
+    X[5] = 0.0  # an empty row
+    expected_out, expected_leaves = inference.hard_forward(arrays, X)
+    csr = sp.csr_matrix(X)
+    # Columns out of order, a column stored twice (scipy sums repeats), explicit zeros.
+    data, indices, indptr = [], [], [0]
+    for row in X:
+        (columns,) = np.nonzero(row)
+        columns = rng.permutation(columns)
+        values = list(row[columns])
+        if len(columns):
+            values[0] /= 2
+            columns, values = np.r_[columns, columns[0], 0], values + [values[0], 0.0]
+        data += list(values)
+        indices += list(columns)
+        indptr.append(len(data))
+    messy = sp.csr_matrix((np.array(data), np.array(indices), np.array(indptr)), shape=X.shape)
+    assert not messy.has_canonical_format
+    for rows in (csr, messy, sp.csr_matrix(X.astype(np.float32)), csr[100:600]):
+        dense = rows.toarray()
+        expected_out, expected_leaves = inference.hard_forward(arrays, dense)
+        out, leaves = inference.hard_forward(arrays, rows, n_threads=2)
+        np.testing.assert_array_equal(leaves, expected_leaves)
+        np.testing.assert_allclose(out, expected_out, rtol=1e-5, atol=1e-5)
+    # Other sparse formats are read as CSR; the other backends densify a chunk at a time.
+    for rows in (sp.csc_matrix(X), sp.coo_array(X)):
+        out, leaves = inference.hard_forward(arrays, rows)
+        np.testing.assert_array_equal(leaves, inference.apply(arrays, X))
+    for backend in ("reference", "torch"):
+        out, leaves = inference.hard_forward(arrays, csr, backend=backend)
+        np.testing.assert_array_equal(leaves, inference.apply(arrays, X))
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d, i, p: (d, np.where(i == i.max(), 40, i), p), "column index"),
+        (lambda d, i, p: (d, np.where(i == i.max(), -1, i), p), "column index"),
+        (lambda d, i, p: (d, i, p[::-1].copy()), "row pointers"),
+        (lambda d, i, p: (d, i, np.r_[p[:-1], p[-1] + 5]), "row pointers"),
+        (lambda d, i, p: (np.where(np.arange(d.size) == 3, np.nan, d), i, p), "NaN"),
+        (lambda d, i, p: (np.where(np.arange(d.size) == 3, 1e300, d), i, p), "too large"),
+        (lambda d, i, p: (d, i[:-1], p), "as long as data"),
+        (lambda d, i, p: (d.astype(np.float16), i, p), "float32 or float64"),
+        (lambda d, i, p: (d, i.astype(np.int16), p), "int32 or int64"),
+    ],
+)
+def test_the_csr_path_refuses_corrupt_matrices(rng, corrupt, message):
+    """A tampered CSR matrix raises ValueError: no read outside its buffers, no crash."""
+    arrays = random_arrays(rng, 3, 40, 4, 2, 2, "relu")
+    X = sp.random(300, 40, density=0.1, format="csr", random_state=0)
+    data, indices, indptr = corrupt(X.data, X.indices, X.indptr)
+    leaves, outputs = np.empty(300, np.int64), np.empty((300, 2), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _kernel.hard_forward_csr(arrays, data, indices, indptr, 40, leaves, outputs, 2)
+    with pytest.raises(ValueError, match="features"):
+        _kernel.hard_forward_csr(arrays, X.data, X.indices, X.indptr, 41, leaves, outputs, 2)
 
 
 def _replace(arrays, **changes):

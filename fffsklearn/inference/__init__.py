@@ -15,6 +15,10 @@ Backends
 
 All read the same :class:`~fffsklearn._arrays.FFFArrays`, route with the same rule (right iff
 the float64-accumulated logit of the float32 input is > 0) and send every row to the same leaf.
+
+Rows may also come as a SciPy sparse matrix: the compiled kernel reads a CSR matrix's
+non-zeros as they are, at a cost per row that grows with them; the other backends densify a
+chunk of rows at a time.
 """
 
 import os
@@ -23,6 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 from joblib import cpu_count
+from scipy import sparse
 
 from . import _reference
 
@@ -87,7 +92,7 @@ def iter_hard_forward(
     Parameters
     ----------
     arrays : FFFArrays
-    X : ndarray of shape (n_samples, n_features), float32 or float64
+    X : ndarray or sparse matrix of shape (n_samples, n_features), float32 or float64
     n_threads : int
     backend : {"compiled", "reference", "torch", "triton"} or None
         None picks :func:`default_backend`.
@@ -105,6 +110,8 @@ def iter_hard_forward(
     leaves : ndarray of shape (chunk_rows,), intp
     """
     backend = backend or default_backend()
+    if sparse.issparse(X):
+        X = X.tocsr()
     if backend == "compiled":
         if _kernel is None:
             raise ValueError("backend='compiled' was requested but the C kernel is not built.")
@@ -112,11 +119,16 @@ def iter_hard_forward(
             n = rows.stop - rows.start
             leaves = np.empty(n, dtype=np.int64)
             outputs = np.empty((n, arrays.n_outputs), dtype=np.float32) if with_outputs else None
-            _kernel.hard_forward(arrays, X[rows], leaves, outputs, n_threads)
+            if sparse.issparse(X):
+                _kernel.hard_forward_csr(arrays, X.data, X.indices,
+                                         X.indptr[rows.start:rows.stop + 1], X.shape[1],
+                                         leaves, outputs, n_threads)
+            else:
+                _kernel.hard_forward(arrays, X[rows], leaves, outputs, n_threads)
             yield rows, outputs, leaves
     elif backend == "reference":
-        for rows in _batches(X.shape[0], _reference_chunk_rows(X.shape[1])):
-            chunk = np.asarray(X[rows], dtype=np.float32)
+        for rows, chunk in _dense_chunks(X, _reference_chunk_rows(X.shape[1])):
+            chunk = np.asarray(chunk, dtype=np.float32)
             if with_outputs:
                 yield (rows, *_reference.forward(arrays, chunk))
             else:
@@ -131,9 +143,9 @@ def iter_hard_forward(
             from ._triton import forward_tensors
         else:
             forward_tensors = _torch.forward_tensors
-        for rows in _batches(X.shape[0], CHUNK_ROWS):
-            yield (rows, *_torch.forward(arrays, X[rows], device, with_outputs,
-                                         forward_tensors))
+        size = _reference_chunk_rows(X.shape[1]) if sparse.issparse(X) else CHUNK_ROWS
+        for rows, chunk in _dense_chunks(X, size):
+            yield (rows, *_torch.forward(arrays, chunk, device, with_outputs, forward_tensors))
     else:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
 
@@ -159,6 +171,14 @@ def apply(arrays, X, **kwargs):
 def _batches(n, size):
     # sklearn.utils.gen_batches validates its parameters on every call: too slow for one row.
     return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def _dense_chunks(X, size):
+    """``(slice of rows, rows)`` of ``X`` by ``size`` rows, a sparse ``X`` densified one
+    chunk at a time."""
+    for rows in _batches(X.shape[0], size):
+        chunk = X[rows]
+        yield rows, chunk.toarray() if sparse.issparse(chunk) else chunk
 
 
 def _reference_chunk_rows(n_features):

@@ -7,6 +7,12 @@
  *   leaves_out  1-D int64 buffer of length n, written with each row's leaf
  *   outputs_out 2-D float32 buffer of shape (n, o), or None to route only
  *
+ * hard_forward_csr(arrays, data, indices, indptr, n_features, leaves_out, outputs_out,
+ *                  n_threads)
+ *   The same for the rows of a CSR matrix (scipy's three arrays: float32 or float64 values,
+ *   int32 or int64 columns and row pointers; columns in any order, repeats summed), at a cost
+ *   per row that grows with its non-zeros rather than with d.
+ *
  * Rows are processed in blocks, handed to OpenMP threads as they free up, with the GIL released
  * (dynamic scheduling: a thread that shares its core with another library's spinning workers,
  * OpenBLAS's after a matrix product for instance, takes fewer blocks instead of holding up
@@ -19,6 +25,7 @@
  */
 #include "../_kernel_common.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -67,8 +74,13 @@ typedef struct {
 
 typedef struct {
     const char *data;
-    Py_ssize_t n_rows, stride_row, stride_col; /* strides in bytes */
+    Py_ssize_t n_rows, stride_row, stride_col; /* strides in bytes; unused for CSR rows */
     int is_double;
+    /* CSR rows: data holds the stored values, indices their columns and indptr[r] the first
+     * entry of row r (indptr[r + 1] the end); index_size and pointer_size are 4 or 8 bytes.
+     * indices is NULL for a dense input. */
+    const char *indices, *indptr;
+    int index_size, pointer_size;
 } input_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -401,16 +413,23 @@ INLINE void hidden_layer(const float *const *rows, int n_rows, Py_ssize_t d, con
     }
 }
 
-/* out[r][0:o] += hidden[r] @ W2 + b2 */
+/* out[r][0:o] += hidden[r] @ W2 + b2. Each output's sum stays in a register, in two halves
+ * (even and odd hidden units) so that its additions overlap; the outputs' sums are
+ * independent of each other. */
 INLINE void output_layer(const float *hidden, int n_rows, Py_ssize_t width, const float *W2,
                          const float *b2, Py_ssize_t o, float *const *out) {
     for (int r = 0; r < n_rows; r++) {
+        const float *h = hidden + r * width;
         float *y = out[r];
-        for (Py_ssize_t c = 0; c < o; c++) y[c] += b2[c];
-        for (Py_ssize_t j = 0; j < width; j++) {
-            float h = hidden[r * width + j];
-            const float *w = W2 + j * o;
-            for (Py_ssize_t c = 0; c < o; c++) y[c] += h * w[c];
+        for (Py_ssize_t c = 0; c < o; c++) {
+            float even = b2[c], odd = 0.0f;
+            Py_ssize_t j = 0;
+            for (; j + 2 <= width; j += 2) {
+                even += h[j] * W2[j * o + c];
+                odd += h[j + 1] * W2[(j + 1) * o + c];
+            }
+            if (j < width) even += h[j] * W2[j * o + c];
+            y[c] += even + odd;
         }
     }
 }
@@ -424,6 +443,7 @@ typedef struct {
     double *wide_row;     /* d doubles: a row whose decision needs the double path */
     double *node_norms;   /* n_nodes Euclidean norms of node weights, computed on first use */
     int saw_non_finite;   /* set when a row holds NaN or infinity (after the cast to float32) */
+    int saw_bad_column;   /* set when a CSR row names a column outside [0, d) */
 } workspace_t;
 
 static void free_workspace(workspace_t *w) {
@@ -433,7 +453,7 @@ static void free_workspace(workspace_t *w) {
 }
 
 INLINE int input_needs_cast(const input_t *in) {
-    return in->is_double || in->stride_col != (Py_ssize_t)sizeof(float);
+    return in->indices == NULL && (in->is_double || in->stride_col != (Py_ssize_t)sizeof(float));
 }
 
 static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in,
@@ -449,7 +469,7 @@ static int alloc_workspace(workspace_t *w, const model_t *m, const input_t *in,
     Py_ssize_t n_nodes = ((Py_ssize_t)1 << m->depth) - 1;
     w->node_norms = malloc(sizeof(double) * (n_nodes > 0 ? n_nodes : 1));
     for (Py_ssize_t j = 0; j < n_nodes && w->node_norms; j++) w->node_norms[j] = -1.0;
-    w->saw_non_finite = 0;
+    w->saw_non_finite = w->saw_bad_column = 0;
     if (!w->rows || (needs_cast && !w->converted) || !w->order || !w->counts || !w->hidden ||
         !w->wide_row || !w->node_norms) {
         free_workspace(w);
@@ -539,11 +559,157 @@ INLINE void route_tile(const model_t *m, const float *const *rows, int count, wo
     for (int t = 0; t < count; t++) leaves[t] = node[t] - (((Py_ssize_t)1 << m->depth) - 1);
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* CSR rows                                                                                   */
+
+INLINE Py_ssize_t csr_pointer(const input_t *in, Py_ssize_t r) {
+    return in->pointer_size == 8 ? (Py_ssize_t)((const int64_t *)in->indptr)[r]
+                                 : (Py_ssize_t)((const int32_t *)in->indptr)[r];
+}
+
+INLINE Py_ssize_t csr_column(const input_t *in, Py_ssize_t i) {
+    return in->index_size == 8 ? (Py_ssize_t)((const int64_t *)in->indices)[i]
+                               : (Py_ssize_t)((const int32_t *)in->indices)[i];
+}
+
+/* Entry i's value as the network reads it: cast to float32, as a dense row is. */
+INLINE float csr_value(const input_t *in, Py_ssize_t i) {
+    return in->is_double ? (float)((const double *)in->data)[i] : ((const float *)in->data)[i];
+}
+
+/* Whether every entry of rows [start, start + n_rows) names a column in [0, d) and holds a
+ * finite float32 value; flags the workspace otherwise. Every later pass trusts the rows.
+ * Branch-free, so that the compiler vectorises it. */
+INLINE int csr_rows_valid(const input_t *in, Py_ssize_t start, Py_ssize_t n_rows, Py_ssize_t d,
+                          workspace_t *w) {
+    const Py_ssize_t begin = csr_pointer(in, start), end = csr_pointer(in, start + n_rows);
+    int bad_column = 0, non_finite = 0;
+    for (Py_ssize_t i = begin; i < end; i++) {
+        bad_column |= (size_t)csr_column(in, i) >= (size_t)d; /* negative ones wrap above d */
+        non_finite |= !(fabsf(csr_value(in, i)) <= FLT_MAX);
+    }
+    w->saw_bad_column |= bad_column;
+    w->saw_non_finite |= non_finite;
+    return !w->saw_bad_column && !w->saw_non_finite;
+}
+
+/* Leaf of CSR row r: each logit summed in double over the row's entries, products exact, so
+ * that its sign is the exact sign up to a rounding of the sum, as the dense path's is. Four
+ * partial sums, so that a row's additions do not wait for each other. */
+INLINE int64_t csr_route(const model_t *m, const input_t *in, Py_ssize_t r) {
+    const Py_ssize_t d = m->n_features, begin = csr_pointer(in, r), end = csr_pointer(in, r + 1);
+    Py_ssize_t node = 0;
+    for (int level = 0; level < m->depth; level++) {
+        const float *wn = m->node_w + node * d;
+        double sums[4] = {0.0, 0.0, 0.0, 0.0};
+        Py_ssize_t i = begin;
+        for (; i + 4 <= end; i += 4)
+            for (int t = 0; t < 4; t++)
+                sums[t] += (double)csr_value(in, i + t) * (double)wn[csr_column(in, i + t)];
+        for (; i < end; i++) sums[0] += (double)csr_value(in, i) * (double)wn[csr_column(in, i)];
+        double logit = ((sums[0] + sums[1]) + (sums[2] + sums[3])) + (double)m->node_b[node];
+        node = 2 * node + 1 + (logit > 0.0);
+    }
+    return (int64_t)(node - (((Py_ssize_t)1 << m->depth) - 1));
+}
+
+/* hidden[j0:] = act(x_r @ W + b) for CSR row r, from column j0, 2 * LANES columns at a time
+ * in registers (one row of W per stored value), the even and odd entries in separate sums so
+ * that four chains of multiply-adds overlap; returns the first column it leaves to a
+ * narrower stage. */
+#define DEFINE_CSR_STAGE(VEC, LANES)                                                            \
+    INLINE Py_ssize_t csr_stage##LANES(const input_t *in, Py_ssize_t begin, Py_ssize_t end,    \
+                                       const float *W, const float *b, Py_ssize_t width,      \
+                                       Py_ssize_t j0, enum activation act, float *hidden) {   \
+        float tile[TILE_ROWS][TILE_COLS];                                                      \
+        for (; j0 + 2 * LANES <= width; j0 += 2 * LANES) {                                     \
+            VEC e0 = {0}, e1 = {0}, o0 = {0}, o1 = {0};                                        \
+            Py_ssize_t i = begin;                                                              \
+            for (; i + 2 <= end; i += 2) {                                                     \
+                const float xe = csr_value(in, i), xo = csr_value(in, i + 1);                  \
+                const float *we = W + csr_column(in, i) * width + j0;                          \
+                const float *wo = W + csr_column(in, i + 1) * width + j0;                      \
+                e0 += xe * VLOAD(VEC, we);                                                     \
+                e1 += xe * VLOAD(VEC, we + LANES);                                             \
+                o0 += xo * VLOAD(VEC, wo);                                                     \
+                o1 += xo * VLOAD(VEC, wo + LANES);                                             \
+            }                                                                                  \
+            if (i < end) {                                                                     \
+                const float x = csr_value(in, i), *w = W + csr_column(in, i) * width + j0;     \
+                e0 += x * VLOAD(VEC, w);                                                       \
+                e1 += x * VLOAD(VEC, w + LANES);                                               \
+            }                                                                                  \
+            VSTORE(tile[0], e0 + o0);                                                          \
+            VSTORE(tile[0] + LANES, e1 + o1);                                                  \
+            finish_tile(tile, 1, 2 * LANES, b, j0, width, act, hidden);                        \
+        }                                                                                      \
+        return j0;                                                                             \
+    }
+DEFINE_CSR_STAGE(v8f, 8)
+DEFINE_CSR_STAGE(v4f, 4)
+
+/* hidden[0:width] = act(x_r @ W + b) for CSR row r: the widest stage `lanes` allows, then
+ * the narrower one, then the last columns one at a time. */
+INLINE void csr_hidden_layer(const input_t *in, Py_ssize_t r, const float *W, const float *b,
+                             Py_ssize_t width, enum activation act, float *hidden, int lanes) {
+    const Py_ssize_t begin = csr_pointer(in, r), end = csr_pointer(in, r + 1);
+    Py_ssize_t j0 = 0;
+    if (lanes >= 8) j0 = csr_stage8(in, begin, end, W, b, width, j0, act, hidden);
+    j0 = csr_stage4(in, begin, end, W, b, width, j0, act, hidden);
+    for (Py_ssize_t j = j0; j < width; j++) {
+        float sum = 0.0f;
+        for (Py_ssize_t i = begin; i < end; i++) sum += csr_value(in, i) * W[csr_column(in, i) * width + j];
+        hidden[j] = activate(sum + b[j], act);
+    }
+}
+
+/* process_block for CSR rows: route each row, run the master leaf on it, then each leaf on
+ * its rows, grouped by leaf as in the dense path so a leaf's weights stay in cache. */
+INLINE void process_csr_block(const model_t *m, const input_t *in, Py_ssize_t start,
+                              Py_ssize_t n_rows, int64_t *leaves, float *outputs,
+                              workspace_t *w, int lanes) {
+    const Py_ssize_t d = m->n_features, o = m->n_outputs, l = m->leaf_width;
+    const Py_ssize_t n_leaves = (Py_ssize_t)1 << m->depth;
+    if (!csr_rows_valid(in, start, n_rows, d, w)) return;
+    for (Py_ssize_t r = 0; r < n_rows; r++) leaves[start + r] = csr_route(m, in, start + r);
+    if (!outputs) return;
+    float *block_out = outputs + start * o;
+    memset(block_out, 0, sizeof(float) * n_rows * o);
+    for (Py_ssize_t r = 0; r < n_rows; r++) {
+        float *out_row = block_out + r * o;
+        if (m->master_width > 0) {
+            csr_hidden_layer(in, start + r, m->master_w1, m->master_b1, m->master_width,
+                             m->activation, w->hidden, lanes);
+            output_layer(w->hidden, 1, m->master_width, m->master_w2, m->master_b2, o,
+                         &out_row);
+        } else {
+            for (Py_ssize_t c = 0; c < o; c++) out_row[c] += m->master_b2[c];
+        }
+    }
+    memset(w->counts, 0, sizeof(Py_ssize_t) * (n_leaves + 1));
+    for (Py_ssize_t r = 0; r < n_rows; r++) w->counts[leaves[start + r] + 1]++;
+    for (Py_ssize_t j = 0; j < n_leaves; j++) w->counts[j + 1] += w->counts[j];
+    for (Py_ssize_t r = 0; r < n_rows; r++) w->order[w->counts[leaves[start + r]]++] = r;
+    for (Py_ssize_t g = 0; g < n_rows; g++) {
+        Py_ssize_t r = w->order[g], leaf = leaves[start + r];
+        float *out_row = block_out + r * o;
+        csr_hidden_layer(in, start + r, m->leaf_w1 + leaf * d * l, m->leaf_b1 + leaf * l, l,
+                         m->activation, w->hidden, lanes);
+        output_layer(w->hidden, 1, l, m->leaf_w2 + leaf * l * o, m->leaf_b2 + leaf * o, o,
+                     &out_row);
+    }
+}
+
 INLINE void process_block(const model_t *m, const input_t *in, Py_ssize_t start,
                           Py_ssize_t n_rows, int64_t *leaves, float *outputs, workspace_t *w,
                           int lanes) {
     const Py_ssize_t d = m->n_features, o = m->n_outputs, l = m->leaf_width;
     const Py_ssize_t n_leaves = (Py_ssize_t)1 << m->depth;
+    if (in->indices) {
+        process_csr_block(m, in, start, n_rows, leaves, outputs, w, lanes);
+        return;
+    }
     float *out_rows[TILE_ROWS];
     const float *tile[TILE_ROWS];
     float *block_out = outputs ? outputs + start * o : NULL;
@@ -633,7 +799,7 @@ static void detect_instruction_sets(void) {
     while (!instruction_sets[selected_set].supported) selected_set++;
 }
 
-enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2 };
+enum { RUN_OK = 0, RUN_NO_MEMORY = 1, RUN_NON_FINITE = 2, RUN_BAD_COLUMN = 4 };
 
 /* Rows per block. Each leaf's weights are read once per block (from beyond the core's cache
  * when the tree is deep), so a large input is cut into blocks that give every leaf about
@@ -679,6 +845,7 @@ static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outp
                 process(m, in, start, rows, leaves, outputs, &w);
             }
             if (w.saw_non_finite) failed |= RUN_NON_FINITE;
+            if (w.saw_bad_column) failed |= RUN_BAD_COLUMN;
             free_workspace(&w);
         }
     }
@@ -688,17 +855,58 @@ static int run(const model_t *m, const input_t *in, int64_t *leaves, float *outp
 /* ------------------------------------------------------------------------------------------ */
 /* Python entry points                                                                        */
 
+/* Run the model over `in` into leaves_obj and outputs_obj (None: route only), and turn what
+ * went wrong into the Python exception: the tail both entry points share. */
+static PyObject *run_into(const model_t *m, const input_t *in, PyObject *leaves_obj,
+                          PyObject *outputs_obj, int n_threads) {
+    fff_buffer_t leaves = {.held = 0}, outputs = {.held = 0};
+    PyObject *result = NULL;
+    if (fff_get_vector(leaves_obj, &leaves, "leaves_out", 'q', 8, in->n_rows, 1) < 0) goto done;
+    if (outputs_obj != Py_None &&
+        fff_get_matrix(outputs_obj, &outputs, "outputs_out", 'f', 4, in->n_rows, m->n_outputs,
+                       1) < 0)
+        goto done;
+
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run(m, in, (int64_t *)leaves.view.buf, outputs.held ? (float *)outputs.view.buf : NULL,
+             n_threads, instruction_sets[selected_set].process);
+    Py_END_ALLOW_THREADS
+    if (rc & RUN_NO_MEMORY) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (rc & RUN_BAD_COLUMN) {
+        PyErr_Format(PyExc_ValueError,
+                     "Corrupt sparse X: a column index lies outside [0, %zd).", m->n_features);
+        goto done;
+    }
+    if (rc & RUN_NON_FINITE) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Input X contains NaN, infinity or a value too large for float32.");
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    fff_release(&outputs), fff_release(&leaves);
+    return result;
+}
+
+static int check_n_threads(int n_threads) {
+    if (n_threads >= 1) return 0;
+    PyErr_SetString(PyExc_ValueError, "n_threads must be >= 1.");
+    return -1;
+}
+
 static PyObject *hard_forward(PyObject *self, PyObject *args) {
     PyObject *arrays, *X_obj, *leaves_obj, *outputs_obj;
     int n_threads;
     if (!PyArg_ParseTuple(args, "OOOOi", &arrays, &X_obj, &leaves_obj, &outputs_obj, &n_threads))
         return NULL;
-    if (n_threads < 1) {
-        PyErr_SetString(PyExc_ValueError, "n_threads must be >= 1.");
-        return NULL;
-    }
+    if (check_n_threads(n_threads) < 0) return NULL;
     views_t views = {.count = 0};
-    fff_buffer_t X = {.held = 0}, leaves = {.held = 0}, outputs = {.held = 0};
+    fff_buffer_t X = {.held = 0};
     model_t m;
     PyObject *result = NULL;
 
@@ -723,32 +931,88 @@ static PyObject *hard_forward(PyObject *self, PyObject *args) {
     }
     input_t in = {.data = X.view.buf, .n_rows = X.view.shape[0], .stride_row = X.view.strides[0],
                   .stride_col = X.view.strides[1], .is_double = fmt == 'd'};
-
-    if (fff_get_vector(leaves_obj, &leaves, "leaves_out", 'q', 8, in.n_rows, 1) < 0) goto done;
-    if (outputs_obj != Py_None &&
-        fff_get_matrix(outputs_obj, &outputs, "outputs_out", 'f', 4, in.n_rows, m.n_outputs,
-                       1) < 0)
-        goto done;
-
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = run(&m, &in, (int64_t *)leaves.view.buf,
-             outputs.held ? (float *)outputs.view.buf : NULL, n_threads,
-             instruction_sets[selected_set].process);
-    Py_END_ALLOW_THREADS
-    if (rc & RUN_NO_MEMORY) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (rc & RUN_NON_FINITE) {
-        PyErr_SetString(PyExc_ValueError,
-                        "Input X contains NaN, infinity or a value too large for float32.");
-        goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    result = run_into(&m, &in, leaves_obj, outputs_obj, n_threads);
 done:
-    fff_release(&outputs), fff_release(&leaves), fff_release(&X);
+    fff_release(&X);
+    release_views(&views);
+    return result;
+}
+
+/* A C-contiguous 1-D buffer of int32 or int64 items; returns the item size, or -1. */
+static int get_index_vector(PyObject *obj, fff_buffer_t *b, const char *name) {
+    if (PyObject_GetBuffer(obj, &b->view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    b->held = 1;
+    char f = fff_item_format(&b->view);
+    if (b->view.ndim == 1 && b->view.itemsize == 4 && f == 'i') return 4;
+    if (b->view.ndim == 1 && b->view.itemsize == 8 && fff_format_is(f, 'q')) return 8;
+    PyErr_Format(PyExc_ValueError, "%s must be a 1-D int32 or int64 array.", name);
+    return -1;
+}
+
+/* Whether the row pointers of a CSR matrix of `nnz` stored values are within [0, nnz] and
+ * never decrease, so that every row's entries lie inside the buffers. */
+static int check_row_pointers(const input_t *in, Py_ssize_t nnz) {
+    Py_ssize_t previous = 0;
+    for (Py_ssize_t r = 0; r <= in->n_rows; r++) {
+        Py_ssize_t pointer = csr_pointer(in, r);
+        if (pointer < previous || pointer > nnz) {
+            PyErr_SetString(PyExc_ValueError,
+                            "Corrupt sparse X: its row pointers must not decrease and must lie "
+                            "within its stored values.");
+            return -1;
+        }
+        previous = pointer;
+    }
+    return 0;
+}
+
+static PyObject *hard_forward_csr(PyObject *self, PyObject *args) {
+    PyObject *arrays, *data_obj, *indices_obj, *indptr_obj, *leaves_obj, *outputs_obj;
+    Py_ssize_t n_features;
+    int n_threads;
+    if (!PyArg_ParseTuple(args, "OOOOnOOi", &arrays, &data_obj, &indices_obj, &indptr_obj,
+                          &n_features, &leaves_obj, &outputs_obj, &n_threads))
+        return NULL;
+    if (check_n_threads(n_threads) < 0) return NULL;
+    views_t views = {.count = 0};
+    fff_buffer_t data = {.held = 0}, indices = {.held = 0}, indptr = {.held = 0};
+    model_t m;
+    PyObject *result = NULL;
+
+    if (read_model(arrays, &m, &views) < 0) goto done;
+    if (n_features != m.n_features) {
+        PyErr_Format(PyExc_ValueError, "X has %zd features, but the model expects %zd.",
+                     n_features, m.n_features);
+        goto done;
+    }
+    if (PyObject_GetBuffer(data_obj, &data.view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        goto done;
+    data.held = 1;
+    char fmt = fff_item_format(&data.view);
+    if (data.view.ndim != 1 || !((fmt == 'f' && data.view.itemsize == 4) ||
+                                 (fmt == 'd' && data.view.itemsize == 8))) {
+        PyErr_SetString(PyExc_ValueError, "data must be a 1-D float32 or float64 array.");
+        goto done;
+    }
+    int index_size = get_index_vector(indices_obj, &indices, "indices");
+    if (index_size < 0) goto done;
+    int pointer_size = get_index_vector(indptr_obj, &indptr, "indptr");
+    if (pointer_size < 0) goto done;
+    Py_ssize_t nnz = data.view.shape[0];
+    if (indices.view.shape[0] != nnz || indptr.view.shape[0] < 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "Corrupt sparse X: indices must be as long as data, and indptr hold "
+                        "at least one pointer.");
+        goto done;
+    }
+    input_t in = {.data = data.view.buf, .n_rows = indptr.view.shape[0] - 1,
+                  .is_double = fmt == 'd', .indices = indices.view.buf,
+                  .indptr = indptr.view.buf, .index_size = index_size,
+                  .pointer_size = pointer_size};
+    if (check_row_pointers(&in, nnz) < 0) goto done;
+    result = run_into(&m, &in, leaves_obj, outputs_obj, n_threads);
+done:
+    fff_release(&indptr), fff_release(&indices), fff_release(&data);
     release_views(&views);
     return result;
 }
@@ -795,6 +1059,11 @@ static PyMethodDef methods[] = {
      "hard_forward(arrays, X, leaves_out, outputs_out, n_threads)\n\n"
      "Route every row of X with hard decisions, write its leaf to leaves_out and, unless\n"
      "outputs_out is None, its raw output (chosen leaf plus master leaf) to outputs_out."},
+    {"hard_forward_csr", hard_forward_csr, METH_VARARGS,
+     "hard_forward_csr(arrays, data, indices, indptr, n_features, leaves_out, outputs_out,\n"
+     "                 n_threads)\n\n"
+     "hard_forward for the rows of a CSR matrix given by its three arrays (indptr may be a\n"
+     "slice of a larger matrix's: its pointers index data and indices as they are)."},
     {"instruction_sets", instruction_sets_supported, METH_NOARGS,
      "instruction_sets()\n\n"
      "Names of the instruction sets this CPU runs the kernel with, widest (and default) first."},
