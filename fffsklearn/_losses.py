@@ -15,7 +15,7 @@ from ._network import _compiled, _training_kernel
 class _SmoothedLabels:
     """What the two classification losses share: targets smoothed by ``label_smoothing``
     while balancing (plain in the hardening phase, so that ``predict_proba`` ends as
-    confident as the data allow), and regularisers of weight 1 whatever the fit, so that a
+    confident as the data allow), and regularisers of a weight fixed for the fit, so that a
     step needs no loss on the host."""
 
     regulariser_weight_is_constant = True
@@ -92,6 +92,13 @@ class BinaryCrossEntropy(_SmoothedLabels):
         # d/d logit of that cross-entropy = sigmoid - target, for each label.
         grad = torch.sigmoid(outputs).sub_(targets).mul_(row_weight.unsqueeze(1))
         return torch.dot(losses.sum(dim=1), row_weight), grad
+
+    def regulariser_weight(self, data_loss, y):
+        """The factor on the L2 and load-balancing terms of a step: the number of labels.
+        The loss sums one binary loss per label, so the regularisers weigh against each
+        label's loss as they weigh against the one loss of a single-label fit; at weight 1
+        a fit of many labels was regularised as many times less, and overfitted."""
+        return float(y.shape[1])
 
 
 class SquaredError:
