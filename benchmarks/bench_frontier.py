@@ -67,7 +67,7 @@ def contenders(task, depths, leaf_widths, mlp_widths):
                                                            random_state=seed))
     for width in mlp_widths:
         yield (f"MLP ({width},)", "MLP", width,
-               lambda seed, w=width: MLP((w,), random_state=seed))
+               lambda seed, w=width: MLP(hidden_layer_sizes=(w,), random_state=seed))
     yield "HistGradientBoosting", "HGB", None, lambda seed: HGB(random_state=seed)
 
 
