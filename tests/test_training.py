@@ -8,7 +8,7 @@ from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
 
 from fffsklearn import FFFClassifier, FFFRegressor, _losses, _network, _preparation
-from fffsklearn._losses import CrossEntropy
+from fffsklearn._losses import BinaryCrossEntropy, CrossEntropy
 from fffsklearn._network import FFFNetwork, _training_kernel, load_balancing_loss
 from fffsklearn._optim import FusedAdam
 from fffsklearn._testing import EpochCallback
@@ -171,6 +171,31 @@ def test_the_classification_loss_is_label_smoothed_while_balancing(smoothing, co
         expected_loss.backward()
         torch.testing.assert_close(loss, expected_loss.detach())
         torch.testing.assert_close(grad, expected.grad)
+
+
+@pytest.mark.parametrize("hardening", [False, True])
+def test_each_label_meets_the_regularisers_as_a_single_label_does(hardening):
+    """The multi-label loss sums one binary loss per label; against the regularisers (L2,
+    load balancing, routing lasso), a label repeated n times must weigh what it weighs once,
+    so that alpha means the same whatever the number of labels."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(30, 1, generator=generator) * 2
+    labels = (torch.rand(30, 1, generator=generator) > 0.5).float()
+    row_weight = torch.rand(30, generator=generator)
+    loss_of = BinaryCrossEntropy(0.05)
+
+    def objective_per_regulariser(n):
+        outputs, y = logits.repeat(1, n), labels.repeat(1, n)
+        loss, grad = loss_of(outputs, y, row_weight, hardening)
+        weight = loss_of.regulariser_weight(loss, y)
+        # The shared layers below the outputs receive the sum of the labels' gradients.
+        return loss / weight, grad.sum(dim=1) / weight
+
+    once_loss, once_grad = objective_per_regulariser(1)
+    for n in (2, 5):
+        loss, grad = objective_per_regulariser(n)
+        torch.testing.assert_close(loss, once_loss)
+        torch.testing.assert_close(grad, once_grad)
 
 
 def test_small_cpu_steps_train_on_one_thread_and_the_count_comes_back(monkeypatch):
