@@ -27,7 +27,8 @@ rows, depths 2, 4 and 6, leaf width 16 and MLP widths 8 to 256, in a few minutes
 
     python benchmarks/bench_frontier.py [--quick] [--datasets make_classification]
         [--depths 2,4,6,8,10] [--leaf-widths 8,16,32] [--mlp-widths 8,16,...,1024,4096]
-        [--seeds 3] [--out frontier.jsonl] [--summarise frontier.jsonl]
+        [--seeds 3] [--params input_noise=0.3] [--out frontier.jsonl]
+        [--summarise frontier.jsonl]
 """
 
 import argparse
@@ -37,7 +38,7 @@ import warnings
 
 import numpy as np
 from _common import best_time, describe_threads
-from bench_accuracy import DATASETS, load
+from bench_accuracy import DATASETS, _parameter_value, load
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier, MLPRegressor
@@ -54,8 +55,9 @@ QUICK = {"depths": (2, 4, 6), "leaf_widths": (16,), "mlp_widths": (8, 16, 32, 64
 PREDICT_ROWS = 10_000
 
 
-def contenders(task, depths, leaf_widths, mlp_widths):
-    """``(label, family, train width, make(seed))`` of every model of a data set."""
+def contenders(task, depths, leaf_widths, mlp_widths, fff_params):
+    """``(label, family, train width, make(seed))`` of every model of a data set; every FFF
+    also gets ``fff_params``."""
     classification = task == "classification"
     FFF = FFFClassifier if classification else FFFRegressor
     MLP = MLPClassifier if classification else MLPRegressor
@@ -64,7 +66,7 @@ def contenders(task, depths, leaf_widths, mlp_widths):
         for depth in depths:
             yield (f"FFF depth {depth} leaf {leaf_width}", "FFF", 2**depth * leaf_width,
                    lambda seed, d=depth, w=leaf_width: FFF(depth=d, leaf_width=w,
-                                                           random_state=seed))
+                                                           random_state=seed, **fff_params))
     for width in mlp_widths:
         yield (f"MLP ({width},)", "MLP", width,
                lambda seed, w=width: MLP(hidden_layer_sizes=(w,), random_state=seed))
@@ -134,6 +136,8 @@ def main():
     parser.add_argument("--leaf-widths")
     parser.add_argument("--mlp-widths")
     parser.add_argument("--seeds", type=int)
+    parser.add_argument("--params", help="parameters of every FFF on top of the defaults, "
+                        "for example 'input_noise=0.3,alpha=10'")
     parser.add_argument("--out", help="append each fit's figures to this JSON-lines file")
     parser.add_argument("--summarise", help="only summarise this JSON-lines file")
     args = parser.parse_args()
@@ -151,12 +155,16 @@ def main():
     mlp_widths = numbers(args.mlp_widths, quick.get("mlp_widths", MLP_WIDTHS))
     seeds = range(args.seeds or quick.get("seeds", 3))
     max_train_rows = quick.get("max_train_rows")
+    fff_params = {key: _parameter_value(value) for key, value in
+                  (item.split("=") for item in args.params.split(","))} if args.params else {}
     print(f"{describe_threads()}; seeds {list(seeds)}; predict on {PREDICT_ROWS} rows"
-          + (f"; at most {max_train_rows} training rows" if max_train_rows else ""))
+          + (f"; at most {max_train_rows} training rows" if max_train_rows else "")
+          + (f"; every FFF also with {args.params}" if args.params else ""))
     results = []
     for dataset in args.datasets.split(","):
         task = DATASETS[dataset][0]
-        for label, family, width, make in contenders(task, depths, leaf_widths, mlp_widths):
+        for label, family, width, make in contenders(task, depths, leaf_widths, mlp_widths,
+                                                     fff_params):
             for seed in seeds:
                 result = measure(dataset, label, family, width, make, seed, max_train_rows)
                 results.append(result)
