@@ -90,6 +90,15 @@ _PARAMETERS_DOC = """
         features whose class means differ. FFFRegressor lets the penalty and the
         load-balancing loss fade while the fit of the standardised targets is close.
 
+    leaf_tying : float, default=0.0
+        Strength, in units of ``alpha``, of a penalty that ties the leaves of every subtree
+        together: each node of the tree contributes the squared difference between the mean
+        weights of the leaves below it and those below its parent. A deviation shared by a
+        whole subtree is learnt from all of its rows, while one leaf's deviation from its
+        sibling has only that leaf's rows: the penalty holds back most what the fewest rows
+        support, so that a deep tree refines its shallower subtrees instead of fitting each
+        leaf alone. 0 leaves the leaves independent. ``predict`` is unaffected.
+
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
         or take the ``X_val`` and ``y_val`` passed to ``fit``, score them with hard routing
@@ -276,6 +285,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "leaf_tying": [Interval(Real, 0, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -315,6 +325,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         batch_size,
         learning_rate_init,
         alpha,
+        leaf_tying,
         early_stopping,
         validation_fraction,
         n_iter_no_change,
@@ -338,6 +349,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
         self.alpha = alpha
+        self.leaf_tying = leaf_tying
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
@@ -509,7 +521,8 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
             learning_rate=self.learning_rate_init, alpha=self.alpha,
             load_balancing=self.load_balancing, input_noise=self.input_noise,
             routing_decay_factor=self._ROUTING_DECAY_FACTOR,
-            routing_group_lasso=self._ROUTING_GROUP_LASSO, schedule=schedule,
+            routing_group_lasso=self._ROUTING_GROUP_LASSO, leaf_tying=self.leaf_tying,
+            schedule=schedule,
         )
 
     @abstractmethod

@@ -823,6 +823,19 @@ class FFFNetwork(nn.Module):
         _load_tree_arrays(self, arrays)
 
 
+def leaf_parameters(network):
+    """``(parameter, shape)`` of each leaf parameter of ``network``, where ``shape`` views it
+    as ``(rows, n_leaves, columns)``: one slice of the middle axis per leaf, in leaf order
+    (the children of the leaf-level node ``j`` one level deeper are ``2j`` and ``2j + 1``)."""
+    n_leaves = network.n_leaves
+    return (
+        (network.leaf_hidden_weights, (network.leaf_hidden_weights.shape[0], n_leaves, -1)),
+        (network.leaf_hidden_biases, (1, n_leaves, -1)),
+        (network.leaf_output_weights, (network.leaf_output_weights.shape[0], n_leaves, -1)),
+        (network.leaf_output_biases, (1, n_leaves, -1)),
+    )
+
+
 def _tree_arrays(network):
     """The arrays of the tree's own parameters (the first layers multiplied out of a
     projection), before any fixed scaling of the rows or outputs."""

@@ -60,6 +60,9 @@ class Recipe:
     routing_group_lasso : float
         Strength, in units of ``alpha / n_samples``, of the group lasso on each input's
         routing weights (times the input's share, from the data preparation).
+    leaf_tying : float
+        Strength, in units of ``alpha / n_samples``, of the penalty that ties the leaves of
+        every subtree to their mean (:class:`fffsklearn._training.Penalties`).
     schedule : Schedule
         The epochs of the call.
     hardening_learning_rate_factor : float
@@ -80,6 +83,7 @@ class Recipe:
     input_noise: float
     routing_decay_factor: float
     routing_group_lasso: float
+    leaf_tying: float
     schedule: Schedule
     # The leaves fine-tune the balanced fit while the routing sharpens; at the full rate
     # they undid part of it.

@@ -18,6 +18,7 @@ from outside.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -25,7 +26,13 @@ from scipy.special import ndtri
 
 from ._arrays import FFFArrays
 from ._device import training_threads
-from ._network import FFFNetwork, _compiled, _training_kernel, projected_rank
+from ._network import (
+    FFFNetwork,
+    _compiled,
+    _training_kernel,
+    leaf_parameters,
+    projected_rank,
+)
 from ._optim import FusedAdam
 from ._phases import BestEpoch, Epoch, Hardening, PhaseSwitch
 from ._preparation import CHUNK_VALUES, dense_rows
@@ -173,7 +180,8 @@ class FitResult:
 
 class Penalties:
     """The regularisers on the weights: the L2 penalty of every parameter group that takes
-    weight decay, and the group lasso on each input's routing weights.
+    weight decay, the group lasso on each input's routing weights, and the tying of the
+    leaves to their subtrees.
 
     Parameters
     ----------
@@ -183,10 +191,18 @@ class Penalties:
     alpha : float
     routing_lasso : ndarray of shape (n_features,) or None
         Each input's group-lasso strength, in units of ``alpha / n_samples``; None for none.
+    leaf_tying : float, default=0.0
+        Strength, in units of ``alpha / n_samples``, of the penalty ``0.5 * ||deviation||^2``
+        on every node's deviation: the mean of each leaf parameter over the leaves below the
+        node minus its mean over the leaves below the node's parent (see
+        :func:`subtree_deviations`). A leaf's own deviation from its sibling is penalised
+        alone; a deviation shared by a whole subtree is learnt from all the subtree's rows,
+        so the penalty holds back most what the fewest rows support.
     """
 
-    def __init__(self, network, optimizer, alpha, routing_lasso):
+    def __init__(self, network, optimizer, alpha, routing_lasso, leaf_tying=0.0):
         self.network, self.optimizer, self.alpha = network, optimizer, alpha
+        self.leaf_tying = leaf_tying if network.depth else 0.0
         self.routing_lasso = None if routing_lasso is None else torch.as_tensor(
             routing_lasso, dtype=torch.float32, device=network.node_biases.device
         )
@@ -200,6 +216,19 @@ class Penalties:
         norms = self._column_norms().clamp_min_(torch.finfo(weights.dtype).tiny)
         strength = self.routing_lasso.mul(decay).div_(norms)
         self.network.node_weights.grad.addcmul_(weights, strength)
+
+    @torch.no_grad()
+    def add_tying_gradient(self, decay):
+        """Add to every leaf parameter's gradient that of the tying penalty ``decay *
+        leaf_tying * 0.5 * sum ||deviation||^2`` (see the class parameters)."""
+        if not self.leaf_tying:
+            return
+        for parameter, shape in leaf_parameters(self.network):
+            if parameter.grad is not None:
+                deviations = subtree_deviations(parameter.detach().view(shape))
+                parameter.grad.view(shape).add_(
+                    _tying_gradient(deviations), alpha=decay * self.leaf_tying
+                )
 
     @torch.no_grad()
     def _column_norms(self):
@@ -220,10 +249,60 @@ class Penalties:
         for decay_factor, weights in self.optimizer.decayed_groups():
             norms = torch.stack(torch._foreach_norm(weights))
             squared += decay_factor * norms.square().sum().item()
+        if self.leaf_tying:
+            squared += self.leaf_tying * sum(
+                deviation.square().sum().item()
+                for parameter, shape in leaf_parameters(self.network)
+                for deviation in subtree_deviations(parameter.detach().view(shape))
+            )
         lasso = 0.0
         if self.routing_lasso is not None and self.network.node_weights.requires_grad:
             lasso = torch.dot(self.routing_lasso, self._column_norms()).item()
         return regulariser_weight * self.alpha / n_samples * (0.5 * squared + lasso)
+
+
+def subtree_deviations(leaves):
+    """Each node's deviation, the root's children first: the mean of ``leaves`` over the
+    leaves below the node minus their mean over the leaves below its parent.
+
+    Parameters
+    ----------
+    leaves : tensor of shape (rows, 2**depth, columns)
+        One slice of the middle axis per leaf, in leaf order (see
+        :func:`~fffsklearn._network.leaf_parameters`).
+
+    Returns
+    -------
+    list of ``depth`` tensors of shape (rows, 2**level, columns), level 1 to ``depth``
+        The two deviations of a node's children are opposite, and a leaf is the root's mean
+        plus the deviations of the nodes on its path.
+    """
+    means = [leaves]
+    while means[-1].shape[1] > 1:
+        finer = means[-1]
+        means.append(finer.view(finer.shape[0], -1, 2, finer.shape[2]).mean(dim=2))
+    means.reverse()
+    return [child - _to_children(parent) for parent, child in pairwise(means)]
+
+
+def _to_children(nodes):
+    """Each node's slice given to both its children: (rows, n, columns) to (rows, 2n,
+    columns)."""
+    rows, n, columns = nodes.shape
+    return nodes.unsqueeze(2).expand(rows, n, 2, columns).reshape(rows, 2 * n, columns)
+
+
+def _tying_gradient(deviations):
+    """The gradient, with respect to the leaves, of ``0.5 * sum ||deviation||^2`` over the
+    :func:`subtree_deviations` ``deviations``: each leaf receives the deviation of each node
+    on its path, divided by the number of leaves below the node (the two children's
+    deviations cancel in their parent's mean)."""
+    depth = len(deviations)
+    gradient = None
+    for level, deviation in enumerate(deviations, start=1):
+        term = deviation * 2.0 ** (level - depth)
+        gradient = term if gradient is None else _to_children(gradient).add_(term)
+    return gradient
 
 
 class BatchFeed:
@@ -358,7 +437,8 @@ class Trainer:
         routing_lasso = None
         if routing_feature_penalties is not None and network.depth:
             routing_lasso = recipe.routing_group_lasso * routing_feature_penalties
-        self.penalties = Penalties(network, self.optimizer, recipe.alpha, routing_lasso)
+        self.penalties = Penalties(network, self.optimizer, recipe.alpha, routing_lasso,
+                                   recipe.leaf_tying)
         self.hardening_phase = Hardening(
             sharpen_every=recipe.sharpen_every,
             learning_rate_factor=recipe.hardening_learning_rate_factor,
@@ -550,6 +630,7 @@ class Trainer:
         backward(grad_outputs, grad_probabilities)
         if not self.hardening:
             self.penalties.add_lasso_gradient(decay)
+        self.penalties.add_tying_gradient(decay)
         self.optimizer.step()
         return loss, regulariser_weight
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_classification
 from sklearn.decomposition import PCA
+from sklearn.exceptions import ConvergenceWarning
 
 from fffsklearn import FFFClassifier, FFFRegressor, _losses, _network, _preparation
 from fffsklearn._losses import BinaryCrossEntropy, CrossEntropy
@@ -512,6 +513,59 @@ def test_the_routing_group_lasso_gradient_and_penalty():
     l2 -= 3.0 * weights.square().sum().item()
     assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * trainer.recipe.alpha / 100 * l2,
                                                               rel=1e-5)
+
+
+def _explicit_tying_penalty(leaves):
+    """0.5 * the sum, over every node below the root, of the squared difference between the
+    mean of ``leaves`` (rows, n_leaves, columns) below the node and below its parent,
+    written node by node."""
+    n_leaves = leaves.shape[1]
+    total = 0.0
+    size = n_leaves // 2
+    while size:
+        for first in range(0, n_leaves, size):
+            parent = first - first % (2 * size)
+            deviation = (leaves[:, first : first + size].mean(dim=1)
+                         - leaves[:, parent : parent + 2 * size].mean(dim=1))
+            total = total + 0.5 * deviation.square().sum()
+        size //= 2
+    return total
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_leaf_tying_gradient_and_penalty(depth):
+    recipe = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3, leaf_tying=5.0,
+                           projection_rank=None)._recipe(1000, incremental=False)
+    trainer = Trainer.create(6, 3, recipe, "cpu", seed=3)
+    network = trainer.network
+    leaf_parameters = _network.leaf_parameters(network)
+    tying = sum(_explicit_tying_penalty(parameter.view(shape))
+                for parameter, shape in leaf_parameters)
+    expected = torch.autograd.grad(tying, [parameter for parameter, _ in leaf_parameters])
+    for parameter, _ in leaf_parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    trainer.penalties.add_tying_gradient(0.01)
+    for (parameter, _), want in zip(leaf_parameters, expected):
+        torch.testing.assert_close(parameter.grad, 0.01 * 5.0 * want, rtol=1e-5, atol=1e-9)
+
+    l2 = sum(w.square().sum().item() for w in network.weight_matrices())
+    l2 += 2.0 * network.node_weights.square().sum().item()  # the routing's factor 3
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(
+        recipe.alpha / 100 * (0.5 * l2 + 5.0 * tying.item()), rel=1e-5)
+
+
+def test_leaf_tying_pulls_the_leaves_of_a_fit_together():
+    X, y = make_classification(n_samples=400, n_features=8, n_informative=6, n_classes=3,
+                               random_state=0)
+
+    def spread(leaf_tying):
+        model = FFFClassifier(depth=3, leaf_tying=leaf_tying, max_iter=20, random_state=0)
+        with pytest.warns(ConvergenceWarning):
+            arrays = model.fit(X, y).arrays_
+        return max(np.ptp(getattr(arrays, name), axis=0).max() for name in (
+            "leaf_hidden_biases", "leaf_output_weights", "leaf_output_biases"))
+
+    assert spread(300.0) < 0.3 * spread(0.0)
 
 
 def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
