@@ -90,14 +90,15 @@ _PARAMETERS_DOC = """
         features whose class means differ. FFFRegressor lets the penalty and the
         load-balancing loss fade while the fit of the standardised targets is close.
 
-    leaf_tying : float, default=0.0
+    leaf_tying : float or "auto", default="auto"
         Strength, in units of ``alpha``, of a penalty that ties the leaves of every subtree
         together: each node of the tree contributes the squared difference between the mean
         weights of the leaves below it and those below its parent. A deviation shared by a
         whole subtree is learnt from all of its rows, while one leaf's deviation from its
         sibling has only that leaf's rows: the penalty holds back most what the fewest rows
         support, so that a deep tree refines its shallower subtrees instead of fitting each
-        leaf alone. 0 leaves the leaves independent. ``predict`` is unaffected.
+        leaf alone. 0 leaves the leaves independent. ``"auto"`` ties with strength 10 a tree
+        deeper than 4 levels and leaves a shallower one untied. ``predict`` is unaffected.
 
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the training rows (stratified for a classifier),
@@ -285,7 +286,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
         "alpha": [Interval(Real, 0, None, closed="left")],
-        "leaf_tying": [Interval(Real, 0, None, closed="left")],
+        "leaf_tying": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
@@ -521,9 +522,20 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
             learning_rate=self.learning_rate_init, alpha=self.alpha,
             load_balancing=self.load_balancing, input_noise=self.input_noise,
             routing_decay_factor=self._ROUTING_DECAY_FACTOR,
-            routing_group_lasso=self._ROUTING_GROUP_LASSO, leaf_tying=self.leaf_tying,
+            routing_group_lasso=self._ROUTING_GROUP_LASSO, leaf_tying=self._leaf_tying(),
             schedule=schedule,
         )
+
+    # Under leaf_tying="auto": the strength, and the depth from which it applies. The tie
+    # pays from depth 6 on and is level at depth 4, where it lengthens the fit.
+    _AUTO_LEAF_TYING = 10.0
+    _AUTO_LEAF_TYING_MIN_DEPTH = 5
+
+    def _leaf_tying(self):
+        """The strength of the leaf tying, ``leaf_tying`` resolved."""
+        if self.leaf_tying != "auto":
+            return float(self.leaf_tying)
+        return self._AUTO_LEAF_TYING if self.depth >= self._AUTO_LEAF_TYING_MIN_DEPTH else 0.0
 
     @abstractmethod
     def _loss(self):

@@ -195,9 +195,9 @@ class Penalties:
         Strength, in units of ``alpha / n_samples``, of the penalty ``0.5 * ||deviation||^2``
         on every node's deviation: the mean of each leaf parameter over the leaves below the
         node minus its mean over the leaves below the node's parent (see
-        :func:`subtree_deviations`). A leaf's own deviation from its sibling is penalised
-        alone; a deviation shared by a whole subtree is learnt from all the subtree's rows,
-        so the penalty holds back most what the fewest rows support.
+        :func:`subtree_deviations`). Every deviation pays the same penalty, while the data
+        behind it are the rows of the node's subtree: the penalty holds back most the
+        deviations of the deepest nodes, which the fewest rows support.
     """
 
     def __init__(self, network, optimizer, alpha, routing_lasso, leaf_tying=0.0):

@@ -568,6 +568,25 @@ def test_leaf_tying_pulls_the_leaves_of_a_fit_together():
     assert spread(300.0) < 0.3 * spread(0.0)
 
 
+@pytest.mark.parametrize("Estimator", [FFFClassifier, FFFRegressor])
+def test_auto_leaf_tying_ties_trees_deeper_than_four_levels_only(Estimator):
+    X, y = make_classification(n_samples=300, n_features=6, random_state=0)
+
+    def fitted_arrays(depth, leaf_tying):
+        model = Estimator(depth=depth, leaf_tying=leaf_tying, max_iter=4, random_state=0)
+        with pytest.warns(ConvergenceWarning):
+            return model.fit(X, y).arrays_
+
+    def same(first, second):
+        return all(np.array_equal(getattr(first, name), getattr(second, name))
+                   for name in ("leaf_hidden_weights", "leaf_output_weights", "node_weights"))
+
+    assert same(fitted_arrays(4, "auto"), fitted_arrays(4, 0.0))
+    deep = fitted_arrays(5, "auto")
+    assert same(deep, fitted_arrays(5, 10.0))
+    assert not same(deep, fitted_arrays(5, 0.0))
+
+
 def test_the_classifiers_routing_leaves_noise_features(monkeypatch):
     """Where most features are noise, the group lasso keeps the routing off them."""
     rng = np.random.default_rng(0)
