@@ -191,7 +191,7 @@ class Penalties:
     alpha : float
     routing_lasso : ndarray of shape (n_features,) or None
         Each input's group-lasso strength, in units of ``alpha / n_samples``; None for none.
-    leaf_tying : float, default=0.0
+    leaf_tying : float
         Strength, in units of ``alpha / n_samples``, of the penalty ``0.5 * ||deviation||^2``
         on every node's deviation: the mean of each leaf parameter over the leaves below the
         node minus its mean over the leaves below the node's parent (see
@@ -200,8 +200,9 @@ class Penalties:
         deviations of the deepest nodes, which the fewest rows support.
     """
 
-    def __init__(self, network, optimizer, alpha, routing_lasso, leaf_tying=0.0):
+    def __init__(self, network, optimizer, alpha, routing_lasso, leaf_tying):
         self.network, self.optimizer, self.alpha = network, optimizer, alpha
+        # A tree of depth 0 has one leaf and no subtree to tie it to.
         self.leaf_tying = leaf_tying if network.depth else 0.0
         self.routing_lasso = None if routing_lasso is None else torch.as_tensor(
             routing_lasso, dtype=torch.float32, device=network.node_biases.device
