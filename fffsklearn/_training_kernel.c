@@ -1,7 +1,8 @@
 /* The CPU training step's own arithmetic, for float32 tensors: the soft routing (the path
  * probabilities of every leaf, each row's hard leaf, and their backward), the layers of
  * each row's hard leaf in the straight-through forward and its backward, and the
- * classifier's loss with its gradient.
+ * classifier's loss with its gradient; and the gradient of the penalty that ties the leaves to
+ * their subtrees.
  *
  * The torch operations that compute the same (fffsklearn/_network.py, _torch_path_* functions
  * and the dense leaf products) take about thirty small tensor operations per training step,
@@ -704,6 +705,77 @@ done:
     return result;
 }
 
+/* add_tying_gradient(leaves, grad, n_leaves, strength)
+ * Each row of `leaves` holds n_leaves = 2**depth slices of `width / n_leaves` columns, in leaf
+ * order. Adds to `grad` strength times the gradient of 0.5 * sum ||deviation||^2 over every
+ * node below the root, a node's deviation being the mean of the leaves below it minus the
+ * mean of those below its parent. Each leaf receives the deviation of each node on its path
+ * divided by the leaves below the node, which telescopes to
+ *     leaf - sum_{k=0}^{depth-1} c_k * mean_k,   c_0 = 2**(1 - depth), c_k = 2**(k - depth),
+ * mean_k being the mean below the leaf's ancestor at level k: one pass up the tree for the
+ * means, one down for their weighted sums, and one over the leaves. */
+static PyObject *add_tying_gradient(PyObject *self, PyObject *args) {
+    PyObject *leaves_obj, *grad_obj;
+    Py_ssize_t n_leaves;
+    double strength;
+    if (!PyArg_ParseTuple(args, "OOnd", &leaves_obj, &grad_obj, &n_leaves, &strength))
+        return NULL;
+    fff_buffer_t leaves = {0}, grad = {0};
+    PyObject *result = NULL;
+    float *nodes = NULL;
+    if (get_dense(leaves_obj, &leaves, "leaves", -1, -1, 0) < 0) goto done;
+    Py_ssize_t rows = leaves.view.shape[0], width = leaves.view.shape[1];
+    int depth = n_leaves > 1 ? depth_of(n_leaves - 1) : -1;
+    if (depth < 1 || width % n_leaves) {
+        PyErr_SetString(PyExc_ValueError, "n_leaves must be a power of 2 above 1 that divides "
+                                          "the columns of leaves.");
+        goto done;
+    }
+    if (get_dense(grad_obj, &grad, "grad", rows, width, 1) < 0) goto done;
+    Py_ssize_t cols = width / n_leaves, half = n_leaves / 2;
+    /* The internal nodes in heap order: node i's children are 2i + 1 and 2i + 2. */
+    nodes = malloc(sizeof(float) * ((n_leaves - 1) * cols + 1));
+    if (nodes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const float *x = leaves.view.buf;
+    float *g = grad.view.buf;
+    float scale = (float)strength;
+    FFF_BEGIN_ALLOW_THREADS_FOR(rows * width)
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width;
+        float *gr = g + r * width;
+        for (Py_ssize_t j = 0; j < half; j++)
+            for (Py_ssize_t c = 0; c < cols; c++)
+                nodes[(half - 1 + j) * cols + c] =
+                    0.5f * (xr[2 * j * cols + c] + xr[(2 * j + 1) * cols + c]);
+        for (Py_ssize_t i = half - 2; i >= 0; i--)
+            for (Py_ssize_t c = 0; c < cols; c++)
+                nodes[i * cols + c] =
+                    0.5f * (nodes[(2 * i + 1) * cols + c] + nodes[(2 * i + 2) * cols + c]);
+        for (Py_ssize_t c = 0; c < cols; c++) nodes[c] *= (float)ldexp(1.0, 1 - depth);
+        for (int level = 1; level < depth; level++) {
+            float weight = (float)ldexp(1.0, level - depth);
+            for (Py_ssize_t i = ((Py_ssize_t)1 << level) - 1; i < ((Py_ssize_t)2 << level) - 1;
+                 i++)
+                for (Py_ssize_t c = 0; c < cols; c++)
+                    nodes[i * cols + c] =
+                        nodes[(i - 1) / 2 * cols + c] + weight * nodes[i * cols + c];
+        }
+        for (Py_ssize_t j = 0; j < n_leaves; j++)
+            for (Py_ssize_t c = 0; c < cols; c++)
+                gr[j * cols + c] += scale * (xr[j * cols + c] - nodes[(half - 1 + j / 2) * cols + c]);
+    }
+    FFF_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    free(nodes);
+    fff_release(&leaves), fff_release(&grad);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"path_probabilities", path_probabilities, METH_VARARGS,
      "path_probabilities(logits, swap, leaf_probabilities_out, hard_one_hot_out, right_out,\n"
@@ -744,6 +816,11 @@ static PyMethodDef methods[] = {
      "add_normal_noise(rows, std, quantiles, seed)\n\n"
      "Add std[j] * z to every rows[i, j] (float32, C-contiguous, in place), each z one of the\n"
      "65536 float32 quantiles chosen by a random stream from the 64-bit seed."},
+    {"add_tying_gradient", add_tying_gradient, METH_VARARGS,
+     "add_tying_gradient(leaves, grad, n_leaves, strength)\n\n"
+     "Add to grad (float32, C-contiguous, the shape of leaves) strength times the gradient of\n"
+     "the leaf-tying penalty 0.5 * sum ||deviation||^2 on leaves, (rows, n_leaves * columns):\n"
+     "each node's deviation is the mean of the leaves below it minus that below its parent."},
     {"swap_denormal_mode", swap_denormal_mode, METH_VARARGS,
      "swap_denormal_mode(mode) -> int\n\n"
      "Set how the calling thread handles denormal floats, FLUSH_DENORMALS to flush them to\n"

@@ -532,8 +532,16 @@ def _explicit_tying_penalty(leaves):
     return total
 
 
-@pytest.mark.parametrize("depth", [1, 3])
-def test_the_leaf_tying_gradient_and_penalty(depth):
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("depth", [1, 3, 6])
+def test_the_leaf_tying_gradient_and_penalty(depth, compiled, monkeypatch):
+    """Both the C extension's gradient (CPU, float32) and the torch operations' (elsewhere)."""
+    from fffsklearn import _training
+
+    if compiled and _training_kernel is None:
+        pytest.skip("the C training extension is not built")
+    if not compiled:
+        monkeypatch.setattr(_training, "_compiled", lambda tensor: False)
     recipe = FFFClassifier(depth=depth, leaf_width=4, master_leaf_width=3, leaf_tying=5.0,
                            projection_rank=None)._recipe(1000, incremental=False)
     trainer = Trainer.create(6, 3, recipe, "cpu", seed=3)
@@ -552,6 +560,23 @@ def test_the_leaf_tying_gradient_and_penalty(depth):
     l2 += 2.0 * network.node_weights.square().sum().item()  # the routing's factor 3
     assert trainer.penalties.value(1.0, 100) == pytest.approx(
         recipe.alpha / 100 * (0.5 * l2 + 5.0 * tying.item()), rel=1e-5)
+
+
+@needs_training_kernel
+def test_compiled_tying_gradient_refuses_inconsistent_buffers():
+    leaves, grad = np.zeros((3, 8), np.float32), np.zeros((3, 8), np.float32)
+    for n_leaves in (0, 1, 3, 16):
+        with pytest.raises(ValueError, match="power of 2"):
+            _training_kernel.add_tying_gradient(leaves, grad, n_leaves, 1.0)
+    with pytest.raises(ValueError, match="grad"):
+        _training_kernel.add_tying_gradient(leaves, np.zeros((3, 4), np.float32), 4, 1.0)
+    with pytest.raises(ValueError, match="contiguous"):
+        _training_kernel.add_tying_gradient(leaves, np.zeros((8, 3), np.float32).T, 4, 1.0)
+    with pytest.raises(ValueError, match="leaves"):
+        _training_kernel.add_tying_gradient(leaves.astype(np.float64), grad, 4, 1.0)
+    with pytest.raises(ValueError, match="leaves"):
+        _training_kernel.add_tying_gradient(np.zeros((8, 3), np.float32).T, grad, 4, 1.0)
+    assert not grad.any()
 
 
 def test_leaf_tying_pulls_the_leaves_of_a_fit_together():
