@@ -19,12 +19,13 @@ Models, at depth 4 and 6 with ``leaf_width=16``:
 
 ``mnist1d_40k`` (MNIST-1D at 50,000 samples), ``mnist1d_40k_unit`` (the same mapped to [0, 1])
 and ``make_classification_400`` (50,000 rows of 400 features) give a depth-6 tree hundreds of
-rows per leaf; they run only when ``--datasets`` names them. Inputs are standardised on the
-training split, except for ``digits_raw`` (digits as scikit-learn returns them, 0 to 16),
-``digits_unit`` (divided by 16) and ``mnist1d_40k_unit``, which every model gets as they are;
-MLPRegressor gets standardised targets too (FFFRegressor standardises them itself). The data
-sets need no download. The split is fixed; the seeds vary the models' initialisation and
-batch order. Usage::
+rows per leaf, and ``make_classification_200k`` (``make_classification``'s parameters at
+200,000 rows) a depth-8 tree as many; they run only when ``--datasets`` names them. Inputs
+are standardised on the training split, except for ``digits_raw`` (digits as scikit-learn
+returns them, 0 to 16), ``digits_unit`` (divided by 16) and ``mnist1d_40k_unit``, which every
+model gets as they are; MLPRegressor gets standardised targets too (FFFRegressor
+standardises them itself). The data sets need no download. The split is fixed; the seeds
+vary the models' initialisation and batch order. Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--datasets digits,diabetes] [--n-jobs 2]
                                         [--models +both] [--params alpha=10]
@@ -120,6 +121,19 @@ DATASETS = {
             True,
         ),
     ),
+    # make_classification's parameters at 160,000 training rows, where each leaf of a depth-8
+    # tree gets as many rows as a depth-6 tree's at 40,000. Not the same classes: the
+    # clusters' covariances are drawn after the rows.
+    "make_classification_200k": (
+        "classification",
+        lambda: _split(
+            *make_classification(
+                n_samples=200_000, n_features=40, n_informative=20, n_classes=10, random_state=0
+            ),
+            0.2,
+            True,
+        ),
+    ),
     "make_classification_400": (
         "classification",
         lambda: _split(
@@ -147,7 +161,7 @@ DATASETS = {
 UNSCALED = {"digits_raw", "digits_unit", "mnist1d_40k_unit"}
 # Tens of thousands of rows on which depth 6 must not lose to depth 4: about 20 minutes each
 # for every model and seed, so they run only when --datasets names them.
-LARGE = {"mnist1d_40k", "mnist1d_40k_unit", "make_classification_400"}
+LARGE = {"mnist1d_40k", "mnist1d_40k_unit", "make_classification_400", "make_classification_200k"}
 
 
 @functools.cache

@@ -27,8 +27,8 @@ rows, depths 2, 4 and 6, leaf width 16 and MLP widths 8 to 256, in a few minutes
 
     python benchmarks/bench_frontier.py [--quick] [--datasets make_classification]
         [--depths 2,4,6,8,10] [--leaf-widths 8,16,32] [--mlp-widths 8,16,...,1024,4096]
-        [--seeds 3] [--params input_noise=0.3] [--out frontier.jsonl]
-        [--summarise frontier.jsonl]
+        [--seeds 3] [--train-rows 40000] [--params input_noise=0.3]
+        [--out frontier.jsonl] [--summarise frontier.jsonl]
 """
 
 import argparse
@@ -136,6 +136,8 @@ def main():
     parser.add_argument("--leaf-widths")
     parser.add_argument("--mlp-widths")
     parser.add_argument("--seeds", type=int)
+    parser.add_argument("--train-rows", type=int,
+                        help="train on the first TRAIN_ROWS training rows of each data set")
     parser.add_argument("--params", help="parameters of every FFF on top of the defaults, "
                         "for example 'input_noise=0.3,alpha=10'")
     parser.add_argument("--out", help="append each fit's figures to this JSON-lines file")
@@ -154,7 +156,7 @@ def main():
     leaf_widths = numbers(args.leaf_widths, quick.get("leaf_widths", LEAF_WIDTHS))
     mlp_widths = numbers(args.mlp_widths, quick.get("mlp_widths", MLP_WIDTHS))
     seeds = range(args.seeds or quick.get("seeds", 3))
-    max_train_rows = quick.get("max_train_rows")
+    max_train_rows = args.train_rows or quick.get("max_train_rows")
     fff_params = {key: _parameter_value(value) for key, value in
                   (item.split("=") for item in args.params.split(","))} if args.params else {}
     print(f"{describe_threads()}; seeds {list(seeds)}; predict on {PREDICT_ROWS} rows"
