@@ -88,7 +88,10 @@ _PARAMETERS_DOC = """
         the biases), as in scikit-learn's MLP. FFFClassifier puts three times this penalty on
         the routing weights, and a group lasso on each feature's routing weights that spares
         features whose class means differ. FFFRegressor lets the penalty and the
-        load-balancing loss fade while the fit of the standardised targets is close.
+        load-balancing loss fade while the fit of the standardised targets is close. The
+        leaves of a tree deeper than 6 levels share the penalty of 64 leaves, each taking
+        ``64 / 2**depth`` of it, so that a deeper tree holds its shallow subtrees as firmly
+        as a depth-6 tree does and ``leaf_tying`` holds its deeper levels.
 
     leaf_tying : float or "auto", default="auto"
         Strength, in units of ``alpha``, of a penalty that ties the leaves of every subtree
@@ -522,6 +525,7 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
             learning_rate=self.learning_rate_init, alpha=self.alpha,
             load_balancing=self.load_balancing, input_noise=self.input_noise,
             routing_decay_factor=self._ROUTING_DECAY_FACTOR,
+            leaf_decay_factor=min(1.0, self._FULLY_DECAYED_LEAVES / 2**self.depth),
             routing_group_lasso=self._ROUTING_GROUP_LASSO, leaf_tying=self._leaf_tying(),
             schedule=schedule,
         )
@@ -536,6 +540,12 @@ class BaseFFF(_TrainingData, HardRoutedPrediction, TorchInterop, FittedStatePers
         if self.leaf_tying != "auto":
             return float(self.leaf_tying)
         return self._AUTO_LEAF_TYING if self.depth >= self._AUTO_LEAF_TYING_MIN_DEPTH else 0.0
+
+    # Summed over the leaves, the L2 penalty holds a subtree's mean leaf in proportion to
+    # the leaves below it: a tree two levels deeper held its depth-6 structure four times
+    # as firmly as a depth-6 tree does, and fitted it worse. Beyond this many leaves they
+    # share the penalty of this many, and leaf_tying holds the deeper levels.
+    _FULLY_DECAYED_LEAVES = 64
 
     @abstractmethod
     def _loss(self):

@@ -57,6 +57,8 @@ class Recipe:
         Training noise, in standard deviations of each feature.
     routing_decay_factor : float
         Factor on ``alpha`` for the routing neurons' weights.
+    leaf_decay_factor : float
+        Factor on ``alpha`` for the leaves' weights.
     routing_group_lasso : float
         Strength, in units of ``alpha / n_samples``, of the group lasso on each input's
         routing weights (times the input's share, from the data preparation).
@@ -82,6 +84,7 @@ class Recipe:
     load_balancing: float
     input_noise: float
     routing_decay_factor: float
+    leaf_decay_factor: float
     routing_group_lasso: float
     leaf_tying: float
     schedule: Schedule

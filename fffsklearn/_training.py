@@ -758,13 +758,15 @@ class Trainer:
 
 def _optimizer_for(network, recipe):
     """FusedAdam over every parameter that trains, in groups whose ``decay_factor``
-    scales the L2 weight decay that :meth:`train_step` sets: 1 for the weights, 0 for
-    the biases, the recipe's routing factor for the routing weights."""
+    scales the L2 weight decay that :meth:`train_step` sets: 1 for the other weights, 0
+    for the biases, the recipe's factors for the routing weights and the leaves' weights."""
     routing = network.node_weights
+    leaves = [network.leaf_hidden_weights, network.leaf_output_weights]
     weights = list(network.weight_matrices())
     biases = [p for p in network.parameters() if all(p is not w for w in weights)]
-    weights = [w for w in weights if w is not routing]
-    groups = [{"params": weights, "decay_factor": 1.0},
+    others = [w for w in weights if all(w is not special for special in (routing, *leaves))]
+    groups = [{"params": others, "decay_factor": 1.0},
+              {"params": leaves, "decay_factor": recipe.leaf_decay_factor},
               {"params": biases, "decay_factor": 0.0},
               {"params": [routing], "decay_factor": recipe.routing_decay_factor}]
     return FusedAdam(groups, lr=recipe.learning_rate)

@@ -388,29 +388,39 @@ def test_the_mini_batch_that_fit_trains_with(monkeypatch, estimator, depth, n_sa
 
 
 @pytest.mark.parametrize("task, routing_factor", [("classification", 3.0), ("regression", 1.0)])
-def test_the_classifiers_routing_neurons_take_three_times_alphas_penalty(task, routing_factor):
-    trainer = _trainer(task, 2, 3)
+@pytest.mark.parametrize("depth, leaf_factor", [(2, 1.0), (6, 1.0), (7, 0.5), (9, 0.125)])
+def test_alphas_penalty_on_the_routing_neurons_and_on_the_leaves_of_deep_trees(
+    task, routing_factor, depth, leaf_factor
+):
+    # The classifier's routing neurons take three times alpha's penalty; the leaves of a tree
+    # deeper than 6 levels share the penalty of 64 leaves.
+    recipe = _recipe(task, depth=depth, leaf_width=4, master_leaf_width=3, leaf_tying=0)
+    trainer = Trainer.create(6, 3, recipe, "cpu", seed=3)
     network = trainer.network
     trainer.train_step(*_batch(task, 3), 1000, torch.zeros(network.n_leaves))
     decay = {id(p): group["weight_decay"]
              for group in trainer.optimizer.param_groups for p in group["params"]}
-    assert decay[id(network.leaf_hidden_weights)] > 0
-    for weights in (network.leaf_output_weights, network.master_hidden_weights):
-        assert decay[id(weights)] == decay[id(network.leaf_hidden_weights)]
-    assert decay[id(network.node_weights)] == pytest.approx(
-        routing_factor * decay[id(network.leaf_hidden_weights)])
+    master = decay[id(network.master_hidden_weights)]
+    assert master > 0
+    assert decay[id(network.master_output_weights)] == master
+    for weights in (network.leaf_hidden_weights, network.leaf_output_weights):
+        assert decay[id(weights)] == pytest.approx(leaf_factor * master)
+    assert decay[id(network.node_weights)] == pytest.approx(routing_factor * master)
     assert decay[id(network.node_biases)] == 0.0
 
-    squared = sum(w.square().sum().item() for w in network.weight_matrices())
-    squared += (routing_factor - 1.0) * network.node_weights.square().sum().item()
-    alpha = trainer.recipe.alpha
-    assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
-                                                              rel=1e-5)
+    def squared_norm(weights):
+        return weights.square().sum().item()
+
+    squared = sum(squared_norm(w) for w in network.weight_matrices())
+    squared += (routing_factor - 1.0) * squared_norm(network.node_weights)
+    squared += (leaf_factor - 1.0) * (squared_norm(network.leaf_hidden_weights)
+                                      + squared_norm(network.leaf_output_weights))
+    expected = 0.5 * recipe.alpha / 100 * squared
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(expected, rel=1e-5)
     # Frozen while hardening, the routing leaves the penalty.
     trainer.start_hardening()
-    squared -= routing_factor * network.node_weights.square().sum().item()
-    assert trainer.penalties.value(1.0, 100) == pytest.approx(0.5 * alpha / 100 * squared,
-                                                              rel=1e-5)
+    expected -= 0.5 * recipe.alpha / 100 * routing_factor * squared_norm(network.node_weights)
+    assert trainer.penalties.value(1.0, 100) == pytest.approx(expected, rel=1e-5)
 
 
 def _f_classif_penalties(X, y):
